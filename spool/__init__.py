@@ -1,0 +1,39 @@
+"""relay's shared library. Its modules are the only code that touches spool files.
+
+- `envelope`: the envelope model, `parse_envelope`/`format_envelope` (pure).
+- `names`: states (`State`) and file names (pure).
+- `store`: the `Spool` directory and durable, group-committable writes.
+- `claims`: claim/release/fail/unfail/remove, each one rename.
+- `scan`: what is due (mtime = due time), recovery of debris.
+- `config`, `logs`, `secrets`, `programs`: settings, logging, the secrets file, and
+  running filters/verifiers: shared by intake, deliver and tools, which share nothing else.
+"""
+
+from spool.claims import Claim, claim, read_envelope, recover_busy, remove_message, unfail
+from spool.envelope import Envelope, EnvelopeError, format_envelope, parse_envelope
+from spool.names import State
+from spool.scan import ScanResult, entries, recover, scan_due
+from spool.store import MessageWriter, PendingMessage, Spool, SpoolError, check_spool_directory
+
+__all__ = [
+    "Claim",
+    "Envelope",
+    "EnvelopeError",
+    "MessageWriter",
+    "PendingMessage",
+    "ScanResult",
+    "Spool",
+    "SpoolError",
+    "State",
+    "check_spool_directory",
+    "claim",
+    "entries",
+    "format_envelope",
+    "parse_envelope",
+    "read_envelope",
+    "recover",
+    "recover_busy",
+    "remove_message",
+    "scan_due",
+    "unfail",
+]

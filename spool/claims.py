@@ -1,0 +1,219 @@
+"""State changes of accepted messages: claim, release, fail, unfail, remove, recover.
+
+Every change of state is one rename. A worker claims a message by taking an flock on its
+`.envelope` and then renaming it to `.envelope.busy`; the lock (held on the file, so it
+follows the rename) is what tells a live claim from one left by a dead worker. Losing a
+rename race is normal and answered with None. Appended lines (reasons, relay's own
+bookkeeping) go to the end of the envelope, which is never rewritten.
+
+Reads and writes envelope files only; content files are only removed (with their message).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+
+from spool.envelope import Envelope, EnvelopeError, parse_envelope, reason_lines, trailer_line
+from spool.names import State
+from spool.store import Spool, fsync_directory
+
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+DEFERRAL_KEY = "X-Relay-Deferred"
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@dataclass
+class Claim:
+    """A message held by this process: its envelope is `.envelope.busy` and flocked."""
+
+    spool: Spool
+    message_id: str
+    fd: int
+
+    @property
+    def envelope_path(self) -> str:
+        return str(self.spool.envelope_path(self.message_id, State.BUSY))
+
+    @property
+    def content_path(self) -> str:
+        return str(self.spool.content_path(self.message_id))
+
+    def read_envelope(self) -> Envelope:
+        """Parse the claimed envelope; EnvelopeError names the file, line and problem."""
+        chunks: list[bytes] = []
+        offset = 0
+        while chunk := os.pread(self.fd, 65536, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+        return parse_envelope(b"".join(chunks), path=self.envelope_path)
+
+    def _append(self, text: str, *, sync: bool) -> None:
+        data = text.encode("utf-8")
+        while data:
+            data = data[os.write(self.fd, data) :]
+        if sync:
+            os.fsync(self.fd)
+
+    def _move(self, state: State) -> None:
+        os.rename(self.envelope_path, self.spool.envelope_path(self.message_id, state))
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # drops the flock
+            self.fd = -1
+
+    def release(self, *, not_before: float | None = None, reason: str | None = None) -> None:
+        """Back to `.envelope`. With *not_before*, not due again until then (kept in mtime)."""
+        try:
+            if reason is not None:
+                self._append(trailer_line(DEFERRAL_KEY, f"{int(time.time())} {reason}"), sync=False)
+            if not_before is not None:
+                os.utime(self.fd, (time.time(), not_before))
+            self._move(State.READY)
+        finally:
+            self._close()
+
+    def fail(self, reason: str, code: int | str | None) -> None:
+        """Append Reason and ReasonCode (as E-MailRelay does) and move to `.envelope.bad`."""
+        try:
+            self._append(reason_lines(reason, code), sync=True)
+            os.utime(self.fd)
+            self._move(State.BAD)
+        finally:
+            self._close()
+
+    def remove(self) -> None:
+        """The message is done: remove the envelope first, then the content."""
+        try:
+            os.unlink(self.envelope_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.content_path)
+        finally:
+            self._close()
+
+    def close(self) -> None:
+        """Give up the claim without a decision: back to `.envelope` as it was."""
+        if self.fd >= 0:
+            try:
+                self._move(State.READY)
+            finally:
+                self._close()
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def claim(spool: Spool, message_id: str) -> Claim | None:
+    """Claim a waiting message, or None if it is gone or another worker has it."""
+    ready = spool.envelope_path(message_id, State.READY)
+    try:
+        fd = os.open(ready, _OPEN_FLAGS)
+    except (FileNotFoundError, PermissionError):
+        return None
+    except OSError as error:
+        if error.errno == 40:  # ELOOP: a symlink planted in the spool is never followed
+            return None
+        raise
+    try:
+        if not _try_lock(fd):
+            os.close(fd)
+            return None
+        busy = spool.envelope_path(message_id, State.BUSY)
+        try:
+            os.rename(ready, busy)
+        except FileNotFoundError:
+            os.close(fd)
+            return None
+        if os.fstat(fd).st_ino != os.stat(busy).st_ino:  # renamed someone else's file
+            os.rename(busy, ready)
+            os.close(fd)
+            return None
+    except BaseException:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        raise
+    return Claim(spool, message_id, fd)
+
+
+def unfail(spool: Spool, message_id: str) -> bool:
+    """`.envelope.bad` back to `.envelope` (resubmit); False if it was not there."""
+    try:
+        os.rename(
+            spool.envelope_path(message_id, State.BAD),
+            spool.envelope_path(message_id, State.READY),
+        )
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_envelope(spool: Spool, message_id: str, state: State) -> Envelope:
+    """Parse an envelope in any state without claiming it."""
+    path = spool.envelope_path(message_id, state)
+    with open(path, "rb") as handle:
+        return parse_envelope(handle.read(), path=str(path))
+
+
+def fail_unclaimable(spool: Spool, message_id: str, reason: str) -> bool:
+    """Fail a `.envelope` that cannot be claimed normally (e.g. unreadable). False if gone."""
+    claimed = claim(spool, message_id)
+    if claimed is None:
+        return False
+    claimed.fail(reason, None)
+    return True
+
+
+def recover_busy(spool: Spool, message_id: str) -> bool:
+    """Put a `.busy` whose lock is free (its worker died) back to `.envelope`."""
+    busy = spool.envelope_path(message_id, State.BUSY)
+    try:
+        fd = os.open(busy, _OPEN_FLAGS)
+    except (FileNotFoundError, PermissionError):
+        return False
+    try:
+        if not _try_lock(fd):
+            return False
+        try:
+            os.rename(busy, spool.envelope_path(message_id, State.READY))
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_message(spool: Spool, message_id: str, state: State) -> None:
+    """Remove a message in *state* (envelope first, then content) and sync the directory."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(spool.envelope_path(message_id, state))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(spool.content_path(message_id))
+    fsync_directory(spool.path)
+
+
+__all__ = [
+    "DEFERRAL_KEY",
+    "Claim",
+    "EnvelopeError",
+    "claim",
+    "fail_unclaimable",
+    "read_envelope",
+    "recover_busy",
+    "remove_message",
+    "unfail",
+]

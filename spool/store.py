@@ -1,0 +1,295 @@
+"""The spool directory and durable writes into it: the only code that creates message files.
+
+A message is committed exactly when its `<id>.envelope` has its final name (commit by
+rename). Writing is split in two so that many messages can share one directory fsync
+(group commit):
+
+1. `MessageWriter` (one per message): content streamed into `<id>.content`, fsynced;
+   the envelope written as `<id>.envelope.new`, fsynced. Nothing is accepted yet.
+2. `Spool.commit([...])`: each `.envelope.new` renamed to `.envelope`, then one fsync
+   of the directory covers them all.
+
+Any error leaves nothing that looks accepted: a failed message's files are removed, and a
+failed directory fsync withdraws every envelope of its batch. Files are created 0600 with
+O_EXCL|O_NOFOLLOW and their names never come from client data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from spool.envelope import Envelope, format_envelope
+from spool.names import TRIGGER_NAME, State, content_name, envelope_name
+from spool.testhooks import checkpoint
+
+FILE_MODE = 0o600
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class SpoolError(Exception):
+    """The spool directory cannot be used (missing, not a directory, a symlink, unsafe)."""
+
+
+def check_spool_directory(path: Path) -> None:
+    """Refuse a spool directory that is missing, a symlink, or writable by others."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise SpoolError(f"spool directory {path} does not exist") from None
+    except OSError as error:
+        raise SpoolError(f"spool directory {path} cannot be examined: {error.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise SpoolError(
+            f"spool directory {path} is a symbolic link; give its real path instead"
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise SpoolError(f"spool directory {path} is not a directory")
+    if info.st_mode & stat.S_IWOTH:
+        raise SpoolError(
+            f"spool directory {path} is writable by others (mode {stat.S_IMODE(info.st_mode):o});"
+            f" run: chmod o-w {path}"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SpoolError(f"spool directory {path} is not writable by this user")
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the directory's entries (creations, renames, unlinks) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        checkpoint("fsync_directory")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class _IdGenerator:
+    """E-MailRelay style ids: emailrelay.<pid>.<unix-time>.<seq>."""
+
+    def __init__(self) -> None:
+        self._sequence = itertools.count(1)
+        self._pid = -1
+
+    def next(self) -> str:
+        pid = os.getpid()
+        if pid != self._pid:  # a forked child must not reuse the parent's names
+            self._pid, self._sequence = pid, itertools.count(1)
+        return f"emailrelay.{pid}.{int(time.time())}.{next(self._sequence)}"
+
+
+_ids = _IdGenerator()
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    """A fully written, fsynced message whose envelope is still `.envelope.new`."""
+
+    spool: Spool
+    message_id: str
+
+    @property
+    def content_path(self) -> Path:
+        return self.spool.content_path(self.message_id)
+
+    @property
+    def new_path(self) -> Path:
+        return self.spool.envelope_path(self.message_id, State.NEW)
+
+    def discard(self) -> None:
+        """Remove both files (the message was refused after all)."""
+        _unlink_quietly(self.new_path)
+        _unlink_quietly(self.content_path)
+
+
+class Spool:
+    """One spool directory."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, check: bool = True) -> None:
+        self.path = Path(directory)
+        if check:
+            check_spool_directory(self.path)
+
+    def __repr__(self) -> str:
+        return f"Spool({str(self.path)!r})"
+
+    def content_path(self, message_id: str) -> Path:
+        return self.path / content_name(message_id)
+
+    def envelope_path(self, message_id: str, state: State) -> Path:
+        return self.path / envelope_name(message_id, state)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def writer(self) -> MessageWriter:
+        """Start a new message: creates its content file under a fresh id."""
+        return MessageWriter(self)
+
+    def commit(self, pending: Sequence[PendingMessage]) -> list[OSError | None]:
+        """Accept each pending message (rename), then fsync the directory once for all.
+
+        Returns one entry per message: None when it is accepted, or the error that kept it
+        out (its files are then gone). If the directory fsync fails, every message of the
+        batch is withdrawn and carries that error.
+        """
+        results: list[OSError | None] = []
+        renamed: list[PendingMessage] = []
+        for message in pending:
+            try:
+                checkpoint("rename_envelope")
+                os.rename(message.new_path, self.envelope_path(message.message_id, State.READY))
+            except OSError as error:
+                message.discard()
+                results.append(error)
+            else:
+                renamed.append(message)
+                results.append(None)
+        if renamed:
+            try:
+                fsync_directory(self.path)
+                checkpoint("directory_synced")
+            except OSError as error:
+                for message in renamed:
+                    _unlink_quietly(self.envelope_path(message.message_id, State.READY))
+                    _unlink_quietly(message.content_path)
+                results = [error if result is None else result for result in results]
+        return results
+
+    def store(self, content: bytes | Iterable[bytes], envelope: Envelope) -> str:
+        """Write and commit one message durably; returns its id. Raises OSError on failure."""
+        writer = self.writer()
+        try:
+            if isinstance(content, bytes):
+                writer.write(content)
+            else:
+                for chunk in content:
+                    writer.write(chunk)
+            pending = writer.finish(envelope)
+        except BaseException:
+            writer.abort()
+            raise
+        (error,) = self.commit([pending])
+        if error is not None:
+            raise error
+        return pending.message_id
+
+    def store_copy(self, source: Path, envelope: Envelope) -> str:
+        """Store a new message whose content is a copy of the file *source*."""
+        writer = self.writer()
+        try:
+            with open(source, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    writer.write(chunk)
+            pending = writer.finish(envelope)
+        except BaseException:
+            writer.abort()
+            raise
+        (error,) = self.commit([pending])
+        if error is not None:
+            raise error
+        return pending.message_id
+
+    def trigger_scan(self) -> None:
+        """Ask a running deliver to scan now (it watches this file)."""
+        path = self.path / TRIGGER_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.write(fd, b"1")
+        finally:
+            os.close(fd)
+        os.utime(path)
+
+    def free_bytes(self) -> int:
+        """Bytes available to this user on the spool's file system."""
+        info = os.statvfs(self.path)
+        return info.f_bavail * info.f_frsize
+
+    def copy_content(self, message_id: str, destination: Path) -> None:
+        """Copy a message's content to *destination* (used by tools that keep failed mail)."""
+        shutil.copyfile(self.content_path(message_id), destination)
+
+
+class MessageWriter:
+    """Writes one message's content (in chunks) and then its `.envelope.new`.
+
+    Create with `Spool.writer()`; call `write()` any number of times, then `finish()` for a
+    `PendingMessage` to commit, or `abort()` to remove everything written.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.size = 0
+        self._fd = -1
+        for _attempt in range(1000):
+            message_id = _ids.next()
+            try:
+                self._fd = os.open(spool.content_path(message_id), _CREATE_FLAGS, FILE_MODE)
+            except FileExistsError:
+                continue  # a clash with another process or an old file: bump seq
+            break
+        else:
+            raise OSError(errno.EEXIST, "no free message file name in the spool")
+        self.message_id = message_id
+        self._envelope_written = False
+
+    def write(self, data: bytes) -> None:
+        """Append *data* to the content file."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.size += len(data)
+
+    def finish(self, envelope: Envelope, *, sync: bool = True) -> PendingMessage:
+        """fsync the content, write and fsync `.envelope.new`; the message is not yet accepted."""
+        try:
+            checkpoint("content_written")
+            if sync:
+                checkpoint("fsync_content")
+                os.fsync(self._fd)
+            checkpoint("content_synced")
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+        data = format_envelope(envelope)
+        new_path = self.spool.envelope_path(self.message_id, State.NEW)
+        fd = os.open(new_path, _CREATE_FLAGS, FILE_MODE)
+        self._envelope_written = True
+        try:
+            _write_all(fd, data)
+            checkpoint("envelope_written")
+            if sync:
+                checkpoint("fsync_envelope")
+                os.fsync(fd)
+            checkpoint("envelope_synced")
+        finally:
+            os.close(fd)
+        return PendingMessage(self.spool, self.message_id)
+
+    def abort(self) -> None:
+        """Remove whatever this writer created."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._envelope_written:
+            _unlink_quietly(self.spool.envelope_path(self.message_id, State.NEW))
+        _unlink_quietly(self.spool.content_path(self.message_id))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -1,0 +1,148 @@
+"""A real aiosmtpd SMTP sink for tests, which can be told how to misbehave.
+
+Runs in its own thread on 127.0.0.1 (ephemeral port). It records every message it
+accepts, and can answer 4xx/5xx per recipient or per stage, hang up after the dot, or
+stall before replying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    mail_options: list[str]
+    peer: Any = None
+
+
+@dataclass
+class Behaviour:
+    """What the sink answers. Replies are full SMTP reply strings like '451 try later'."""
+
+    mail_reply: str | None = None
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    data_reply: str | None = None
+    hangup_after_data: bool = False
+    stall_after_data: float = 0.0
+    stall_at_rcpt: float = 0.0
+    # Answer the first N messages' DATA with data_reply, then accept.
+    data_reply_count: int | None = None
+
+
+class _Handler:
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    async def handle_MAIL(self, server: SMTP, session: Any, envelope: Any, address: str,
+                          mail_options: list[str]) -> str:
+        behaviour = self.sink.behaviour
+        if behaviour.mail_reply:
+            return behaviour.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        behaviour = self.sink.behaviour
+        if behaviour.stall_at_rcpt:
+            await asyncio.sleep(behaviour.stall_at_rcpt)
+        reply = behaviour.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        sink = self.sink
+        behaviour = sink.behaviour
+        with sink.lock:
+            sink.data_attempts += 1
+            attempt = sink.data_attempts
+        if behaviour.stall_after_data:
+            await asyncio.sleep(behaviour.stall_after_data)
+        if behaviour.hangup_after_data:
+            assert server.transport is not None
+            server.transport.close()
+            return "421 closing"
+        if behaviour.data_reply and (
+            behaviour.data_reply_count is None or attempt <= behaviour.data_reply_count
+        ):
+            return behaviour.data_reply
+        with sink.lock:
+            sink.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content),
+                         list(envelope.mail_options), session.peer)
+            )
+            sink.connections_seen.add(id(session))
+        return "250 OK queued"
+
+
+class Sink:
+    """Start with `with Sink() as sink:`; `sink.port`, `sink.messages`, `sink.behaviour`."""
+
+    def __init__(self, behaviour: Behaviour | None = None, **controller_kwargs: Any) -> None:
+        self.behaviour = behaviour or Behaviour()
+        self.messages: list[Received] = []
+        self.connections_seen: set[int] = set()
+        self.data_attempts = 0
+        self.lock = threading.Lock()
+        self.controller = Controller(
+            _Handler(self),
+            hostname="127.0.0.1",
+            port=free_port(),
+            server_hostname="sink.test",
+            decode_data=False,
+            **controller_kwargs,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.controller.port)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Sink:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def __enter__(self) -> Sink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        """Wait until at least *count* messages have arrived; return them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            time.sleep(0.02)
+        with self.lock:
+            raise AssertionError(f"sink got {len(self.messages)} messages, wanted {count}")
