@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The README quick start, followed literally as a new user would: `make run`, then swaks
+# to 127.0.0.1:10025, then the message appears in var/maildir/new/. Run by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf var/maildir/new
+log=$(mktemp)
+setsid make run >"$log" 2>&1 &
+leader=$!
+stop() { kill -TERM -- "-$leader" 2>/dev/null || true; wait "$leader" 2>/dev/null || true; }
+trap stop EXIT
+for _ in $(seq 1 120); do
+    if (exec 3<>/dev/tcp/127.0.0.1/10025) 2>/dev/null; then break; fi
+    sleep 1
+done
+swaks --server 127.0.0.1:10025 --to someone@example.com --h-Subject "quick start" >/dev/null
+for _ in $(seq 1 30); do
+    if [ -n "$(ls var/maildir/new/ 2>/dev/null)" ]; then
+        file=var/maildir/new/$(ls var/maildir/new/ | head -n 1)
+        grep -q "Subject: quick start" "$file"
+        echo "quick start: message arrived in $file"
+        exit 0
+    fi
+    sleep 1
+done
+echo "quick start: no message arrived in var/maildir/new/" >&2
+cat "$log" >&2
+tail -n 50 var/log/*.log >&2 || true
+exit 1
