@@ -197,13 +197,20 @@ def recover_busy(spool: Spool, message_id: str) -> bool:
         os.close(fd)
 
 
-def remove_message(spool: Spool, message_id: str, state: State) -> None:
-    """Remove a message in *state* (envelope first, then content) and sync the directory."""
-    with contextlib.suppress(FileNotFoundError):
+def remove_message(spool: Spool, message_id: str, state: State) -> bool:
+    """Remove a message in *state* (envelope first, then content) and sync the directory.
+
+    False, and the content left alone, when the envelope was no longer in *state*: the
+    message moved on (resubmitted, committed) and its content belongs to that state now.
+    """
+    try:
         os.unlink(spool.envelope_path(message_id, state))
+    except FileNotFoundError:
+        return False
     with contextlib.suppress(FileNotFoundError):
         os.unlink(spool.content_path(message_id))
     fsync_directory(spool.path)
+    return True
 
 
 __all__ = [
