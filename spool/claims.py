@@ -12,10 +12,13 @@ Reads and writes envelope files only; content files are only removed (with their
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from spool.envelope import Envelope, EnvelopeError, parse_envelope, reason_lines, trailer_line
 from spool.names import State
@@ -213,10 +216,44 @@ def remove_message(spool: Spool, message_id: str, state: State) -> bool:
     return True
 
 
+def archive_failed(spool: Spool, message_id: str, folder_name: str = "failed") -> bool:
+    """Move a `.envelope.bad` and its content into a subfolder of the spool (kept for a person).
+
+    Both files are hard-linked into the folder first and only then removed from the spool,
+    so a crash at any step leaves the message in the spool. False if the `.bad` was gone.
+    Raises OSError (FileExistsError for a different file of the same name in the folder).
+    """
+    folder = spool.path / folder_name
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    if not stat.S_ISDIR(os.lstat(folder).st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory (or a symlink)", str(folder))
+    bad = spool.envelope_path(message_id, State.BAD)
+    content = spool.content_path(message_id)
+    if not _link_into(bad, folder / bad.name):
+        return False
+    _link_into(content, folder / content.name)
+    fsync_directory(folder)
+    return remove_message(spool, message_id, State.BAD)
+
+
+def _link_into(source: Path, target: Path) -> bool:
+    """Hard-link *source* to *target* (an earlier half-done link of the same file is fine)."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except FileExistsError:
+        if not os.path.samefile(source, target):
+            raise
+    return True
+
+
 __all__ = [
     "DEFERRAL_KEY",
     "Claim",
     "EnvelopeError",
+    "archive_failed",
     "claim",
     "fail_unclaimable",
     "read_envelope",
