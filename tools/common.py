@@ -1,0 +1,98 @@
+"""What relay-resubmit, relay-notify and relay-submit share: options, the tools lock, exits.
+
+Opens the spool directory (through `spool.Spool`, which refuses an unsafe one) and the
+tools lock file `.relay-tools.lock` inside it; reads `.envelope.bad` files without
+changing them. Never writes message files itself: every change goes through `spool`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from spool import Spool, SpoolError
+from spool.config import Option
+from spool.names import TOOLS_LOCK_NAME, State
+
+DEFAULT_SPOOL_DIR = "/var/spool/relay"
+DEFAULT_MAX_RETRIES = 5
+
+SPOOL_DIR_OPTION = Option("spool-dir", "the spool directory", DEFAULT_SPOOL_DIR, metavar="DIR")
+MAX_RETRIES_OPTION = Option(
+    "max-retries",
+    "failures (X-MailRelay-Reason lines) after which a message is no longer retried",
+    DEFAULT_MAX_RETRIES,
+    "int",
+    metavar="N",
+)
+DRY_RUN_OPTION = Option("dry-run", "say what would be done, change nothing", False, "bool")
+
+_REASON_LINE = re.compile(rb"^X-MailRelay-Reason:", re.MULTILINE)
+# A host name for From/Message-ID/MAILER-DAEMON: letters, digits, dots, hyphens, or an
+# address literal. Anything else could smuggle text into a header.
+_DOMAIN = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?)+$|^\[[0-9A-Fa-f:.]+\]$")
+_MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
+
+
+def fail(program: str, message: str, code: int) -> int:
+    """Print one line `program: message` to stderr and return *code* (for `return fail(...)`)."""
+    print(f"{program}: {message}", file=sys.stderr)
+    return code
+
+
+def open_spool(directory: str) -> Spool:
+    """The spool at *directory*; SpoolError if it is missing, a symlink or unsafe."""
+    return Spool(Path(os.path.expanduser(directory)))
+
+
+def local_domain(configured: str | None) -> str:
+    """The configured --domain, or this host's name (no DNS lookup: cron must not hang)."""
+    domain = (configured or socket.gethostname() or "localhost").strip()
+    if not _DOMAIN.match(domain):
+        raise ValueError(f"not a usable domain name: {domain!r}")
+    return domain
+
+
+def count_reasons(envelope_bytes: bytes) -> int:
+    """How often the message failed: its `X-MailRelay-Reason:` lines (ReasonCode lines aside).
+
+    Counted textually, so that a `.bad` written by E-MailRelay (or edited by a person) is
+    never refused for a parse quirk.
+    """
+    return len(_REASON_LINE.findall(envelope_bytes))
+
+
+def read_bad_envelope(spool: Spool, message_id: str) -> bytes | None:
+    """The bytes of `<id>.envelope.bad` (never through a symlink), or None when it is gone."""
+    path = spool.envelope_path(message_id, State.BAD)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(_MAX_ENVELOPE_BYTES)
+
+
+@contextlib.contextmanager
+def tools_lock(spool: Spool) -> Iterator[None]:
+    """Hold the tools' flock so that resubmit and notify runs take turns (cron overlaps).
+
+    deliver does not take this lock: it never touches `.bad` files, and every step a tool
+    takes is a rename that a concurrent deliver cannot observe half-done.
+    """
+    path = spool.path / TOOLS_LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise SpoolError(f"cannot open the tools lock {path}: {error.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
