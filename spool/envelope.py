@@ -18,7 +18,10 @@ FORMAT_LATEST = "#2821.8"
 PREFIX = "X-MailRelay-"
 BODY_TYPES = ("7bit", "8bit", "binarymime", "unknown")
 
-# The fields after the recipients, in their fixed order, and the format that added each.
+# The fields after the recipients, in their fixed order, and the format that added each,
+# as E-MailRelay's GStore::Envelope::read has them: #2821.5 (2.0) has the first five,
+# #2821.6 (2.4) adds ForwardTo and ForwardToAddress, #2821.7 adds Utf8MailboxNames and
+# #2821.8 (2.5) adds ClientAccountSelector, which it writes before Utf8MailboxNames.
 _FIELDS_AFTER_RECIPIENTS: tuple[tuple[str, str], ...] = (
     ("Authentication", "#2821.5"),
     ("Client", "#2821.5"),
@@ -27,8 +30,8 @@ _FIELDS_AFTER_RECIPIENTS: tuple[tuple[str, str], ...] = (
     ("MailFromAuthOut", "#2821.5"),
     ("ForwardTo", "#2821.6"),
     ("ForwardToAddress", "#2821.6"),
-    ("ClientAccountSelector", "#2821.7"),
-    ("Utf8MailboxNames", "#2821.8"),
+    ("ClientAccountSelector", "#2821.8"),
+    ("Utf8MailboxNames", "#2821.7"),
 )
 FORMATS = ("#2821.5", "#2821.6", "#2821.7", "#2821.8")
 
