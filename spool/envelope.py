@@ -161,6 +161,10 @@ def format_envelope(envelope: Envelope) -> bytes:
             continue
         value = values[name]
         if name == "ClientCertificate":
+            # A CRLF in the PEM is one line break; any other control would break the folding.
+            value = value.replace("\r\n", "\n")
+            if _CONTROL.search(value.replace("\n", "")):
+                raise EnvelopeError(f"{name} contains a control character: {value!r}")
             value = "\r\n ".join(value.split("\n")) if value else ""
         elif _CONTROL.search(value):
             raise EnvelopeError(f"{name} contains a control character: {value!r}")
@@ -276,9 +280,9 @@ def _parse(data: bytes) -> Envelope:
             continue
         values[name] = cursor.take(name)
         if name == "ClientCertificate":
-            values[name] = "\n".join([values[name], *cursor.take_continuations()]) if values[
-                name
-            ] else ""
+            # Continuations are taken even after an empty first line, so that a value
+            # starting with a line break reads back as written.
+            values[name] = "\n".join([values[name], *cursor.take_continuations()])
     end = cursor.take("End")
     if end != "1":
         raise cursor.fail(f"{PREFIX}End is {end!r}, not 1")
