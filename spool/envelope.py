@@ -258,7 +258,7 @@ def _parse(data: bytes) -> Envelope:
         raise EnvelopeError(f"unknown Content {body_type!r}", line=2)
     sender = cursor.take("From")
     count_text = cursor.take("ToCount")
-    if not count_text.isdigit():
+    if not (count_text.isascii() and count_text.isdigit()):  # int() takes '²' and '٣'...
         raise EnvelopeError(f"ToCount is not a number: {count_text!r}", line=cursor.number - 1)
     to_local: list[str] = []
     to_remote: list[str] = []
@@ -275,9 +275,11 @@ def _parse(data: bytes) -> Envelope:
             line=cursor.number,
         )
     values: dict[str, str] = {}
+    line_of: dict[str, int] = {}
     for name, since in _FIELDS_AFTER_RECIPIENTS:
         if FORMATS.index(since) > FORMATS.index(version):
             continue
+        line_of[name] = cursor.number
         values[name] = cursor.take(name)
         if name == "ClientCertificate":
             # Continuations are taken even after an empty first line, so that a value
@@ -286,14 +288,18 @@ def _parse(data: bytes) -> Envelope:
     end = cursor.take("End")
     if end != "1":
         raise cursor.fail(f"{PREFIX}End is {end!r}, not 1")
-    try:
-        authentication = xtext_decode(values.get("Authentication", ""))
-        auth_in = xtext_decode(values.get("MailFromAuthIn", ""))
-    except XtextError as error:
-        raise EnvelopeError(str(error)) from None
+    decoded: dict[str, str] = {}
+    for name in ("Authentication", "MailFromAuthIn"):
+        try:
+            decoded[name] = xtext_decode(values.get(name, ""))
+        except XtextError as error:
+            raise EnvelopeError(f"{PREFIX}{name}: {error}", line=line_of.get(name)) from None
+    authentication, auth_in = decoded["Authentication"], decoded["MailFromAuthIn"]
     utf8 = values.get("Utf8MailboxNames", "0")
     if utf8 not in ("0", "1"):
-        raise EnvelopeError(f"Utf8MailboxNames is {utf8!r}, not 0 or 1")
+        raise EnvelopeError(
+            f"{PREFIX}Utf8MailboxNames is {utf8!r}, not 0 or 1", line=line_of["Utf8MailboxNames"]
+        )
     return Envelope(
         sender=sender,
         to_local=tuple(to_local),
