@@ -178,13 +178,26 @@ def _field_values(envelope: Envelope) -> dict[str, str]:
         "Authentication": xtext_encode(envelope.authentication),
         "Client": envelope.client,
         "ClientCertificate": envelope.client_certificate,
-        "MailFromAuthIn": xtext_encode(envelope.mail_from_auth_in),
+        "MailFromAuthIn": _encode_auth_in(envelope.mail_from_auth_in),
         "MailFromAuthOut": envelope.mail_from_auth_out,
         "ForwardTo": envelope.forward_to,
         "ForwardToAddress": envelope.forward_to_address,
         "ClientAccountSelector": envelope.client_account_selector,
         "Utf8MailboxNames": "1" if envelope.utf8_mailbox_names else "0",
     }
+
+
+# E-MailRelay stores `MAIL FROM:<...> AUTH=<>` as a lone "+" (not valid xtext); relay's
+# model holds it as "<>", the value as the client sent it.
+_AUTH_EMPTY, _AUTH_EMPTY_STORED = "<>", "+"
+
+
+def _encode_auth_in(value: str) -> str:
+    return _AUTH_EMPTY_STORED if value == _AUTH_EMPTY else xtext_encode(value)
+
+
+def _decode_auth_in(value: str) -> str:
+    return _AUTH_EMPTY if value == _AUTH_EMPTY_STORED else xtext_decode(value)
 
 
 class _Lines:
@@ -289,9 +302,9 @@ def _parse(data: bytes) -> Envelope:
     if end != "1":
         raise cursor.fail(f"{PREFIX}End is {end!r}, not 1")
     decoded: dict[str, str] = {}
-    for name in ("Authentication", "MailFromAuthIn"):
+    for name, decode in (("Authentication", xtext_decode), ("MailFromAuthIn", _decode_auth_in)):
         try:
-            decoded[name] = xtext_decode(values.get(name, ""))
+            decoded[name] = decode(values.get(name, ""))
         except XtextError as error:
             raise EnvelopeError(f"{PREFIX}{name}: {error}", line=line_of.get(name)) from None
     authentication, auth_in = decoded["Authentication"], decoded["MailFromAuthIn"]
