@@ -8,6 +8,7 @@ changing them. Never writes message files itself: every change goes through `spo
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -69,12 +70,16 @@ def count_reasons(envelope_bytes: bytes) -> int:
 
 
 def read_bad_envelope(spool: Spool, message_id: str) -> bytes | None:
-    """The bytes of `<id>.envelope.bad` (never through a symlink), or None when it is gone."""
+    """The bytes of `<id>.envelope.bad`; None when it is gone or a symlink (never followed)."""
     path = spool.envelope_path(message_id, State.BAD)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return None  # a symlink planted in the spool is never followed, nor moved
+        raise
     with os.fdopen(fd, "rb") as handle:
         return handle.read(_MAX_ENVELOPE_BYTES)
 
