@@ -298,9 +298,10 @@ def _parse(data: bytes) -> Envelope:
             # Continuations are taken even after an empty first line, so that a value
             # starting with a line break reads back as written.
             values[name] = "\n".join([values[name], *cursor.take_continuations()])
+    end_line = cursor.number
     end = cursor.take("End")
     if end != "1":
-        raise cursor.fail(f"{PREFIX}End is {end!r}, not 1")
+        raise EnvelopeError(f"{PREFIX}End is {end!r}, not 1", line=end_line)
     decoded: dict[str, str] = {}
     for name, decode in (("Authentication", xtext_decode), ("MailFromAuthIn", _decode_auth_in)):
         try:
