@@ -1,0 +1,234 @@
+"""State changes: claim, release (with backoff), fail, unfail, remove, recover_busy, races.
+
+Real spool directories and real child processes: a claim held by a process that is then
+killed with SIGKILL, and two processes racing for the same 1000 messages.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from spool import (
+    Envelope,
+    Spool,
+    State,
+    claim,
+    parse_envelope,
+    read_envelope,
+    recover_busy,
+    remove_message,
+    scan_due,
+    unfail,
+)
+from spool.claims import DEFERRAL_KEY, fail_unclaimable
+from spool.envelope import trailer_fields
+
+ENVELOPE = Envelope(sender="a@example.com", to_remote=("b@example.net",))
+
+
+def _state_of(spool: Spool, message_id: str) -> list[State]:
+    return [state for state in State if spool.envelope_path(message_id, state).exists()]
+
+
+def test_claim_moves_to_busy_and_a_second_claim_fails(spool: Spool) -> None:
+    """claim renames .envelope to .envelope.busy; a second claim of the same id gets None."""
+    message_id = spool.store(b"body\r\n", ENVELOPE)
+    held = claim(spool, message_id)
+    assert held is not None
+    assert _state_of(spool, message_id) == [State.BUSY]
+    assert held.read_envelope() == ENVELOPE
+    assert claim(spool, message_id) is None
+    assert claim(spool, "no-such-message") is None
+    held.close()
+    assert _state_of(spool, message_id) == [State.READY]
+
+
+def test_release_with_not_before_hides_it_from_scan_until_then(spool: Spool) -> None:
+    """release(not_before=t) keeps the message out of scan_due until t (its mtime)."""
+    message_id = spool.store(b"body\r\n", ENVELOPE)
+    held = claim(spool, message_id)
+    assert held is not None
+    later = time.time() + 600
+    held.release(not_before=later, reason="451 try again")
+    assert _state_of(spool, message_id) == [State.READY]
+    path = spool.envelope_path(message_id, State.READY)
+    assert os.stat(path).st_mtime == pytest.approx(later, abs=0.01)
+    now_scan = scan_due(spool)
+    assert message_id not in now_scan.due
+    assert now_scan.next_due == pytest.approx(later, abs=0.01)
+    assert scan_due(spool, now=later + 1).due == [message_id]
+    envelope = parse_envelope(path.read_bytes())
+    (key, value), = [field for field in _trailer(envelope)]
+    assert key == DEFERRAL_KEY and value.endswith(" 451 try again")
+    assert int(value.split()[0]) == pytest.approx(time.time(), abs=60)
+
+
+def _trailer(envelope: Envelope) -> list[tuple[str, str]]:
+    return trailer_fields(envelope.trailer)
+
+
+def test_release_without_not_before_is_due_at_once(spool: Spool) -> None:
+    """A plain release puts the message back as due, with no line appended."""
+    message_id = spool.store(b"body\r\n", ENVELOPE)
+    held = claim(spool, message_id)
+    assert held is not None
+    held.release()
+    assert scan_due(spool).due == [message_id]
+    assert read_envelope(spool, message_id, State.READY) == ENVELOPE
+
+
+def test_fail_appends_reason_and_moves_to_bad(spool: Spool) -> None:
+    """fail appends Reason/ReasonCode after End (each failure again) and moves to .bad."""
+    message_id = spool.store(b"body\r\n", ENVELOPE)
+    held = claim(spool, message_id)
+    assert held is not None
+    held.fail("550 5.1.1 unknown\r\nuser", 550)
+    assert _state_of(spool, message_id) == [State.BAD]
+    data = spool.envelope_path(message_id, State.BAD).read_bytes()
+    assert data.endswith(
+        b"X-MailRelay-End: 1\r\nX-MailRelay-Reason: 550 5.1.1 unknown user\r\n"
+        b"X-MailRelay-ReasonCode: 550\r\n"
+    )
+    assert scan_due(spool).due == []
+    assert unfail(spool, message_id) is True
+    assert unfail(spool, message_id) is False
+    again = claim(spool, message_id)
+    assert again is not None
+    again.fail("connection refused", None)
+    failed = read_envelope(spool, message_id, State.BAD)
+    assert failed.reasons == ["550 5.1.1 unknown user", "connection refused"]
+    assert failed.reason_codes == ["550", ""]
+    assert failed.sender == ENVELOPE.sender
+
+
+def test_remove_deletes_envelope_and_content(spool: Spool) -> None:
+    """A claimed message that is done is removed entirely, envelope and content."""
+    message_id = spool.store(b"body\r\n", ENVELOPE)
+    with claim(spool, message_id) as held:  # type: ignore[union-attr]
+        held.remove()
+    assert os.listdir(spool.path) == []
+
+
+def test_remove_message_in_any_state(spool: Spool) -> None:
+    """remove_message removes a .bad message and its content."""
+    message_id = spool.store(b"body\r\n", ENVELOPE)
+    held = claim(spool, message_id)
+    assert held is not None
+    held.fail("no", 550)
+    remove_message(spool, message_id, State.BAD)
+    assert os.listdir(spool.path) == []
+
+
+def test_fail_unclaimable_fails_an_unreadable_envelope(spool: Spool) -> None:
+    """A garbage .envelope can still be moved to .bad with a reason appended."""
+    spool.content_path("hand").write_bytes(b"x")
+    spool.envelope_path("hand", State.READY).write_bytes(b"garbage\r\n")
+    assert fail_unclaimable(spool, "hand", "cannot parse") is True
+    assert spool.envelope_path("hand", State.BAD).read_bytes() == (
+        b"garbage\r\nX-MailRelay-Reason: cannot parse\r\nX-MailRelay-ReasonCode: \r\n"
+    )
+    assert fail_unclaimable(spool, "hand", "again") is False
+
+
+_CHILD_HOLD = """
+import sys, time
+from spool import Spool, claim
+held = claim(Spool(sys.argv[1]), sys.argv[2])
+print("claimed" if held else "none", flush=True)
+time.sleep(60)
+"""
+
+
+def test_recover_busy_returns_a_dead_workers_claim_only(spool: Spool) -> None:
+    """recover_busy leaves a live worker's .busy alone and returns one whose holder was killed."""
+    message_id = spool.store(b"body\r\n", ENVELOPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD_HOLD, str(spool.path), message_id],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "claimed"
+        assert recover_busy(spool, message_id) is False
+        assert _state_of(spool, message_id) == [State.BUSY]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        if child.stdout is not None:
+            child.stdout.close()
+    assert recover_busy(spool, message_id) is True
+    assert _state_of(spool, message_id) == [State.READY]
+    assert recover_busy(spool, message_id) is False
+    assert scan_due(spool).due == [message_id]
+
+
+_CHILD_RACE = """
+import os, sys, time
+from spool import Spool, claim, scan_due
+spool = Spool(sys.argv[1])
+claimed = []
+while not os.path.exists(sys.argv[2]):  # start together, so that they really race
+    time.sleep(0.001)
+while True:
+    due = scan_due(spool).due
+    if not due:
+        break
+    for message_id in due:
+        held = claim(spool, message_id)
+        if held is not None:
+            claimed.append(message_id)
+            held.remove()
+print("\\n".join(claimed))
+"""
+
+
+def test_two_processes_racing_claim_each_message_exactly_once(spool: Spool) -> None:
+    """Two processes claiming the same 1000 messages: each is claimed once, none is lost."""
+    pending = []
+    for number in range(1000):
+        writer = spool.writer()
+        writer.write(b"body %d\r\n" % number)
+        pending.append(writer.finish(ENVELOPE, sync=False))
+    assert spool.commit(pending) == [None] * 1000
+    everything = {message.message_id for message in pending}
+    go = spool.path.parent / "go"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD_RACE, str(spool.path), str(go)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]
+    time.sleep(0.3)
+    go.write_bytes(b"")
+    outputs = [worker.communicate(timeout=120)[0].split() for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers)
+    first, second = (set(output) for output in outputs)
+    assert sum(len(output) for output in outputs) == 1000  # nobody claimed one twice
+    assert first | second == everything
+    assert not first & second
+    assert os.listdir(spool.path) == []
+
+
+def test_claim_state_files_do_not_leak_descriptors(spool: Spool) -> None:
+    """Claim, release, fail and remove all close the envelope's descriptor (the flock goes)."""
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        message_id = spool.store(b"body\r\n", ENVELOPE)
+        held = claim(spool, message_id)
+        assert held is not None
+        held.release()
+        held = claim(spool, message_id)
+        assert held is not None
+        held.fail("x", None)
+        unfail(spool, message_id)
+        held = claim(spool, message_id)
+        assert held is not None
+        held.remove()
+    assert len(os.listdir("/proc/self/fd")) == before
