@@ -220,7 +220,7 @@ def split_host_port(text: str, default_port: int = 25) -> tuple[str, int]:
         raise ConfigError(f"{text!r}: no host name")
     if not port_text:
         return host, default_port
-    if port_text.isdigit():
+    if port_text.isascii() and port_text.isdigit():  # int() would take '²' or '٣'
         port = int(port_text)
     else:
         try:
