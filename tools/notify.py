@@ -250,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         domain = local_domain(settings.domain)
     except (ConfigError, ValueError) as error:
         return fail(PROGRAM, str(error), os.EX_CONFIG)
+    if settings.max_retries < 0:
+        return fail(PROGRAM, "--max-retries must be 0 or more", os.EX_USAGE)
     log = setup_logging(
         PROGRAM, log_format=settings.log_format, syslog=settings.syslog, verbose=settings.verbose
     )
