@@ -21,6 +21,7 @@ message could not be handled (it stays for the next run), 78 for an unusable spo
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -28,7 +29,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+
+import structlog
 
 from spool import Envelope, EnvelopeError, Spool, SpoolError, State, entries, parse_envelope
 from spool.claims import archive_failed, remove_message
@@ -183,8 +185,8 @@ def dispose(spool: Spool, message_id: str, keep: bool) -> None:
         remove_message(spool, message_id, State.BAD)
 
 
-def handle(spool: Spool, message_id: str, settings: Any, *, domain: str,
-           procmail: str | None, log: Any) -> bool:
+def handle(spool: Spool, message_id: str, settings: argparse.Namespace, *, domain: str,
+           procmail: str | None, log: structlog.stdlib.BoundLogger) -> bool:
     """Notify about one failed message and clear it; True when a notification was stored."""
     data = read_bad_envelope(spool, message_id)
     if data is None:
