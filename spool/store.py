@@ -186,13 +186,20 @@ class Spool:
             raise error
         return pending.message_id
 
-    def store_copy(self, source: Path, envelope: Envelope) -> str:
-        """Store a new message whose content is a copy of the file *source*."""
+    def store_copy(self, source: Path, envelope: Envelope, *, keep_mtime: bool = False) -> str:
+        """Store a new message whose content is a copy of the file *source*.
+
+        With *keep_mtime* the copy's content file keeps *source*'s mtime, so that an age
+        measured from the content (deliver's --max-age) carries over to the copy.
+        """
         writer = self.writer()
         try:
             with open(source, "rb") as handle:
                 while chunk := handle.read(1 << 20):
                     writer.write(chunk)
+                if keep_mtime:
+                    source_mtime = os.fstat(handle.fileno()).st_mtime
+                    os.utime(self.content_path(writer.message_id), (source_mtime, source_mtime))
             pending = writer.finish(envelope)
         except BaseException:
             writer.abort()
