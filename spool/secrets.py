@@ -153,8 +153,8 @@ class SecretsFile:
             return self._secrets
         signature = (info.st_mtime_ns, info.st_size, info.st_ino)
         if signature != self._signature:
-            text = self.path.read_text(encoding="utf-8")
             try:
+                text = self._read_text()
                 self._secrets = parse_secrets(text, str(self.path))
             except SecretsError:
                 if self._signature is None:
@@ -162,3 +162,12 @@ class SecretsFile:
                 return self._secrets
             self._signature = signature
         return self._secrets
+
+    def _read_text(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            line = error.object[: error.start].count(b"\n") + 1
+            raise SecretsError(f"{self.path}, line {line}: not UTF-8") from None
+        except OSError as error:
+            raise SecretsError(f"{self.path}: {error.strerror}") from None
