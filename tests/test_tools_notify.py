@@ -209,3 +209,13 @@ def test_configuration_errors_exit_78(spool_dir: Path, tmp_path: Path) -> None:
     assert result.returncode == os.EX_CONFIG
     code, _, stderr = notify(spool_dir, "--procmail", env={"PATH": str(tmp_path)})
     assert code == os.EX_CONFIG and b"procmail" in stderr
+
+
+def test_missing_content_still_notifies(spool_dir: Path) -> None:
+    """A .bad whose content is gone still gets its DSN (with no original headers) and goes."""
+    write_bad(spool_dir, "m1", emailrelay_envelope(failures=failures_of(5)))
+    os.unlink(spool_dir / "m1.content")
+    assert notify(spool_dir)[0] == 0
+    (_, data), = stored_dsns(spool_dir)
+    assert not any(name.startswith("m1.") for name in spool_names(spool_dir))
+    assert list(parse(data).iter_parts())[2].get_content_type() == "text/rfc822-headers"
