@@ -1,0 +1,279 @@
+"""Handling one waiting message: claim, client filters, forward, act on the outcome.
+
+Reads the claimed envelope and the content file; changes their state only through
+`spool` (claim, release, fail, remove, store_copy). Writes one log line per message.
+Never raises for anything a message or the smarthost does: a bad envelope, a missing or
+unreadable content file or an unexpected error ends in `.bad` or a retry, never in a
+crashed worker.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+import structlog
+
+from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
+from deliver.forward import Route, SmarthostConnection
+from deliver.outcome import Deferred, Failed, Reply, Sent, classify, next_attempt
+from spool import Claim, Envelope, EnvelopeError, Spool, claim
+from spool.claims import DEFERRAL_KEY
+from spool.config import ConfigError, split_host_port
+from spool.envelope import trailer_fields
+
+_REOPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Result(Enum):
+    """What became of one message id taken from the queue."""
+
+    SENT = "sent"
+    DEFERRED = "deferred"  # back to `.envelope`, due again after a backoff
+    FAILED = "failed"  # `.envelope.bad`
+    HELD = "held"  # back to `.envelope` for a moment (filter said 100, content not there yet)
+    NOT_CLAIMED = "not_claimed"  # gone, or another worker has it
+
+
+@dataclass(frozen=True)
+class Handled:
+    """The result, and whether a client filter asked to stop this scan (exit 102)."""
+
+    result: Result
+    stop_scan: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The delivery settings that concern one message."""
+
+    default_route: Route
+    client_filters: tuple[str, ...] = ()
+    filter_timeout: float = 60.0
+    retry_first: float = 60.0
+    retry_max: float = 3600.0
+    max_age: float = 5 * 86400.0
+    content_grace: float = 10.0
+
+
+@dataclass
+class MessageHandler:
+    """Handles message ids for the workers; remembers which ids wait for a moment (holds)."""
+
+    spool: Spool
+    policy: Policy
+    log: Any = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
+    holds: dict[str, float] = field(default_factory=dict)  # id -> monotonic time
+    _first_trouble: dict[str, float] = field(default_factory=dict)
+
+    def held(self, message_id: str, now: float) -> bool:
+        """True while *message_id* should not be claimed (a hold this process gave it)."""
+        until = self.holds.get(message_id)
+        if until is None:
+            return False
+        if until <= now:
+            del self.holds[message_id]
+            return False
+        return True
+
+    def next_hold_expiry(self) -> float | None:
+        return min(self.holds.values(), default=None)
+
+    async def handle(self, connection: SmarthostConnection, message_id: str) -> Handled:
+        """Claim *message_id* and see it through to sent, deferred, failed or held."""
+        try:
+            claimed = claim(self.spool, message_id)
+        except OSError as error:
+            self.log.error("claim_failed", msg_id=message_id, reason=_os_reason(error))
+            return Handled(Result.NOT_CLAIMED)
+        if claimed is None:
+            return Handled(Result.NOT_CLAIMED)
+        try:
+            return await self._handle_claimed(connection, claimed)
+        except Exception as error:  # a bug or an I/O fault: keep the message, keep going
+            self.log.exception("delivery_error", msg_id=message_id, reason=repr(error))
+            if claimed.fd >= 0:
+                claimed.release(not_before=time.time() + self.policy.retry_first,
+                                reason=f"internal error: {error!r}")
+            return Handled(Result.DEFERRED)
+        finally:
+            if claimed.fd >= 0:  # cancelled at shutdown: back to `.envelope` untouched
+                claimed.close()
+
+    async def _handle_claimed(self, connection: SmarthostConnection, claimed: Claim) -> Handled:
+        message_id = claimed.message_id
+        stop_scan = False
+        if self.policy.client_filters:
+            decision = await run_filters(list(self.policy.client_filters), claimed.content_path,
+                                         claimed.envelope_path, self.policy.filter_timeout)
+            _follow_replaced_envelope(claimed)
+            if decision.verdict is FilterVerdict.SKIP:
+                claimed.close()
+                self.holds[message_id] = time.monotonic() + 1.0
+                self.log.info("message_skipped", msg_id=message_id, outcome="skipped",
+                              reason=f"client filter {decision.program} exit 100")
+                return Handled(Result.HELD)
+            if decision.verdict is FilterVerdict.FAIL:
+                return self._fail(claimed, None, decision.reason, REJECT_CODE)
+            stop_scan = decision.verdict is FilterVerdict.FORWARD_THEN_STOP
+        try:
+            envelope = claimed.read_envelope()
+        except EnvelopeError as error:
+            return self._trouble(claimed, f"bad envelope: {error}")
+        except OSError as error:
+            return self._trouble(claimed, f"envelope cannot be read: {_os_reason(error)}")
+        try:
+            with open(claimed.content_path, "rb") as handle:
+                content = handle.read()
+                content_mtime = os.fstat(handle.fileno()).st_mtime
+        except FileNotFoundError:
+            return self._trouble(claimed, f"content file {claimed.content_path} is missing",
+                                 envelope)
+        except OSError as error:
+            return self._fail(claimed, envelope,
+                              f"content file {claimed.content_path} cannot be read:"
+                              f" {_os_reason(error)}", None)
+        self._first_trouble.pop(message_id, None)
+        if not envelope.to_remote:
+            return self._fail(claimed, envelope, "no remote recipients (X-MailRelay-To-Remote)",
+                              None)
+        try:
+            route = self._route(envelope)
+        except ConfigError as error:
+            return self._fail(claimed, envelope, f"bad X-MailRelay-ForwardToAddress: {error}",
+                              None)
+        attempt = await connection.transact(route, envelope, content)
+        outcome = classify(attempt)
+        if isinstance(outcome, Failed):
+            return self._fail(claimed, envelope, outcome.reason, outcome.code)
+        if isinstance(outcome, Deferred):
+            result = self._defer(claimed, envelope, content_mtime, outcome.reason, outcome.code)
+            return Handled(result.result, stop_scan)
+        return Handled(self._settle(claimed, envelope, outcome), stop_scan)
+
+    def _route(self, envelope: Envelope) -> Route:
+        selector = envelope.client_account_selector
+        if envelope.forward_to_address:
+            host, port = split_host_port(envelope.forward_to_address)
+            return Route(host, port, selector)
+        return replace(self.policy.default_route, account_selector=selector)
+
+    # -- acting on outcomes ------------------------------------------------------------
+
+    def _settle(self, claimed: Claim, envelope: Envelope, sent: Sent) -> Result:
+        """Sent to some or all: split off the refused ones first, then remove the original.
+
+        The copies exist before the original goes, so a crash in between can at worst send
+        the message again to the accepted recipients, never lose the refused ones.
+        """
+        content_path = self.spool.content_path(claimed.message_id)
+        split_ids: list[str] = []
+        for group, permanent in ((sent.failed, True), (sent.deferred, False)):
+            if not group:
+                continue
+            addresses = tuple(address for address, _reply in group)
+            copy = replace(envelope, to_local=(), to_remote=addresses)
+            new_id = self.spool.store_copy(content_path, copy, keep_mtime=True)
+            split_ids.append(new_id)
+            new_claim = claim(self.spool, new_id)
+            if new_claim is None:
+                continue  # someone else took it: it is a normal waiting message now
+            reason = _refusal_reason(group)
+            code = group[0][1].code
+            if permanent:
+                self._fail(new_claim, copy, reason, code)
+            else:
+                content_mtime = os.stat(self.spool.content_path(new_id)).st_mtime
+                self._defer(new_claim, copy, content_mtime, reason, code)
+        claimed.remove()
+        if sent.delivered:
+            extra: dict[str, Any] = {"split_off": ",".join(split_ids)} if split_ids else {}
+            self.log.info("message_forwarded", msg_id=claimed.message_id, outcome="sent",
+                          **{"from": envelope.sender, "to": ",".join(sent.delivered)}, **extra)
+        else:
+            self.log.info("message_split", msg_id=claimed.message_id, outcome="split",
+                          split_off=",".join(split_ids))
+        return Result.SENT
+
+    def _defer(self, claimed: Claim, envelope: Envelope, content_mtime: float, reason: str,
+               code: int | None) -> Handled:
+        now = time.time()
+        age = now - content_mtime
+        if age > self.policy.max_age:
+            return self._fail(
+                claimed, envelope, f"{reason} (giving up: queued longer than max-age)", code
+            )
+        attempts = 1 + sum(1 for key, _v in trailer_fields(envelope.trailer) if key == DEFERRAL_KEY)
+        delay = next_attempt(attempts, self.policy.retry_first, self.policy.retry_max)
+        claimed.release(not_before=now + delay, reason=reason)
+        self.log.warning("delivery_deferred", msg_id=claimed.message_id, outcome="deferred",
+                         reason=reason, attempts=attempts, retry_in=round(delay, 1),
+                         **{"from": envelope.sender, "to": ",".join(envelope.to_remote)})
+        return Handled(Result.DEFERRED)
+
+    def _fail(self, claimed: Claim, envelope: Envelope | None, reason: str,
+              code: int | None) -> Handled:
+        claimed.fail(reason, code)
+        self._first_trouble.pop(claimed.message_id, None)
+        extra: dict[str, Any] = {}
+        if envelope is not None:
+            extra = {"from": envelope.sender, "to": ",".join(envelope.to_remote)}
+        self.log.error("message_failed", msg_id=claimed.message_id, outcome="failed",
+                       reason=reason, code=code, **extra)
+        return Handled(Result.FAILED)
+
+    def _trouble(self, claimed: Claim, reason: str, envelope: Envelope | None = None) -> Handled:
+        """A missing content file or unreadable envelope: maybe a pair still being dropped.
+
+        A person drops the content first and then the envelope, and may write the envelope
+        in place; so a young envelope (or one seen in trouble for the first time less than
+        the grace ago) goes back for a moment. After the grace it fails with *reason*.
+        """
+        message_id = claimed.message_id
+        now = time.monotonic()
+        first = self._first_trouble.setdefault(message_id, now)
+        try:
+            envelope_age = time.time() - os.fstat(claimed.fd).st_mtime
+        except OSError:
+            envelope_age = 0.0
+        grace = self.policy.content_grace
+        if now - first < grace and envelope_age < grace:
+            claimed.close()
+            self.holds[message_id] = now + min(1.0, max(grace / 4, 0.05))
+            self.log.debug("message_waiting", msg_id=message_id, reason=reason)
+            return Handled(Result.HELD)
+        return self._fail(claimed, envelope, reason, None)
+
+
+def _refusal_reason(group: tuple[tuple[str, Reply], ...]) -> str:
+    return "; ".join(f"RCPT TO <{address}>: {reply.describe()}" for address, reply in group)
+
+
+def _follow_replaced_envelope(claimed: Claim) -> None:
+    """A filter that rewrote the `.busy` file by rename left our lock on the old inode:
+    lock the new file instead, so that appended reasons land in the file that moves on."""
+    try:
+        current = os.stat(claimed.envelope_path)
+    except FileNotFoundError:
+        return
+    if current.st_ino == os.fstat(claimed.fd).st_ino:
+        return
+    fd = os.open(claimed.envelope_path, _REOPEN_FLAGS)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return
+    os.close(claimed.fd)
+    claimed.fd = fd
+
+
+def _os_reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+__all__ = ["Handled", "MessageHandler", "Policy", "Result"]

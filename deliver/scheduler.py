@@ -1,0 +1,267 @@
+"""When to scan the spool and who sends what: wake-ups, the queue of due ids, the workers.
+
+The directory listing (`spool.scan_due`) is the truth; everything else only asks for a scan:
+watchdog events for `*.envelope` files and for intake's trigger file, SIGUSR1, the
+`--poll` timer, and the earliest future due time of a deferred message. Scans run one at a
+time in a thread (a request during a scan sets a "scan again" flag) and keep only message
+ids: envelopes are parsed by the worker that claims them. N workers each own one reusable
+smarthost connection. Reads directory listings; every change to a message goes through
+`deliver.message`. Never parses an envelope itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from deliver.forward import SmarthostConnection
+from deliver.message import MessageHandler, Result
+from spool import Spool, recover, scan_due
+from spool.names import TRIGGER_NAME, State
+
+# A connection idle this long is closed (QUIT); the next message opens a new one.
+IDLE_CLOSE_SECONDS = 30.0
+# How often `.busy` files of dead workers are looked for while running (also at start).
+RECOVER_INTERVAL = 300.0
+
+
+@dataclass
+class RunStats:
+    """Counts for one run (what --once reports and decides its exit code by)."""
+
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    held: int = 0
+    waiting_at_end: int = 0
+    connections: int = 0
+
+
+@dataclass
+class Scheduler:
+    """Scans, wakes up, and feeds due ids to the workers until stopped (or, --once, done)."""
+
+    spool: Spool
+    handler: MessageHandler
+    new_connection: Callable[[], SmarthostConnection]
+    concurrency: int = 4
+    poll: float = 60.0
+    once: bool = False
+    shutdown_timeout: float = 10.0
+    log: Any = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
+    stats: RunStats = field(default_factory=RunStats)
+
+    def __post_init__(self) -> None:
+        self._pending: deque[str] = deque()
+        self._attempted: set[str] = set()  # --once: each id at most once per run
+        self._in_flight = 0
+        self._stopping = False
+        self._scan_wanted = False
+        self._wakeup = asyncio.Event()
+        self._work_ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hint_pending = threading.Event()  # coalesces watchdog events across threads
+
+    # -- wake-ups (all may be called any number of times) -----------------------------
+
+    def request_scan(self) -> None:
+        """Ask for a scan soon (SIGUSR1, the trigger file, a watchdog event)."""
+        self._scan_wanted = True
+        self._wakeup.set()
+
+    def request_scan_threadsafe(self) -> None:
+        """From watchdog's thread: at most one hand-over to the loop is outstanding."""
+        if self._loop is None or self._hint_pending.is_set():
+            return
+        self._hint_pending.set()
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
+            self._loop.call_soon_threadsafe(self._hint_arrived)
+
+    def _hint_arrived(self) -> None:
+        self._hint_pending.clear()
+        self.request_scan()
+
+    def stop(self) -> None:
+        """Finish or release what is in flight (bounded), then return from run()."""
+        if not self._stopping:
+            self.log.info("deliver_stopping", in_flight=self._in_flight)
+        self._stopping = True
+        self._wakeup.set()
+        self._work_ready.set()
+        self._idle.set()
+
+    # -- the run -----------------------------------------------------------------------
+
+    async def run(self) -> RunStats:
+        self._loop = asyncio.get_running_loop()
+        await self._recover()
+        observer = None if self.once else self._watch()
+        workers = [asyncio.create_task(self._worker(), name=f"worker-{n}")
+                   for n in range(self.concurrency)]
+        try:
+            if self.once:
+                await self._run_once()
+            else:
+                await self._run_forever()
+        finally:
+            self.stop()
+            if observer is not None:
+                observer.stop()
+            _done, still_running = await asyncio.wait(workers, timeout=self.shutdown_timeout)
+            for task in still_running:
+                task.cancel()  # each releases its claim back to `.envelope` on the way out
+            await asyncio.gather(*workers, return_exceptions=True)
+            if observer is not None:
+                await asyncio.to_thread(observer.join, 2.0)
+        final = await asyncio.to_thread(scan_due, self.spool)
+        self.stats.waiting_at_end = final.counts.get(State.READY, 0)
+        return self.stats
+
+    async def _run_forever(self) -> None:
+        next_recover = time.monotonic() + RECOVER_INTERVAL
+        while not self._stopping:
+            self._scan_wanted = False
+            self._wakeup.clear()
+            result = await asyncio.to_thread(scan_due, self.spool)
+            now = time.monotonic()
+            self._pending = deque(i for i in result.due if not self.handler.held(i, now))
+            if self._pending:
+                self._work_ready.set()
+            timeout = self.poll
+            if result.next_due is not None:
+                timeout = min(timeout, max(0.0, result.next_due - time.time()) + 0.05)
+            hold_expiry = self.handler.next_hold_expiry()
+            if hold_expiry is not None:
+                timeout = min(timeout, max(0.0, hold_expiry - now) + 0.05)
+            timeout = min(timeout, max(0.0, next_recover - now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            # While the last scan's list is still long, a new scan would only list the same
+            # ids again: let the workers work it down first (new mail is found after that).
+            while len(self._pending) > 2 * self.concurrency and not self._stopping:
+                await asyncio.sleep(0.05)
+            if time.monotonic() >= next_recover and not self._stopping:
+                await self._recover()
+                next_recover = time.monotonic() + RECOVER_INTERVAL
+
+    async def _run_once(self) -> None:
+        while not self._stopping:
+            result = await asyncio.to_thread(scan_due, self.spool)
+            due = [i for i in result.due if i not in self._attempted]
+            if not due:
+                return
+            self._attempted.update(due)
+            self._pending = deque(due)
+            self._idle.clear()
+            self._work_ready.set()
+            await self._idle.wait()
+
+    async def _recover(self) -> None:
+        try:
+            report = await asyncio.to_thread(recover, self.spool)
+        except OSError as error:
+            self.log.error("recovery_failed", reason=error.strerror or str(error))
+            return
+        if report.busy_recovered:
+            self.log.warning("messages_recovered", count=len(report.busy_recovered),
+                             msg_ids=",".join(report.busy_recovered[:20]))
+        removed = report.new_removed + report.orphans_removed + report.temp_removed
+        if removed:
+            self.log.info("debris_removed", count=len(removed))
+
+    # -- the workers ---------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        connection = self.new_connection()
+        try:
+            while (message_id := await self._next_id(connection)) is not None:
+                self._in_flight += 1
+                try:
+                    handled = await self.handler.handle(connection, message_id)
+                finally:
+                    self._in_flight -= 1
+                self._count(handled.result)
+                if handled.stop_scan:
+                    self._pending.clear()  # client filter exit 102: stop this scan
+                if not self._pending and self._in_flight == 0:
+                    self._idle.set()
+        finally:
+            self.stats.connections += connection.connections_opened
+            await asyncio.shield(connection.close())
+
+    async def _next_id(self, connection: SmarthostConnection) -> str | None:
+        while not self._stopping:
+            if self._pending:
+                return self._pending.popleft()
+            if self._in_flight == 0:
+                self._idle.set()
+            self._work_ready.clear()
+            try:
+                await asyncio.wait_for(self._work_ready.wait(), IDLE_CLOSE_SECONDS)
+            except TimeoutError:
+                await connection.close()
+        return None
+
+    def _count(self, result: Result) -> None:
+        if result is Result.SENT:
+            self.stats.sent += 1
+        elif result is Result.DEFERRED:
+            self.stats.deferred += 1
+        elif result is Result.FAILED:
+            self.stats.failed += 1
+        elif result is Result.HELD:
+            self.stats.held += 1
+
+    # -- watchdog ------------------------------------------------------------------------
+
+    def _watch(self) -> Any:
+        observer = Observer()
+        observer.schedule(_SpoolEvents(self.request_scan_threadsafe), str(self.spool.path),
+                          recursive=False)
+        observer.daemon = True
+        try:
+            observer.start()
+        except OSError as error:  # e.g. out of inotify watches: --poll still finds the mail
+            self.log.warning("watch_failed", reason=error.strerror or str(error))
+            return None
+        return observer
+
+
+class _SpoolEvents(FileSystemEventHandler):
+    """Turns file events that may mean new mail into scan requests (hints only)."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+
+    @staticmethod
+    def _interesting(path: str | bytes) -> bool:
+        name = path.decode(errors="replace") if isinstance(path, bytes) else path
+        name = name.rsplit("/", 1)[-1]
+        return name.endswith(State.READY.suffix) or name == TRIGGER_NAME
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if self._interesting(event.src_path):
+            self._wake()
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if self._interesting(event.dest_path):
+            self._wake()
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if self._interesting(event.src_path):
+            self._wake()
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        if self._interesting(event.src_path):  # the trigger file, or an envelope written in place
+            self._wake()
