@@ -1,0 +1,56 @@
+"""SMTP AUTH for intake against the `--server-auth` secrets file (E-MailRelay's format).
+
+`Authenticator` is aiosmtpd's authenticator callback for PLAIN and LOGIN; `check_cram_md5`
+verifies a CRAM-MD5 response (RFC 2195). Trust by `server none` lines is looked up with
+`trusted_keyword`. Reads the secrets file only (through `spool.secrets.SecretsFile`, which
+rereads it when it changes); never logs a password.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from spool.secrets import SecretsFile
+
+MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+
+
+class Authenticator:
+    """Checks PLAIN/LOGIN credentials; on success the identity is the user name."""
+
+    def __init__(self, secrets: SecretsFile) -> None:
+        self.secrets = secrets
+
+    def __call__(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        try:
+            user = auth_data.login.decode("utf-8")
+            password = auth_data.password.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False)
+        if self.secrets.get().check_server(user, password):
+            return AuthResult(success=True, auth_data=LoginPassword(auth_data.login, b""))
+        return AuthResult(success=False, handled=False)
+
+    def check_cram_md5(self, challenge: bytes, response: bytes) -> str | None:
+        """The user name when *response* ('user hex-digest') answers *challenge*, else None."""
+        try:
+            user_text, _, digest = response.decode("utf-8").rpartition(" ")
+        except UnicodeDecodeError:
+            return None
+        password = self.secrets.get().server_users.get(user_text)
+        expected = hmac.new((password or "").encode("utf-8"), challenge, "md5").hexdigest()
+        if password is None or not user_text:
+            hmac.compare_digest(expected, expected)  # even out timing for unknown users
+            return None
+        return user_text if hmac.compare_digest(expected, digest.lower()) else None
+
+    def trusted_keyword(self, ip: str) -> str | None:
+        """The keyword of the `server none` line that trusts *ip*, or None."""
+        return self.secrets.get().trusted_keyword(ip)

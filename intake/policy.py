@@ -1,0 +1,131 @@
+"""Intake policy as small functions: who may connect, what an address or HELO may contain,
+connection limits, free-space refusal, and the reply for a storage error.
+
+Reads only the spool directory's free space (statvfs, cached for a second). Never touches
+message files and never talks SMTP itself: the server adapter asks and sends the reply.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from spool import Spool
+
+# C0 controls, DEL, and lone surrogates (bytes that were not UTF-8: aiosmtpd decodes
+# arguments with surrogateescape).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_HELO = re.compile(r"^[\x21-\x7e\u0080-\U0010ffff]{1,255}$")
+MAX_AUTH_FAILURES = 3
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def client_ip(peer: object) -> str:
+    """The IP address of an asyncio peername tuple (no port); '' when unknown."""
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0]).split("%", maxsplit=1)[0]
+    return ""
+
+
+def client_port(peer: object) -> int:
+    """The port of an asyncio peername tuple; 0 when unknown."""
+    if isinstance(peer, tuple) and len(peer) > 1 and isinstance(peer[1], int):
+        return peer[1]
+    return 0
+
+
+def is_loopback(ip: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def address_problem(address: str, *, smtputf8: bool) -> str | None:
+    """The reply refusing a MAIL FROM / RCPT TO address, or None when it is acceptable.
+
+    Controls could forge an envelope line; non-ASCII needs the SMTPUTF8 parameter.
+    """
+    if _CONTROL.search(address):
+        return "553 5.1.3 Address contains control characters or invalid bytes"
+    if not smtputf8 and not address.isascii():
+        return "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter"
+    return None
+
+
+def helo_problem(name: str) -> str | None:
+    """The reply refusing a HELO/EHLO argument, or None (one word, printable, <=255)."""
+    if not _HELO.match(name):
+        return "501 5.5.4 Invalid HELO/EHLO name"
+    return None
+
+
+def storage_error_reply(error: OSError) -> str:
+    """A storage failure is always temporary: 452 for a full disk or quota, else 451."""
+    if error.errno in _NO_SPACE:
+        return "452 4.3.1 Insufficient system storage"
+    return "451 4.3.0 Local error in processing: message not stored"
+
+
+class ConnectionLimits:
+    """Counts open connections in total and per client address."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total_limit = total
+        self.per_client_limit = per_client
+        self.total = 0
+        self.by_client: Counter[str] = Counter()
+
+    def admit(self, ip: str) -> str | None:
+        """Count a new connection; returns a 421 reply when it is over a limit (not counted)."""
+        if self.total_limit > 0 and self.total >= self.total_limit:
+            return "421 4.7.0 Too many connections, try again later"
+        if self.per_client_limit > 0 and self.by_client[ip] >= self.per_client_limit:
+            return "421 4.7.0 Too many connections from your address, try again later"
+        self.total += 1
+        self.by_client[ip] += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        """Forget a connection that admit() counted."""
+        self.total -= 1
+        self.by_client[ip] -= 1
+        if self.by_client[ip] <= 0:
+            del self.by_client[ip]
+
+
+@dataclass
+class SpaceCheck:
+    """Refuses new mail while the spool's file system has less than *min_free* bytes left."""
+
+    spool: Spool
+    min_free: int
+    _checked_at: float = -1.0
+    _free: int = 0
+
+    def free_bytes(self) -> int:
+        """The free space, asked of the kernel at most once a second."""
+        now = time.monotonic()
+        if now - self._checked_at >= 1.0:
+            try:
+                self._free = self.spool.free_bytes()
+            except OSError:
+                self._free = 0
+            self._checked_at = now
+        return self._free
+
+    def refusal(self, declared_size: int) -> str | None:
+        """452 when storing *declared_size* more bytes would leave less than min_free."""
+        if self.min_free <= 0:
+            return None
+        if self.free_bytes() - declared_size < self.min_free:
+            return "452 4.3.1 Insufficient system storage, try again later"
+        return None

@@ -1,0 +1,183 @@
+"""relay-intake's options and the validated configuration built from them.
+
+Options come through `spool.config.load_settings` (flags > RELAY_* > the `[intake]` table
+and shared keys of the config file > defaults). `build_config` checks them and loads what
+they point to (secrets file, TLS certificate): every problem is a `ConfigError` naming the
+option, so that main exits 78. Reads the secrets and certificate files; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import ssl
+from dataclasses import dataclass, field
+
+from intake.auth import Authenticator
+from spool.config import ConfigError, Option, resolve_path
+from spool.secrets import SecretsError, SecretsFile
+
+PROGRAM = "relay-intake"
+DESCRIPTION = "relay's SMTP intake: stores each message durably in the spool before 250."
+DEFAULT_SPOOL_DIR = "/var/spool/relay"
+DEFAULT_SIZE = 32 * 1024 * 1024
+MIN_FREE_FLOOR = 64 * 1024 * 1024
+
+OPTIONS: tuple[Option, ...] = (
+    Option("spool-dir", "the spool directory", DEFAULT_SPOOL_DIR, metavar="DIR"),
+    Option("interface", "address to listen on, IPv4 or IPv6", ["127.0.0.1"], "list",
+           metavar="ADDRESS"),
+    Option("port", "SMTP port to listen on", 25, "int"),
+    Option("domain", "this host's name in the greeting, EHLO reply and Received line "
+           "(default: the host's fully qualified name)", None, metavar="NAME"),
+    Option("remote-clients", "accept clients that are not on loopback", False, "bool"),
+    Option("size", "largest message accepted (bytes, or K/M/G), advertised as SIZE; 0: no limit",
+           DEFAULT_SIZE, "size"),
+    Option("max-recipients", "recipients per message (452 for the extra ones)", 100, "int",
+           metavar="N"),
+    Option("max-connections", "concurrent connections in total (421 beyond)", 200, "int",
+           metavar="N"),
+    Option("max-connections-per-client", "concurrent connections from one client address",
+           20, "int", metavar="N"),
+    Option("idle-timeout", "seconds without any bytes from a client before it is dropped",
+           300.0, "float", metavar="SECONDS"),
+    Option("greeting-delay", "seconds to wait before the greeting; a client that talks first "
+           "is refused (554). 0 refuses only what already arrived", 0.0, "float",
+           metavar="SECONDS"),
+    Option("filter", "program run on each message before it is accepted", [], "list",
+           metavar="PROGRAM"),
+    Option("filter-timeout", "seconds a filter or the address verifier may run", 60.0, "float",
+           metavar="SECONDS"),
+    Option("address-verifier", "program that checks each RCPT TO address", None,
+           metavar="PROGRAM"),
+    Option("server-auth", "secrets file: clients must AUTH (unless a 'server none' line "
+           "trusts them)", None, metavar="FILE"),
+    Option("server-auth-insecure", "offer AUTH without TLS too (passwords in clear text)",
+           False, "bool"),
+    Option("server-tls-certificate", "PEM certificate chain for STARTTLS", None, metavar="FILE"),
+    Option("server-tls-key", "PEM private key for STARTTLS (default: in the certificate file)",
+           None, metavar="FILE"),
+    Option("server-tls-required", "refuse everything but EHLO, STARTTLS and QUIT before TLS",
+           False, "bool"),
+    Option("min-free-space", "refuse MAIL (452) while the spool's disk has less free space "
+           "(default: twice --size, at least 64M)", None, "size"),
+    Option("stop-timeout", "seconds that open transactions may take to finish after SIGTERM",
+           20.0, "float", metavar="SECONDS"),
+    Option("pid-file", "write the process id to this file (removed at exit)", None,
+           metavar="FILE"),
+)
+
+
+@dataclass
+class IntakeConfig:
+    """Everything the server needs, checked."""
+
+    spool_dir: str
+    interfaces: list[str]
+    port: int
+    domain: str
+    remote_clients: bool = False
+    size: int = DEFAULT_SIZE
+    max_recipients: int = 100
+    max_connections: int = 200
+    max_connections_per_client: int = 20
+    idle_timeout: float = 300.0
+    greeting_delay: float = 0.0
+    filters: list[str] = field(default_factory=list)
+    filter_timeout: float = 60.0
+    address_verifier: str | None = None
+    authenticator: Authenticator | None = None
+    auth_insecure: bool = False
+    tls_context: ssl.SSLContext | None = None
+    tls_required: bool = False
+    min_free_space: int = MIN_FREE_FLOOR
+    stop_timeout: float = 20.0
+    pid_file: str | None = None
+
+    @property
+    def open_relay(self) -> bool:
+        """Untrusted remote clients may relay: remote clients, no AUTH and no verifier."""
+        return self.remote_clients and self.authenticator is None and not self.address_verifier
+
+
+def _program(path: str, option: str) -> str:
+    resolved = str(resolve_path(path))
+    if not os.path.isfile(resolved) or not os.access(resolved, os.X_OK):
+        raise ConfigError(f"--{option}: {resolved} is not an executable file")
+    return os.path.abspath(resolved)
+
+
+def _tls_context(certificate: str, key: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        context.load_cert_chain(certificate, key)
+    except FileNotFoundError as error:
+        raise ConfigError(f"--server-tls-certificate/--server-tls-key: {error.filename}: "
+                          "no such file") from None
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"--server-tls-certificate/--server-tls-key: cannot load: {error}"
+                          ) from None
+    return context
+
+
+def build_config(settings: argparse.Namespace) -> IntakeConfig:
+    """Check the merged settings; raises ConfigError naming the option at fault."""
+    positive = ("idle_timeout", "filter_timeout", "stop_timeout")
+    for name in positive:
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be more than 0")
+    for name in ("size", "max_connections", "max_connections_per_client", "greeting_delay"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    if settings.max_recipients < 1:
+        raise ConfigError("--max-recipients must be at least 1")
+    if not 0 <= settings.port < 65536:
+        raise ConfigError("--port must be 0-65535")
+    if not settings.interface:
+        raise ConfigError("--interface: give at least one address")
+    domain = settings.domain or socket.getfqdn() or "localhost"
+    if any(not (33 <= ord(c) <= 126) for c in domain):
+        raise ConfigError(f"--domain: {domain!r} is not a host name")
+    authenticator = None
+    if settings.server_auth:
+        try:
+            authenticator = Authenticator(SecretsFile(str(resolve_path(settings.server_auth))))
+        except (SecretsError, OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"--server-auth: {error}") from None
+    tls_context = None
+    if settings.server_tls_certificate:
+        key = str(resolve_path(settings.server_tls_key)) if settings.server_tls_key else None
+        tls_context = _tls_context(str(resolve_path(settings.server_tls_certificate)), key)
+    elif settings.server_tls_key or settings.server_tls_required:
+        raise ConfigError("--server-tls-key and --server-tls-required need "
+                          "--server-tls-certificate")
+    min_free = settings.min_free_space
+    if min_free is None:
+        min_free = max(2 * settings.size, MIN_FREE_FLOOR)
+    return IntakeConfig(
+        spool_dir=str(resolve_path(settings.spool_dir)),
+        interfaces=list(settings.interface),
+        port=settings.port,
+        domain=domain,
+        remote_clients=settings.remote_clients,
+        size=settings.size,
+        max_recipients=settings.max_recipients,
+        max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
+        idle_timeout=settings.idle_timeout,
+        greeting_delay=settings.greeting_delay,
+        filters=[_program(path, "filter") for path in settings.filter],
+        filter_timeout=settings.filter_timeout,
+        address_verifier=(_program(settings.address_verifier, "address-verifier")
+                          if settings.address_verifier else None),
+        authenticator=authenticator,
+        auth_insecure=settings.server_auth_insecure,
+        tls_context=tls_context,
+        tls_required=settings.server_tls_required,
+        min_free_space=min_free,
+        stop_timeout=settings.stop_timeout,
+        pid_file=str(resolve_path(settings.pid_file)) if settings.pid_file else None,
+    )
