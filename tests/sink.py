@@ -78,8 +78,14 @@ class _Handler:
         with sink.lock:
             sink.data_attempts += 1
             attempt = sink.data_attempts
-        if behaviour.stall_after_data:
-            await asyncio.sleep(behaviour.stall_after_data)
+            sink.data_in_progress += 1
+            sink.most_data_at_once = max(sink.most_data_at_once, sink.data_in_progress)
+        try:
+            if behaviour.stall_after_data:
+                await asyncio.sleep(behaviour.stall_after_data)
+        finally:
+            with sink.lock:
+                sink.data_in_progress -= 1
         if behaviour.hangup_after_data:
             assert server.transport is not None
             server.transport.close()
@@ -105,6 +111,10 @@ class Sink:
         self.messages: list[Received] = []
         self.connections_seen: set[int] = set()
         self.data_attempts = 0
+        # Transactions between the final dot and the reply right now, and the most ever:
+        # how many connections a client really used in parallel.
+        self.data_in_progress = 0
+        self.most_data_at_once = 0
         self.lock = threading.Lock()
         self.controller = Controller(
             _Handler(self),
