@@ -1,0 +1,109 @@
+"""Benchmark 3, end to end: relay-intake and relay-deliver running, a recording sink downstream.
+
+Each round starts bench's sink (it notes each message's receipt time by its Message-ID
+token), relay-intake and relay-deliver (default concurrency) on one spool, then:
+1. latency: the load generator offers messages at a fixed rate (100/s) for a few seconds
+   and notes the time of each 250; latency = sink receipt - intake's 250, per message
+   (both clocks are CLOCK_MONOTONIC of this machine);
+2. sustained throughput: the load generator offers N messages closed loop (20 sessions);
+   throughput = N / (first connect to the sink's last receipt), every message delivered.
+Its baseline, in the same round (alternating order), is benchmark 1's figure measured
+afresh: relay-intake alone, same N, same sessions. Writes only into scratch directories.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench.common import BenchError, Context, Row, median, percentile, processes, remove_tree
+from bench.durable_intake import intake_rate
+from bench.harness import (
+    profiled,
+    progress_time,
+    run_loadgen,
+    start_deliver,
+    start_intake,
+    start_null_server,
+)
+
+NAME = "e2e"
+
+
+def end_to_end(ctx: Context, prefix: str) -> tuple[float, list[float]]:
+    """One round with relay running: (sustained msg/s, latencies in seconds at the fixed rate)."""
+    sizes = ctx.sizes
+    latency_count = round(sizes.e2e_rate * sizes.e2e_seconds)
+    count = sizes.e2e_messages
+    logs = ctx.scratch(f"{NAME}-logs")
+    spool = ctx.scratch(f"{NAME}-spool")
+    record = logs / "sink-record.json"
+    profilers: list = []  # type: ignore[type-arg]
+    try:
+        with processes() as running:
+            sink, sink_port = start_null_server(ctx, logs, progress=50,
+                                                expect=latency_count + count, record=record)
+            running.append(sink)
+            intake, port = start_intake(ctx, spool, logs)
+            running.append(profiled(ctx, intake, "e2e-intake", profilers))
+            running.append(profiled(ctx, start_deliver(ctx, spool, sink_port, logs),
+                                    "e2e-deliver", profilers))
+            offered = run_loadgen(ctx, port, latency_count, logs, sessions=sizes.intake_sessions,
+                                  size=sizes.message_size, rate=sizes.e2e_rate,
+                                  prefix=f"{prefix}l", record=True)
+            progress_time(sink, latency_count, 60)
+            loaded = run_loadgen(ctx, port, count, logs, sessions=sizes.intake_sessions,
+                                 size=sizes.message_size, prefix=f"{prefix}t")
+            last = progress_time(sink, latency_count + count, 120)
+            for profiler in profilers:
+                profiler.stop()
+            for process in running:
+                process.check_alive()
+            sink.stop()
+        received = {token: when for token, when in json.loads(record.read_text())["received"]}
+        latencies = []
+        for token, accepted in offered["records"]:
+            if token not in received:
+                raise BenchError(f"message {token} was accepted but never reached the sink")
+            latencies.append(received[token] - accepted)
+        if offered["lag_max"] > 0.5:
+            ctx.notes.append(f"e2e: the load generator fell {offered['lag_max']:.2f} s behind"
+                             " the fixed rate")
+        return count / (last - loaded["start"]), latencies
+    finally:
+        remove_tree(spool)
+        remove_tree(logs)
+
+
+def run(ctx: Context) -> list[Row]:
+    sizes = ctx.sizes
+    sustained: list[float] = []
+    intake_alone: list[float] = []
+    ratios: list[float] = []
+    p50s: list[float] = []
+    p99s: list[float] = []
+    for round_number in range(sizes.runs):
+        order = ("baseline", "relay") if round_number % 2 == 0 else ("relay", "baseline")
+        for kind in order:
+            if kind == "relay":
+                rate, latencies = end_to_end(ctx, f"e{round_number}")
+                sustained.append(rate)
+                p50s.append(percentile(latencies, 0.50) * 1000)
+                p99s.append(percentile(latencies, 0.99) * 1000)
+            else:
+                intake_alone.append(intake_rate(ctx, "relay", sizes.e2e_messages,
+                                                f"e{round_number}b"))
+        ratios.append(sustained[-1] / intake_alone[-1])
+        print(f"  e2e round {round_number + 1}: sustained {sustained[-1]:.0f}/s, intake alone"
+              f" {intake_alone[-1]:.0f}/s, ratio {ratios[-1]:.2f}; at {sizes.e2e_rate:.0f}/s"
+              f" p50 {p50s[-1]:.1f} ms p99 {p99s[-1]:.1f} ms", flush=True)
+    ratio = median(ratios)
+    p99 = median(p99s)
+    return [
+        Row("3 e2e", f"sustained intake+deliver, {sizes.e2e_messages} msgs (baseline:"
+            " relay-intake alone)", median(sustained), median(intake_alone), "msg/s", ratio,
+            target=">= 0.6x", met=ratio >= 0.6),
+        Row("3 e2e", f"latency 250 -> sink at {sizes.e2e_rate:.0f} msg/s, p50",
+            median(p50s), None, "ms"),
+        Row("3 e2e", f"latency 250 -> sink at {sizes.e2e_rate:.0f} msg/s, p99",
+            p99, None, "ms", target="< 50 ms", met=p99 < 50),
+    ]
