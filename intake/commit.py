@@ -65,13 +65,13 @@ class GroupCommitter:
         self._thread = None
 
     def _submit(self, job: _Job) -> asyncio.Future[PendingMessage]:
-        if self._thread is None:
-            raise RuntimeError("the committer is not running")
+        # Jobs queued before start() wait for the worker and then form its first batch.
         self._queue.put(job)
         return job.future
 
     def _new_future(self) -> asyncio.Future[PendingMessage]:
-        assert self._loop is not None
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         return self._loop.create_future()
 
     async def store(self, content: tuple[bytes, ...], envelope: Envelope) -> PendingMessage:

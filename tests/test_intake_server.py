@@ -1,0 +1,491 @@
+"""relay-intake on 127.0.0.1 driven by smtplib and raw sockets: the happy path and bad input.
+
+Also the helpers the other test_intake*.py files use: `IntakeThread` runs the real
+`intake.main.run` (the code behind the console script) in a thread with a free port, and
+`RawClient` speaks SMTP byte by byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import smtplib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sink import free_port
+
+from intake.main import prepare, run
+from intake.policy import address_problem, helo_problem, is_loopback
+from intake.server import IntakeServer
+from spool import Envelope, parse_envelope
+
+MESSAGE = (
+    b"From: a@example.org\r\nTo: b@example.com\r\nSubject: test\r\n\r\n"
+    b"Hello,\r\n..a line that starts with a dot\r\n\tand one with a tab\r\n"
+)
+
+
+class IntakeThread:
+    """The real relay-intake (intake.main.run) serving in a background thread."""
+
+    def __init__(self, spool_dir: Path, *args: str) -> None:
+        self.spool_dir = spool_dir
+        self.port = free_port()
+        argv = ["--spool-dir", str(spool_dir), "--port", str(self.port),
+                "--domain", "intake.test", *args]
+        self.config, self.spool, self.log = prepare(argv)
+        self.server: IntakeServer | None = None
+        self._stop: Callable[[], None] | None = None
+        self._ready = threading.Event()
+        self.exit_code: int | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _on_ready(self, server: IntakeServer, stop: Callable[[], None]) -> None:
+        self.server, self._stop = server, stop
+        self._ready.set()
+
+    def _main(self) -> None:
+        try:
+            self.exit_code = asyncio.run(run(self.config, self.spool, self.log,
+                                             install_signals=False, on_ready=self._on_ready))
+        finally:
+            self._ready.set()
+
+    def __enter__(self) -> IntakeThread:
+        self._thread.start()
+        assert self._ready.wait(10) and self.server is not None, "intake did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._stop()
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+    def smtp(self, timeout: float = 10) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test",
+                            timeout=timeout)
+
+
+class RawClient:
+    """A socket that sends bytes and reads whole SMTP replies."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", greeting: bool = True,
+                 source: str | None = None) -> None:
+        self.sock = socket.create_connection((host, port), timeout=10,
+                                             source_address=(source, 0) if source else None)
+        self.buffer = b""
+        self.greeting = self.reply() if greeting else ""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> str:
+        """One complete reply (all its lines), e.g. '250-a\\n250 b'; '' at end of stream."""
+        lines: list[str] = []
+        while True:
+            while b"\r\n" not in self.buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return "\n".join(lines)
+                self.buffer += chunk
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            lines.append(line.decode("utf-8", "replace"))
+            if len(line) < 4 or line[3:4] != b"-":
+                return "\n".join(lines)
+
+    def command(self, line: bytes) -> str:
+        self.send(line + b"\r\n")
+        return self.reply()
+
+    def closed(self, timeout: float = 5) -> bool:
+        """True when the server closes the connection (any pending replies are skipped)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except (TimeoutError, OSError) as error:
+            return not isinstance(error, TimeoutError)
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def accepted(spool_dir: Path) -> list[tuple[Envelope, bytes]]:
+    """Every accepted message (envelope parsed, content bytes), oldest first."""
+    found = []
+    for path in sorted(spool_dir.glob("*.envelope"), key=lambda p: p.stat().st_mtime_ns):
+        content = spool_dir / (path.name.removesuffix(".envelope") + ".content")
+        found.append((parse_envelope(path.read_bytes(), path=str(path)), content.read_bytes()))
+    return found
+
+
+def message_files(spool_dir: Path) -> list[str]:
+    return sorted(name for name in os.listdir(spool_dir) if not name.startswith("."))
+
+
+def body_after_received(content: bytes) -> bytes:
+    """The content without relay's (folded) Received line, which must come first."""
+    assert content.startswith(b"Received: from "), content[:80]
+    end = content.index(b"\r\n") + 2
+    while content[end:end + 1] in (b" ", b"\t"):
+        end = content.index(b"\r\n", end) + 2
+    return content[end:]
+
+
+def assert_still_serving(intake: IntakeThread) -> None:
+    """A fresh client can still send a message."""
+    before = len(accepted(intake.spool_dir))
+    with intake.smtp() as client:
+        client.sendmail("ok@example.org", ["ok@example.com"], MESSAGE)
+    assert len(accepted(intake.spool_dir)) == before + 1
+
+
+@pytest.fixture
+def intake(spool_dir: Path) -> Iterator[IntakeThread]:
+    with IntakeThread(spool_dir) as running:
+        yield running
+
+
+def test_happy_path_stores_envelope_and_exact_content(intake: IntakeThread) -> None:
+    """A message is on disk as a parseable envelope and byte-identical content after Received."""
+    with intake.smtp() as client:
+        client.ehlo()
+        refused = client.sendmail("sender@example.org", ["r1@example.com", "r2@example.net"],
+                                  MESSAGE)
+        assert refused == {}
+    ((envelope, content),) = accepted(intake.spool_dir)
+    assert envelope.sender == "sender@example.org"
+    assert envelope.to_remote == ("r1@example.com", "r2@example.net")
+    assert envelope.to_local == ()
+    assert envelope.client == "127.0.0.1"
+    assert envelope.body_type == "7bit"
+    assert envelope.authentication == ""
+    assert not envelope.utf8_mailbox_names
+    assert body_after_received(content) == MESSAGE
+    first = content.split(b"\r\n\r\n")[0]
+    assert b"from client.test ([127.0.0.1])" in first and b"by intake.test with ESMTP;" in first
+    assert not list(intake.spool_dir.glob("*.new"))
+
+
+def test_body_8bitmime_smtputf8_and_null_sender_are_recorded(intake: IntakeThread) -> None:
+    """BODY=8BITMIME, SMTPUTF8 and MAIL FROM:<> end up in the envelope; 8-bit bytes kept."""
+    eight_bit = "Subject: caf\u00e9\r\n\r\nna\u00efve \u00fcber\r\n".encode()
+    with intake.smtp() as client:
+        client.ehlo()
+        client.sendmail("", ["b@example.com"], eight_bit, mail_options=["BODY=8BITMIME"])
+        client.sendmail("j\u00f6rg@example.org", ["m\u00fcller@example.com"], b"X: y\r\n\r\nz\r\n",
+                        mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    (first, first_content), (second, _) = accepted(intake.spool_dir)
+    assert first.sender == "" and first.body_type == "8bit"
+    assert body_after_received(first_content) == eight_bit
+    assert second.utf8_mailbox_names and second.sender == "j\u00f6rg@example.org"
+    assert second.to_remote == ("m\u00fcller@example.com",)
+
+
+def test_ehlo_advertises_extensions_but_no_auth_without_server_auth(intake: IntakeThread) -> None:
+    """EHLO lists PIPELINING, 8BITMIME, SIZE, SMTPUTF8; AUTH is neither offered nor accepted."""
+    with intake.smtp() as client:
+        code, _ = client.ehlo()
+        assert code == 250
+        for extension in ("pipelining", "8bitmime", "smtputf8"):
+            assert client.has_extn(extension)
+        assert client.esmtp_features["size"] == str(32 * 1024 * 1024)
+        assert not client.has_extn("auth") and not client.has_extn("starttls")
+        assert client.docmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==")[0] == 502
+
+
+def test_pipelined_transactions_are_each_answered(intake: IntakeThread) -> None:
+    """A client that pipelines MAIL/RCPT/DATA gets each reply in order and one message."""
+    raw = RawClient(intake.port)
+    raw.command(b"EHLO client.test")
+    raw.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>"
+             b"\r\nDATA\r\n")
+    assert [raw.reply()[:3] for _ in range(4)] == ["250", "250", "250", "354"]
+    raw.send(MESSAGE + b".\r\nQUIT\r\n")
+    assert raw.reply().startswith("250 2.0.0 OK queued as emailrelay.")
+    assert raw.reply().startswith("221")
+    ((envelope, content),) = accepted(intake.spool_dir)
+    assert envelope.to_remote == ("b@example.com", "c@example.com")
+    assert body_after_received(content) == MESSAGE.replace(b"\n..", b"\n.")  # unstuffed
+
+
+@pytest.mark.parametrize("address", [b"<a\x00b@example.com>", b"<a\x01b@example.com>",
+                                     b"<a\rb@example.com>", b"<a\x7fb@example.com>",
+                                     b"<a\x1bb@example.com>"])
+def test_control_characters_in_addresses_are_refused(intake: IntakeThread, address: bytes) -> None:
+    """NUL, CR, DEL and other controls in MAIL FROM or RCPT TO get 553/501; nothing stored."""
+    raw = RawClient(intake.port)
+    raw.command(b"EHLO client.test")
+    assert raw.command(b"MAIL FROM:" + address)[:3] in ("553", "501")
+    assert raw.command(b"MAIL FROM:<ok@example.org>")[:3] == "250"
+    assert raw.command(b"RCPT TO:" + address)[:3] in ("553", "501")
+    assert raw.command(b"DATA")[:3] == "503"
+    raw.close()
+    assert message_files(intake.spool_dir) == []
+    assert_still_serving(intake)
+
+
+def test_non_ascii_address_needs_smtputf8(intake: IntakeThread) -> None:
+    """An 8-bit address without the SMTPUTF8 parameter is refused 553."""
+    raw = RawClient(intake.port)
+    raw.command(b"EHLO client.test")
+    assert raw.command("MAIL FROM:<j\u00f6rg@example.org>".encode())[:3] == "553"
+    assert raw.command(b"MAIL FROM:<a@example.org>")[:3] == "250"
+    assert raw.command(b"RCPT TO:<\xff\xfe@example.com>")[:3] == "553"
+
+
+def test_helo_with_bare_cr_is_refused(intake: IntakeThread) -> None:
+    """HELO/EHLO names with a bare CR (or other control) are refused 501; MAIL needs HELO."""
+    raw = RawClient(intake.port)
+    assert raw.command(b"HELO evil\rMAIL FROM:<a@example.org>")[:3] == "501"
+    assert raw.command(b"EHLO evil\rname")[:3] == "501"
+    assert raw.command(b"MAIL FROM:<a@example.org>")[:3] == "503"
+    assert raw.command(b"HELO good.example")[:3] == "250"
+    assert raw.command(b"MAIL FROM:<a@example.org>")[:3] == "250"
+
+
+def test_long_data_line_and_long_command_are_refused(intake: IntakeThread) -> None:
+    """A DATA line over 1000 octets: 5xx and nothing stored; a command over 512: 500."""
+    raw = RawClient(intake.port)
+    raw.command(b"EHLO client.test")
+    assert raw.command(b"NOOP " + b"x" * 600)[:3] == "500"
+    assert raw.command(b"MAIL FROM:<a@example.org>")[:3] == "250"
+    assert raw.command(b"RCPT TO:<b@example.com>")[:3] == "250"
+    assert raw.command(b"DATA")[:3] == "354"
+    raw.send(b"Subject: long\r\n\r\n" + b"y" * 1200 + b"\r\nend\r\n.\r\n")
+    assert raw.reply()[0] == "5"
+    assert raw.command(b"NOOP")[:3] == "250"
+    raw.close()
+    assert message_files(intake.spool_dir) == []
+    assert_still_serving(intake)
+
+
+def test_size_limits_declared_and_undeclared(spool_dir: Path) -> None:
+    """SIZE= over --size is 552 at MAIL; undeclared excess is 552 after DATA, nothing stored."""
+    with IntakeThread(spool_dir, "--size", "10K") as intake:
+        with intake.smtp() as client:
+            client.ehlo()
+            assert client.esmtp_features["size"] == "10240"
+            code, _ = client.mail("a@example.org", ["SIZE=20000"])
+            assert code == 552
+        raw = RawClient(intake.port)  # smtplib would declare SIZE=; this client does not
+        raw.command(b"EHLO client.test")
+        raw.command(b"MAIL FROM:<a@example.org>")
+        raw.command(b"RCPT TO:<b@example.com>")
+        assert raw.command(b"DATA")[:3] == "354"
+        raw.send(b"Subject: big\r\n\r\n" + (b"z" * 70 + b"\r\n") * 4000 + b".\r\n")
+        assert raw.reply()[:3] == "552"
+        assert raw.command(b"NOOP")[:3] == "250"
+        assert message_files(spool_dir) == []
+        assert_still_serving(intake)
+
+
+def test_too_many_recipients_get_452(spool_dir: Path) -> None:
+    """Recipients beyond --max-recipients get 452; the message goes to the first ones."""
+    with IntakeThread(spool_dir, "--max-recipients", "3") as intake:
+        with intake.smtp() as client:
+            refused = client.sendmail("a@example.org",
+                                      [f"r{n}@example.com" for n in range(5)], MESSAGE)
+        assert {code for code, _ in refused.values()} == {452}
+        assert sorted(refused) == ["r3@example.com", "r4@example.com"]
+        ((envelope, _),) = accepted(spool_dir)
+        assert envelope.to_remote == ("r0@example.com", "r1@example.com", "r2@example.com")
+
+
+def test_early_talker_is_refused(spool_dir: Path) -> None:
+    """A client that sends the whole transaction before the greeting gets 554 and nothing."""
+    with IntakeThread(spool_dir, "--greeting-delay", "0.3") as intake:
+        raw = RawClient(intake.port, greeting=False)
+        raw.send(b"EHLO spam.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
+                 b"DATA\r\nSubject: early\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+        assert raw.reply().startswith("554 ")
+        assert raw.closed()
+        assert message_files(spool_dir) == []
+        polite = RawClient(intake.port)
+        assert polite.greeting.startswith("220 intake.test")
+        assert_still_serving(intake)
+
+
+@pytest.mark.parametrize("trick", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r"])
+def test_bare_lf_or_cr_end_of_data_never_splits_a_message(intake: IntakeThread,
+                                                          trick: bytes) -> None:
+    """SMTP smuggling: a fake end-of-data with bare LF/CR keeps everything in one message."""
+    raw = RawClient(intake.port)
+    raw.command(b"EHLO client.test")
+    raw.command(b"MAIL FROM:<a@example.org>")
+    raw.command(b"RCPT TO:<b@example.com>")
+    assert raw.command(b"DATA")[:3] == "354"
+    smuggled = (b"Subject: one\r\n\r\nfirst" + trick + b"MAIL FROM:<admin@example.org>\r\n"
+                b"RCPT TO:<victim@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n")
+    raw.send(smuggled + b".\r\n")
+    assert raw.reply()[:3] == "250"
+    assert raw.command(b"QUIT")[:3] == "221"
+    ((envelope, content),) = accepted(intake.spool_dir)
+    assert envelope.sender == "a@example.org" and envelope.to_remote == ("b@example.com",)
+    # Only real CRLF lines are unstuffed: ".\nMAIL..." after a CRLF loses its dot, as it should.
+    unstuffed = b"\r\n".join(line[1:] if line.startswith(b".") else line
+                              for line in smuggled.split(b"\r\n"))
+    assert body_after_received(content) == unstuffed
+
+
+def test_connection_limits_answer_421(spool_dir: Path) -> None:
+    """Over --max-connections-per-client or --max-connections: 421 and closed."""
+    with IntakeThread(spool_dir, "--max-connections", "3",
+                      "--max-connections-per-client", "2") as intake:
+        first, second = RawClient(intake.port), RawClient(intake.port)
+        third = RawClient(intake.port)
+        assert first.greeting[:3] == second.greeting[:3] == "220"
+        assert third.greeting.startswith("421") and "your address" in third.greeting
+        assert third.closed()
+        other = RawClient(intake.port, source="127.0.0.2")
+        assert other.greeting[:3] == "220"
+        fourth = RawClient(intake.port, source="127.0.0.3")
+        assert fourth.greeting.startswith("421") and fourth.closed()
+        first.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            again = RawClient(intake.port, source="127.0.0.3")
+            if again.greeting.startswith("220"):
+                break
+            time.sleep(0.05)
+        assert again.greeting.startswith("220")
+
+
+def test_idle_client_is_dropped_while_others_are_served(spool_dir: Path) -> None:
+    """A silent client is closed at --idle-timeout (421); another client is served meanwhile."""
+    with IntakeThread(spool_dir, "--idle-timeout", "0.6") as intake:
+        idle = RawClient(intake.port)
+        idle.command(b"EHLO client.test")
+        assert_still_serving(intake)
+        started = time.monotonic()
+        assert idle.reply().startswith("421 4.4.2")
+        assert idle.closed()
+        assert time.monotonic() - started < 5
+
+
+def test_slow_but_steady_data_is_not_idle(spool_dir: Path) -> None:
+    """Bytes arriving during DATA keep a session alive past the idle timeout."""
+    with IntakeThread(spool_dir, "--idle-timeout", "0.5") as intake:
+        raw = RawClient(intake.port)
+        raw.command(b"EHLO client.test")
+        raw.command(b"MAIL FROM:<a@example.org>")
+        raw.command(b"RCPT TO:<b@example.com>")
+        assert raw.command(b"DATA")[:3] == "354"
+        raw.send(b"Subject: slow\r\n\r\n")
+        for _ in range(8):
+            time.sleep(0.15)
+            raw.send(b"line\r\n")
+        raw.send(b".\r\n")
+        assert raw.reply()[:3] == "250"
+
+
+def non_loopback_address() -> str | None:
+    """An address of this host that is not loopback (None when it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if is_loopback(address) or address == "0.0.0.0" else address
+
+
+def test_non_loopback_clients_refused_unless_remote_clients(spool_dir: Path) -> None:
+    """A client from a non-loopback address gets 554 and a closed connection by default."""
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address")
+    with IntakeThread(spool_dir, "--interface", address) as intake:
+        raw = RawClient(intake.port, host=address, greeting=False)
+        assert raw.reply().startswith("554 5.7.1")
+        assert raw.closed()
+    with IntakeThread(spool_dir, "--interface", address, "--remote-clients") as intake:
+        client = smtplib.SMTP(address, intake.port, local_hostname="c.test", timeout=10)
+        client.sendmail("a@example.org", ["b@example.com"], MESSAGE)
+        client.quit()
+    ((envelope, _),) = accepted(spool_dir)
+    assert envelope.client == address
+
+
+def test_ipv6_interface(spool_dir: Path) -> None:
+    """--interface ::1 listens on IPv6 loopback; the envelope has the IPv6 client address."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with IntakeThread(spool_dir, "--interface", "::1", "--interface", "127.0.0.1") as intake:
+        client = smtplib.SMTP("::1", intake.port, local_hostname="c.test", timeout=10)
+        client.sendmail("a@example.org", ["b@example.com"], MESSAGE)
+        client.quit()
+    ((envelope, content),) = accepted(spool_dir)
+    assert envelope.client == "::1"
+    assert b"([IPv6:::1])" in content.split(b"\r\n\r\n")[0]
+
+
+def test_disk_nearly_full_refuses_mail_452(spool_dir: Path) -> None:
+    """MAIL FROM gets 452 while the spool disk has less than --min-free-space."""
+    with IntakeThread(spool_dir, "--min-free-space", "100000G") as intake, intake.smtp() as client:
+        client.ehlo()
+        assert client.mail("a@example.org")[0] == 452
+    assert message_files(spool_dir) == []
+
+
+def test_mail_from_auth_parameter_is_kept(spool_dir: Path) -> None:
+    """MAIL FROM ... AUTH=<xtext> is accepted and stored as MailFromAuthIn (decoded)."""
+    with IntakeThread(spool_dir) as intake:
+        raw = RawClient(intake.port)
+        raw.command(b"EHLO client.test")
+        assert raw.command(b"MAIL FROM:<a@example.org> AUTH=Alice+2Bx@example.org")[:3] == "250"
+        raw.command(b"RCPT TO:<b@example.com>")
+        raw.command(b"DATA")
+        raw.send(MESSAGE + b".\r\n")
+        assert raw.reply()[:3] == "250"
+        assert raw.command(b"MAIL FROM:<a@example.org> AUTH=bad+zz")[:3] == "501"
+    ((envelope, _),) = accepted(spool_dir)
+    assert envelope.mail_from_auth_in == "Alice+x@example.org"
+
+
+def test_concurrent_sessions_all_stored(intake: IntakeThread) -> None:
+    """20 concurrent sessions x 5 messages: every one is stored once, intact."""
+
+    def sender(number: int) -> None:
+        with intake.smtp() as client:
+            for index in range(5):
+                body = MESSAGE + f"n={number}.{index}\r\n".encode()
+                client.sendmail("a@example.org", [f"s{number}@example.com"], body)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    stored = accepted(intake.spool_dir)
+    assert len(stored) == 100
+    bodies = {body_after_received(content) for _, content in stored}
+    assert len(bodies) == 100
+    assert message_files(intake.spool_dir) == sorted(
+        name for name in message_files(intake.spool_dir) if not name.endswith(".new"))
+
+
+def test_policy_functions() -> None:
+    """The pure checks: loopback detection, address and HELO validation."""
+    assert is_loopback("127.0.0.5") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
+    assert not is_loopback("192.0.2.1") and not is_loopback("nonsense")
+    assert address_problem("a@example.com", smtputf8=False) is None
+    assert address_problem("a\nb@example.com", smtputf8=True) is not None
+    assert address_problem("\u00e9@example.com", smtputf8=False) is not None
+    assert address_problem("\u00e9@example.com", smtputf8=True) is None
+    assert helo_problem("mx.example.org") is None and helo_problem("[192.0.2.1]") is None
+    assert helo_problem("a b") and helo_problem("a\rb") and helo_problem("")
+
+
