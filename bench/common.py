@@ -125,7 +125,7 @@ def message_bytes(token: str, size: int) -> bytes:
     The token (unique per message) is in the Message-ID header, where sinks look for it.
     """
     head = (
-        f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: relay benchmark {token}\r\n"
+        f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: relay benchmark\r\n"
         f"Message-ID: <{token}@bench.relay>\r\nDate: Tue, 24 Nov 2026 12:00:00 +0000\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n"
     ).encode()
