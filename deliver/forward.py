@@ -185,6 +185,12 @@ class SmarthostConnection:
         )
         try:
             await smtp.connect(timeout=settings.connect_timeout)
+            if smtp.is_ehlo_or_helo_needed:
+                # The extensions (8BITMIME, SMTPUTF8, SIZE) must be known before MAIL.
+                try:
+                    await smtp.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await smtp.helo()
             if settings.tls_required and not smtp.get_transport_info("sslcontext"):
                 raise aiosmtplib.SMTPException("TLS is required but the smarthost offers none")
         except BaseException:
@@ -207,7 +213,12 @@ class SmarthostConnection:
         if account is None:
             raise _AuthProblem(f"no client account for selector {route.account_selector!r}")
         try:
-            await smtp.login(account.user, account.password)
+            # One mechanism only: trying the next ones after a refusal gains nothing and
+            # some servers answer a second mechanism badly (a timeout instead of a 535).
+            if "plain" in smtp.server_auth_methods:
+                await smtp.auth_plain(account.user, account.password)
+            else:
+                await smtp.login(account.user, account.password)
         except aiosmtplib.SMTPAuthenticationError as error:
             raise _AuthProblem(f"{error.code} {error.message}", error.code) from None
         except aiosmtplib.SMTPException as error:
