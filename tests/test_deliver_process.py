@@ -1,0 +1,190 @@
+"""The relay-deliver console script as a real process: --once exit codes, watchdog pick-up,
+SIGUSR1, SIGTERM, kill -9 in the middle of DATA, and restart recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sink import Behaviour, Sink
+
+from spool import Envelope, Spool, State, entries
+
+DELIVER = str(Path(sys.executable).with_name("relay-deliver"))
+FAST = ["--retry-first", "30", "--response-timeout", "2", "--connection-timeout", "2",
+        "--log-format", "json"]
+
+
+def body(number: int) -> bytes:
+    return f"Subject: process test {number}\r\n\r\nbody {number}\r\n".encode()
+
+
+def store(spool: Spool, number: int) -> str:
+    return spool.store(body(number), Envelope(sender="a@example.com", to_remote=("b@x.test",)))
+
+
+def files(spool: Spool) -> list[str]:
+    return sorted(os.listdir(spool.path))
+
+
+class Deliver:
+    """relay-deliver running in the background, its stderr in a file."""
+
+    def __init__(self, spool: Spool, forward_to: str, *extra: str) -> None:
+        self.log_path = spool.path.parent / f"deliver-{time.monotonic_ns()}.log"
+        self.log_file = open(self.log_path, "wb")  # closed in stop()
+        self.process = subprocess.Popen(
+            [DELIVER, "--spool-dir", str(spool.path), "--forward-to", forward_to, *FAST, *extra],
+            stdout=subprocess.DEVNULL, stderr=self.log_file,
+        )
+        self.wait_for_log("deliver_started")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in the log:\n{self.log()}")
+            time.sleep(0.02)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.log_file.close()
+
+
+@pytest.fixture
+def running() -> Iterator[list[Deliver]]:
+    """Deliver processes started by a test; any left running are killed at the end."""
+    started: list[Deliver] = []
+    yield started
+    for deliver in started:
+        if deliver.process.poll() is None:
+            deliver.process.kill()
+            deliver.process.wait()
+        deliver.log_file.close()
+
+
+def test_once_exit_codes(spool: Spool, sink: Sink) -> None:
+    """The console script: --once exits 0 when all went, 75 when mail was deferred."""
+    store(spool, 1)
+    command = [DELIVER, "--once", "--spool-dir", str(spool.path), "--forward-to", sink.address,
+               *FAST]
+    assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    assert [m.data for m in sink.messages] == [body(1)] and files(spool) == []
+    sink.behaviour.mail_reply = "421 4.3.2 shutting down"
+    store(spool, 2)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 75
+    assert "delivery_deferred" in done.stderr and "shutting down" in done.stderr
+
+
+def test_hand_dropped_pair_is_found_by_watchdog(spool: Spool, sink: Sink,
+                                                running: list[Deliver]) -> None:
+    """With --poll 1h, a hand-dropped content+envelope pair is sent within seconds."""
+    running.append(Deliver(spool, sink.address, "--poll", "3600"))
+    time.sleep(0.3)  # past the scan at start: only a watchdog event can find the pair now
+    template = Spool(spool.path.parent / "template", check=False)
+    template.path.mkdir(mode=0o700)
+    source = store(template, 7)
+    (spool.path / "byhand.content").write_bytes(template.content_path(source).read_bytes())
+    dropped = time.monotonic()
+    (spool.path / "byhand.envelope").write_bytes(
+        template.envelope_path(source, State.READY).read_bytes())
+    sink.wait_for(1, timeout=10)
+    assert time.monotonic() - dropped < 10
+    assert [m.data for m in sink.messages] == [body(7)]
+    running[0].wait_for_log("message_forwarded")
+    assert files(spool) == []
+
+
+def make_due_silently(spool: Spool, deliver: Deliver, message_id: str, count: int) -> None:
+    """Wait for the *count*-th deferral, then make the message due by hand (no event)."""
+    deadline = time.monotonic() + 10
+    path = spool.envelope_path(message_id, State.READY)
+    while (deliver.log().count("delivery_deferred") < count or not path.exists()):
+        assert time.monotonic() < deadline, deliver.log()
+        time.sleep(0.02)
+    os.utime(path, (time.time(), time.time() - 1))
+
+
+def test_trigger_file_and_sigusr1_ask_for_a_scan(spool: Spool, sink: Sink,
+                                                 running: list[Deliver]) -> None:
+    """Mail made due by hand (no event for it) is sent at once on SIGUSR1 or the trigger file."""
+    sink.behaviour.mail_reply = "451 later"
+    deliver = Deliver(spool, sink.address, "--poll", "3600", "--retry-first", "1h")
+    running.append(deliver)
+    first = store(spool, 1)
+    second = store(spool, 2)
+    make_due_silently(spool, deliver, first, 2)
+    make_due_silently(spool, deliver, second, 2)
+    sink.behaviour.mail_reply = None
+    time.sleep(0.3)
+    assert sink.messages == []  # due, but deliver has no reason to look
+    os.utime(spool.envelope_path(second, State.READY), (time.time(), time.time() + 3600))
+    deliver.process.send_signal(signal.SIGUSR1)
+    assert [m.data for m in sink.wait_for(1)] == [body(1)]
+    os.utime(spool.envelope_path(second, State.READY), (time.time(), time.time() - 1))
+    time.sleep(0.3)
+    assert len(sink.messages) == 1
+    Spool(spool.path).trigger_scan()  # what intake and the tools do
+    assert sorted(m.data for m in sink.wait_for(2)) == [body(1), body(2)]
+    assert deliver.stop() == 0
+
+
+def test_sigterm_exits_0_and_leaves_no_busy(spool: Spool, running: list[Deliver]) -> None:
+    """SIGTERM while messages are in flight: exit 0 in bounded time, no .busy left behind."""
+    with Sink(Behaviour(stall_after_data=1.0)) as sink:
+        for n in range(6):
+            store(spool, n)
+        deliver = Deliver(spool, sink.address, "--concurrency", "2", "--shutdown-timeout", "3")
+        running.append(deliver)
+        deadline = time.monotonic() + 10
+        while sink.data_attempts == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started = time.monotonic()
+        assert deliver.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 10
+    left = {entry.state for entry in entries(spool) if entry.state is not None}
+    assert State.BUSY not in left
+    waiting = [e.message_id for e in entries(spool) if e.state is State.READY]
+    assert len(waiting) + len(sink.messages) >= 6  # every message sent or still queued
+
+
+def test_kill_9_during_data_delivers_later_at_most_one_extra_copy(
+    spool: Spool, running: list[Deliver]
+) -> None:
+    """deliver killed while the smarthost holds the reply to DATA: the .busy left behind is
+    recovered by the next run, which delivers it; the smarthost has it once or twice."""
+    behaviour = Behaviour(stall_after_data=2.0)
+    with Sink(behaviour) as sink:
+        message_id = store(spool, 1)
+        deliver = Deliver(spool, sink.address)
+        running.append(deliver)
+        deadline = time.monotonic() + 10
+        while sink.data_attempts == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        deliver.process.kill()
+        deliver.process.wait()
+        assert spool.envelope_path(message_id, State.BUSY).exists()
+        behaviour.stall_after_data = 0.0
+        command = [DELIVER, "--once", "--spool-dir", str(spool.path), "--forward-to",
+                   sink.address, *FAST]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "messages_recovered" in done.stderr
+        time.sleep(2.2)  # let the killed session's stalled handler finish recording
+        copies = [m for m in sink.messages if m.data == body(1)]
+        assert 1 <= len(copies) <= 2
+    assert files(spool) == []
