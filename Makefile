@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 ## make run: start relay under supervisord in the foreground (intake on 127.0.0.1:10025,
 ## deliver forwarding to a local sink that writes a Maildir under var/).
 run: $(STAMP)
-	mkdir -p var/log var/spool var/maildir
+	mkdir -p var/log var/spool var/maildir/tmp var/maildir/new var/maildir/cur
 	chmod 700 var/spool
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/supervisord -n -c supervisord.conf
 

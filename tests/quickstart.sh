@@ -3,11 +3,17 @@
 # to 127.0.0.1:10025, then the message appears in var/maildir/new/. Run by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rm -rf var/maildir/new
+count() { { ls var/maildir/new 2>/dev/null || true; } | wc -l; }
+before=$(count)
 log=$(mktemp)
 setsid make run >"$log" 2>&1 &
 leader=$!
-stop() { kill -TERM -- "-$leader" 2>/dev/null || true; wait "$leader" 2>/dev/null || true; }
+stop() {
+    kill -TERM -- "-$leader" 2>/dev/null || true
+    # make exits at once; supervisord then stops its programs: wait for the whole group.
+    for _ in $(seq 1 60); do kill -0 -- "-$leader" 2>/dev/null || break; sleep 0.5; done
+    wait "$leader" 2>/dev/null || true
+}
 trap stop EXIT
 for _ in $(seq 1 120); do
     if (exec 3<>/dev/tcp/127.0.0.1/10025) 2>/dev/null; then break; fi
@@ -15,8 +21,8 @@ for _ in $(seq 1 120); do
 done
 swaks --server 127.0.0.1:10025 --to someone@example.com --h-Subject "quick start" >/dev/null
 for _ in $(seq 1 30); do
-    if [ -n "$(ls var/maildir/new/ 2>/dev/null)" ]; then
-        file=var/maildir/new/$(ls var/maildir/new/ | head -n 1)
+    if [ "$(count)" -gt "$before" ]; then
+        file=var/maildir/new/$(ls -t var/maildir/new/ | head -n 1)
         grep -q "Subject: quick start" "$file"
         echo "quick start: message arrived in $file"
         exit 0

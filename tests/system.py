@@ -38,7 +38,7 @@ class System:
         conf = conf.replace("127.0.0.1:10026", f"127.0.0.1:{self.sink_port}")
         (self.base / "supervisord.conf").write_text(conf)
         shutil.copy(REPO / "relay.toml", self.base / "relay.toml")
-        for sub in ("var/log", "var/maildir"):
+        for sub in ("var/log", "var/maildir/tmp", "var/maildir/new", "var/maildir/cur"):
             (self.base / sub).mkdir(parents=True)
         (self.base / "var/spool").mkdir(mode=0o700)
         self.port = free_port()
