@@ -1,0 +1,279 @@
+"""Data safety at intake under faults: kill -9 at every step of the store, failing fsyncs,
+and a full disk. "250" must mean "durable": every message a client saw 250 for is later
+delivered byte-identical, and nothing a client did not see 250 for is delivered, except
+when the kill came after the commit (rename done) and before the reply (a duplicate once
+the client retries, which is inherent to SMTP; see docs/reliability.md).
+
+Also the helpers the other test_reliability*/test_abuse* files use: `IntakeProcess` runs the
+real `relay-intake` console script as a child process (the fault hooks of
+`spool.testhooks` are read from its environment), and `deliver_once` runs `relay-deliver
+--once`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sink import Sink, free_port
+from system import program_env, spool_files, strip_received
+from test_intake_server import IntakeThread, accepted
+
+BIN = Path(sys.executable).parent
+INTAKE = str(BIN / "relay-intake")
+DELIVER = str(BIN / "relay-deliver")
+
+# Every checkpoint between the first DATA byte and the 250, in the order they are passed.
+CRASH_POINTS = (
+    "data_received",
+    "content_written",
+    "fsync_content",
+    "content_synced",
+    "envelope_written",
+    "fsync_envelope",
+    "envelope_synced",
+    "rename_envelope",
+    "fsync_directory",
+    "directory_synced",
+    "before_reply",
+)
+# After these the `.envelope` has its final name: the message is accepted even though the
+# client never saw the 250 (a process kill, not a power cut: the rename is in the page cache).
+COMMITTED_POINTS = frozenset({"fsync_directory", "directory_synced", "before_reply"})
+
+
+def message(token: str, size: int = 0) -> bytes:
+    """A CRLF message unique per *token*, with a line that needs dot-stuffing."""
+    return (f"From: a@example.org\r\nTo: b@example.com\r\nSubject: {token}\r\n"
+            f"X-Token: {token}\r\n\r\nbody of {token}\r\n.a line starting with a dot\r\n"
+            ).encode() + (b"y" * 70 + b"\r\n") * (size // 72)
+
+
+class IntakeProcess:
+    """relay-intake as a child process on 127.0.0.1:<free port>, its stderr in a file."""
+
+    def __init__(self, spool_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 interface: str = "127.0.0.1") -> None:
+        self.spool_dir = spool_dir
+        self.port = free_port()
+        self.host = interface
+        self.log_path = spool_dir.parent / f"intake-{time.monotonic_ns()}.log"
+        self._log_file = open(self.log_path, "wb")  # closed in stop()
+        self.process = subprocess.Popen(
+            [INTAKE, "--spool-dir", str(spool_dir), "--port", str(self.port), "--interface",
+             interface, "--domain", "intake.test", "--log-format", "json", *args],
+            stdout=subprocess.DEVNULL, stderr=self._log_file, env=program_env(**(env or {})),
+        )
+        self.wait_for_log("intake_started")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in the intake log:\n{self.log()}")
+            time.sleep(0.02)
+
+    def smtp(self, timeout: float = 10) -> smtplib.SMTP:
+        return smtplib.SMTP(self.host, self.port, local_hostname="client.test", timeout=timeout)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM (if still running) and the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log_file.close()
+
+    def __enter__(self) -> IntakeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._log_file.close()
+
+
+def deliver_once(spool_dir: Path, forward_to: str, *args: str,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`relay-deliver --once` (the console script) with short timeouts."""
+    command = [DELIVER, "--once", "--spool-dir", str(spool_dir), "--forward-to", forward_to,
+               "--retry-first", "30", "--connection-timeout", "3", "--response-timeout", "3",
+               "--data-timeout", "5", "--content-grace", "0", "--log-format", "json", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60,
+                          env=program_env(**(env or {})))
+
+
+def send(intake: IntakeProcess, token: str) -> bool:
+    """Offer one message; True when the client saw 250 for it."""
+    try:
+        with intake.smtp() as client:
+            client.sendmail("a@example.org", ["b@example.com"], message(token))
+    except (smtplib.SMTPException, OSError):
+        return False
+    return True
+
+
+def delivered(sink: Sink, token: str) -> list[bytes]:
+    """The bodies (relay's Received line removed) of every copy of *token* the sink got."""
+    with sink.lock:
+        found = [m.data for m in sink.messages]
+    return [strip_received(data) for data in found if f"X-Token: {token}\r\n".encode() in data]
+
+
+def ready_or_busy(spool_dir: Path) -> list[str]:
+    return [n for n in spool_files(spool_dir) if n.endswith((".envelope", ".busy"))]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_9_at_each_step_loses_no_acknowledged_message(spool_dir: Path, sink: Sink,
+                                                           point: str) -> None:
+    """kill -9 at each store step: a retried message arrives once, or twice after the commit."""
+    with IntakeProcess(spool_dir, env={"RELAY_TEST_CRASH_AT": point}) as crashing:
+        saw_250 = send(crashing, "victim")
+        assert crashing.process.wait(10) == -signal.SIGKILL, "the checkpoint was not reached"
+    assert not saw_250  # the process died before it could answer
+    with IntakeProcess(spool_dir) as intake:
+        # The client did not see 250, so it sends again: the normal SMTP client behaviour.
+        assert send(intake, "victim")
+        assert send(intake, "after")
+        assert intake.stop() == 0
+    done = deliver_once(spool_dir, sink.address)
+    assert done.returncode == 0, done.stderr
+    copies = delivered(sink, "victim")
+    assert copies and all(copy == message("victim") for copy in copies)
+    assert len(copies) == (2 if point in COMMITTED_POINTS else 1)
+    assert delivered(sink, "after") == [message("after")]
+    assert ready_or_busy(spool_dir) == []
+
+
+def test_kill_9_mid_batch_keeps_every_committed_message(spool_dir: Path, sink: Sink) -> None:
+    """A group commit killed after its renames: each message of the batch is delivered once."""
+    with IntakeProcess(spool_dir, env={"RELAY_TEST_CRASH_AT": "fsync_directory"}) as crashing:
+        clients = []
+        for number in range(3):
+            client = crashing.smtp()
+            client.ehlo()
+            client.mail("a@example.org")
+            client.rcpt("b@example.com")
+            clients.append(client)
+        replies = []
+        for number, client in enumerate(clients):  # three DATAs in flight at once
+            client.putcmd("data")
+            assert client.getreply()[0] == 354
+            client.send(message(f"batch-{number}").replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        for client in clients:
+            try:
+                replies.append(client.getreply()[0])
+            except (smtplib.SMTPException, OSError):
+                replies.append(None)
+            client.close()
+        assert crashing.process.wait(10) == -signal.SIGKILL
+    assert 250 not in replies
+    committed = {name.split(".envelope")[0] for name in ready_or_busy(spool_dir)}
+    assert committed  # at least the first batch was renamed before the kill
+    done = deliver_once(spool_dir, sink.address)
+    assert done.returncode == 0, done.stderr
+    arrived = [n for n in range(3) if delivered(sink, f"batch-{n}")]
+    assert len(arrived) == len(committed)
+    for number in arrived:
+        assert delivered(sink, f"batch-{number}") == [message(f"batch-{number}")]
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        ("fsync_content:EIO", 451),
+        ("content_written:ENOSPC", 452),
+        ("fsync_envelope:EIO", 451),
+        ("rename_envelope:EIO", 451),
+        ("fsync_directory:EIO", 451),
+        ("fsync_directory:EDQUOT", 452),
+    ],
+)
+def test_failing_fsync_or_write_answers_4xx_and_keeps_nothing(spool_dir: Path, fault: str,
+                                                             code: int) -> None:
+    """An injected storage error at each step: 451 (452 for no space), no file left behind."""
+    with IntakeProcess(spool_dir, env={"RELAY_TEST_FAIL_AT": fault}) as intake:
+        with intake.smtp() as client:
+            client.ehlo()
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@example.org", ["b@example.com"], message("faulty"))
+            assert refused.value.smtp_code == code
+            assert client.noop()[0] == 250  # the session goes on
+        assert intake.process.poll() is None
+        assert spool_files(spool_dir) == []
+        assert "store_failed" in intake.log()
+        assert intake.stop() == 0
+
+
+# -- a full disk: a spool on a small tmpfs ------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs mounted for this test (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill the spool's disk needs root")
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
+                              str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(path: Path, leave: int) -> None:
+    """Fill *path*'s file system with one file until about *leave* bytes are free."""
+    path.unlink(missing_ok=True)
+    info = os.statvfs(path.parent)
+    free = info.f_bavail * info.f_frsize
+    with open(path, "wb") as handle:
+        handle.write(b"\0" * max(free - leave, 0))
+
+
+def test_full_disk_refuses_at_mail_and_after_the_dot_then_recovers(small_disk: Path,
+                                                                   sink: Sink) -> None:
+    """452 at MAIL below --min-free-space, 452 after the dot on ENOSPC; fine once freed."""
+    spool_dir = small_disk / "spool"
+    spool_dir.mkdir(mode=0o700)
+    filler = small_disk / "filler"
+    big = message("big", size=300_000)
+    with IntakeThread(spool_dir, "--min-free-space", "1M", "--size", "2M") as intake:
+        fill(filler, leave=512 * 1024)  # under --min-free-space
+        time.sleep(1.1)  # the free-space figure is cached for a second
+        with intake.smtp() as client:
+            client.ehlo()
+            code, text = client.mail("a@example.org")
+            assert code == 452 and b"storage" in text.lower()
+        assert spool_files(spool_dir) == []
+    with IntakeThread(spool_dir, "--min-free-space", "0", "--size", "2M") as intake:
+        fill(filler, leave=100 * 1024)  # the check passes, the write cannot
+        with intake.smtp() as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@example.org", ["b@example.com"], big)
+            assert refused.value.smtp_code == 452
+            assert spool_files(spool_dir) == []  # nothing half stored
+            filler.unlink()
+            client.sendmail("a@example.org", ["b@example.com"], big)
+    ((_, content),) = accepted(spool_dir)
+    assert strip_received(content) == big
+    done = deliver_once(spool_dir, sink.address)
+    assert done.returncode == 0, done.stderr
+    assert delivered(sink, "big") == [big]
+    assert spool_files(spool_dir) == []
