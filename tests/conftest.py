@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from sink import Sink  # noqa: E402
+from sink import Sink
 
-from spool import Spool  # noqa: E402
+from spool import Spool
 
 
 @pytest.fixture
