@@ -192,12 +192,12 @@ def memory_kib(pid: int) -> dict[str, int]:
     return values
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a live process has used so far."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a live process (all its threads) has used so far."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 class Process:
@@ -287,6 +287,9 @@ class Process:
 
     def memory_kib(self) -> dict[str, int]:
         return memory_kib(self.pid)
+
+    def cpu_times(self) -> tuple[float, float]:
+        return cpu_times(self.pid)
 
     def check_alive(self) -> None:
         code = self.popen.poll()

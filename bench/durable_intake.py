@@ -10,18 +10,34 @@ Writes only into scratch directories (removed afterwards).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bench.common import BenchError, Context, Row, count_files, median, processes, remove_tree
-from bench.harness import profiled, run_loadgen, start_intake, start_null_server
+from bench.harness import Profiler, profiled, run_loadgen, start_intake, start_null_server
 
 NAME = "intake"
 
 
-def intake_rate(ctx: Context, server: str, count: int, prefix: str) -> float:
-    """One closed-loop run of *count* messages against "relay" or "baseline"; messages/s."""
+@dataclass
+class IntakeRun:
+    """One closed-loop run: accepted msg/s, and the server's CPU per message (microseconds)."""
+
+    rate: float
+    user_us: float
+    system_us: float
+    loadgen_us: float
+
+    def cpu(self) -> str:
+        return (f"server CPU {self.user_us:.0f} us user + {self.system_us:.0f} us sys per msg,"
+                f" load generator {self.loadgen_us:.0f} us")
+
+
+def intake_run(ctx: Context, server: str, count: int, prefix: str) -> IntakeRun:
+    """One closed-loop run of *count* messages against "relay" or "baseline"."""
     sizes = ctx.sizes
     logs = ctx.scratch(f"{NAME}-logs")
     spool = ctx.scratch(f"{NAME}-spool")
-    profilers: list = []  # type: ignore[type-arg]
+    profilers: list[Profiler] = []
     try:
         with processes() as running:
             if server == "relay":
@@ -30,8 +46,10 @@ def intake_rate(ctx: Context, server: str, count: int, prefix: str) -> float:
             else:
                 process, port = start_null_server(ctx, logs, name="null-server")
                 running.append(process)
+            user, system = process.cpu_times()
             result = run_loadgen(ctx, port, count, logs, sessions=sizes.intake_sessions,
                                  size=sizes.message_size, prefix=prefix)
+            user_after, system_after = process.cpu_times()
             for profiler in profilers:
                 profiler.stop()
         if server == "relay":
@@ -39,10 +57,16 @@ def intake_rate(ctx: Context, server: str, count: int, prefix: str) -> float:
             if stored != count:
                 raise BenchError(f"relay-intake answered 250 to {count} messages but the spool"
                                  f" holds {stored} envelopes")
-        return float(result["rate"])
+        remove_tree(logs)
+        return IntakeRun(float(result["rate"]), 1e6 * (user_after - user) / count,
+                         1e6 * (system_after - system) / count, 1e6 * result["cpu"] / count)
     finally:
         remove_tree(spool)
-        remove_tree(logs)
+
+
+def intake_rate(ctx: Context, server: str, count: int, prefix: str) -> float:
+    """Accepted messages per second of one closed-loop run."""
+    return intake_run(ctx, server, count, prefix).rate
 
 
 def run(ctx: Context) -> list[Row]:
@@ -52,15 +76,16 @@ def run(ctx: Context) -> list[Row]:
     ratios: list[float] = []
     for round_number in range(sizes.runs):
         order = ("baseline", "relay") if round_number % 2 == 0 else ("relay", "baseline")
-        rates = {}
+        runs = {}
         for server in order:
-            rates[server] = intake_rate(ctx, server, sizes.intake_messages,
-                                        f"i{round_number}{server[0]}")
-        relay_rates.append(rates["relay"])
-        baseline_rates.append(rates["baseline"])
-        ratios.append(rates["relay"] / rates["baseline"])
-        print(f"  intake round {round_number + 1}: relay {rates['relay']:.0f}/s,"
-              f" baseline {rates['baseline']:.0f}/s, ratio {ratios[-1]:.2f}", flush=True)
+            runs[server] = intake_run(ctx, server, sizes.intake_messages,
+                                      f"i{round_number}{server[0]}")
+        relay_rates.append(runs["relay"].rate)
+        baseline_rates.append(runs["baseline"].rate)
+        ratios.append(runs["relay"].rate / runs["baseline"].rate)
+        print(f"  intake round {round_number + 1}: ratio {ratios[-1]:.2f}\n"
+              f"    relay    {runs['relay'].rate:5.0f}/s, {runs['relay'].cpu()}\n"
+              f"    baseline {runs['baseline'].rate:5.0f}/s, {runs['baseline'].cpu()}", flush=True)
     ratio = median(ratios)
     row = Row("1 intake", f"durable intake, {sizes.intake_sessions} sessions, "
               f"{sizes.message_size // 1024} KiB, {sizes.intake_messages} msgs",

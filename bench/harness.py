@@ -13,6 +13,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,22 @@ from bench.common import (
 LOG_FORMAT = ["--log-format", "logfmt"]
 
 
+def py_spy() -> str | None:
+    """The py-spy program (an optional tool: pip install py-spy), or None."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
 class Profiler:
     """py-spy sampling one process until stopped (SIGINT makes it write its file)."""
 
     def __init__(self, pid: int, output: Path) -> None:
         self.output = output
-        spy = shutil.which("py-spy") or str(Path(script("python")).parent / "py-spy")
+        spy = py_spy()
+        assert spy is not None
         self.popen = subprocess.Popen(
             [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-             "--nonblocking", "--idle", "--output", str(output)],
+             "--nonblocking", "--threads", "--output", str(output)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 
@@ -59,7 +67,7 @@ def profiled(ctx: Context, process: Process, name: str,
     """Attach py-spy to *process* when --profile asked for it and py-spy is installed."""
     if ctx.profile is None:
         return process
-    if shutil.which("py-spy") is None and not (Path(script("python")).parent / "py-spy").exists():
+    if py_spy() is None:
         ctx.notes.append("--profile: py-spy is not installed; no profile taken")
         return process
     directory = Path(ctx.profile)
