@@ -26,6 +26,7 @@ from spool import Claim, Envelope, EnvelopeError, Spool, claim
 from spool.claims import DEFERRAL_KEY
 from spool.config import ConfigError, split_host_port
 from spool.envelope import trailer_fields
+from spool.testhooks import checkpoint
 
 _REOPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -154,6 +155,7 @@ class MessageHandler:
         if isinstance(outcome, Deferred):
             result = self._defer(claimed, envelope, content_mtime, outcome.reason, outcome.code)
             return Handled(result.result, stop_scan)
+        checkpoint("smarthost_accepted")  # tests: a kill here may cost a copy, never the mail
         return Handled(await self._settle(claimed, envelope, outcome), stop_scan)
 
     def _route(self, envelope: Envelope) -> Route:
