@@ -9,7 +9,7 @@ answer, stall, hang up or inject lines at any stage, STARTTLS included.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import signal
 import socket
 import ssl
@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import trustme
@@ -74,10 +73,8 @@ class ScriptedSmarthost:
         self._stop.set()
         self.listener.close()
         for conn in self._connections:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
         self._thread.join(5)
 
     def _serve(self) -> None:
@@ -96,10 +93,8 @@ class ScriptedSmarthost:
         except OSError:
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
 
 class _Session:
