@@ -230,16 +230,18 @@ class Process:
         if stdout_lines:
             self._reader = threading.Thread(target=self._read_lines, daemon=True)
             self._reader.start()
-        # Peak RSS of a process that exits by itself (--once) cannot be read afterwards:
-        # sample VmHWM while it runs and keep the last value.
+        # Peak RSS and CPU of a process that exits by itself (--once) cannot be read
+        # afterwards: sample them while it runs and keep the last values.
         self.peak_kib = 0
+        self.last_cpu = (0.0, 0.0)
         if sample_memory:
             threading.Thread(target=self._sample_memory, daemon=True).start()
 
     def _sample_memory(self) -> None:
         while self.popen.poll() is None:
-            with contextlib.suppress(OSError, KeyError):
+            with contextlib.suppress(OSError, KeyError, IndexError, ValueError):
                 self.peak_kib = max(self.peak_kib, memory_kib(self.pid)["VmHWM"])
+                self.last_cpu = cpu_times(self.pid)
             time.sleep(0.05)
 
     @property

@@ -31,6 +31,13 @@ class Drain:
     first: float
     last: float
     peak_kib: int
+    user_us: float = 0.0
+    system_us: float = 0.0
+    sink_us: float = 0.0
+
+    def cpu(self) -> str:
+        return (f"sender CPU {self.user_us:.0f} us user + {self.system_us:.0f} us sys per msg,"
+                f" sink {self.sink_us:.0f} us")
 
     @property
     def rate(self) -> float:
@@ -58,6 +65,7 @@ def relay_drain(ctx: Context, count: int, prefix: str) -> Drain:
                                     concurrency=sizes.concurrency)
             running.append(profiled(ctx, deliver, "deliver-once", profilers))
             code = deliver.wait(600)
+            user, system = deliver.last_cpu  # sampled every 50 ms: the end may be missed
             for profiler in profilers:
                 profiler.stop()
             if code != 0:
@@ -68,7 +76,9 @@ def relay_drain(ctx: Context, count: int, prefix: str) -> Drain:
             left = count_files(spool, ".envelope") + count_files(spool, ".content")
             if left:
                 raise BenchError(f"relay-deliver --once exited 0 but left {left} files")
-            return Drain(count, deliver.started, first, last, deliver.peak_kib)
+            sink_cpu = sum(sink.cpu_times())
+            return Drain(count, deliver.started, first, last, deliver.peak_kib,
+                         1e6 * user / count, 1e6 * system / count, 1e6 * sink_cpu / count)
     finally:
         remove_tree(spool)
         remove_tree(logs)
@@ -86,7 +96,10 @@ def baseline_drain(ctx: Context, count: int, prefix: str) -> Drain:
                                 concurrency=sizes.concurrency, prefix=prefix)
             last = progress_time(sink, count, 30)
             first = progress_time(sink, 1, 1)
-            return Drain(count, result["spawned"], first, last, int(result["hwm_kib"]))
+            sink_cpu = sum(sink.cpu_times())
+            return Drain(count, result["spawned"], first, last, int(result["hwm_kib"]),
+                         1e6 * result["user"] / count, 1e6 * result["system"] / count,
+                         1e6 * sink_cpu / count)
     finally:
         remove_tree(logs)
 
@@ -107,10 +120,12 @@ def run(ctx: Context) -> list[Row]:
         relay_runs.append(drains["relay"])
         baseline_runs.append(drains["baseline"])
         ratios.append(drains["relay"].rate / drains["baseline"].rate)
-        print(f"  drain round {round_number + 1}: relay {drains['relay'].rate:.0f}/s"
-              f" (sink {drains['relay'].sink_rate:.0f}/s, peak {drains['relay'].peak_kib // 1024}"
-              f" MiB), baseline {drains['baseline'].rate:.0f}/s"
-              f" (sink {drains['baseline'].sink_rate:.0f}/s), ratio {ratios[-1]:.2f}", flush=True)
+        relay, baseline = drains["relay"], drains["baseline"]
+        print(f"  drain round {round_number + 1}: ratio {ratios[-1]:.2f}\n"
+              f"    relay    {relay.rate:5.0f}/s (first to last {relay.sink_rate:.0f}/s, peak"
+              f" {relay.peak_kib / 1024:.0f} MiB), {relay.cpu()}\n"
+              f"    baseline {baseline.rate:5.0f}/s (first to last {baseline.sink_rate:.0f}/s,"
+              f" peak {baseline.peak_kib / 1024:.0f} MiB), {baseline.cpu()}", flush=True)
     ratio = median(ratios)
     sink_ratio = median([r.sink_rate / b.sink_rate for r, b in zip(relay_runs, baseline_runs,
                                                                     strict=True)])

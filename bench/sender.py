@@ -67,6 +67,8 @@ async def run(arguments: argparse.Namespace) -> dict[str, object]:
         "end": end,
         "elapsed": end - start,
         "cpu": usage.ru_utime + usage.ru_stime,
+        "user": usage.ru_utime,
+        "system": usage.ru_stime,
         "hwm_kib": memory_kib(os.getpid())["VmHWM"],
     }
 
