@@ -58,7 +58,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("server-tls-certificate", "PEM certificate chain for STARTTLS", None, metavar="FILE"),
     Option("server-tls-key", "PEM private key for STARTTLS (default: in the certificate file)",
            None, metavar="FILE"),
-    Option("server-tls-required", "refuse everything but EHLO, STARTTLS and QUIT before TLS",
+    Option("server-tls-required", "refuse everything but EHLO, STARTTLS, NOOP and QUIT before TLS",
            False, "bool"),
     Option("min-free-space", "refuse MAIL (452) while the spool's disk has less free space "
            "(default: twice --size, at least 64M)", None, "size"),
