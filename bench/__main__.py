@@ -87,11 +87,27 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(sizes=sizes, work_dir=work_dir, uvloop=arguments.uvloop,
                   loadgen_processes=arguments.loadgen_processes, profile=arguments.profile)
     started = time.monotonic()
-    rows: list[Row] = []
-    failed = False
     print(f"relay benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs,"
           f" {'quick sizes' if arguments.quick else 'full sizes'}, work dir {work_dir}",
           flush=True)
+    try:
+        rows, failed = run_all(ctx, names)
+    finally:
+        ctx.close()
+    print()
+    print(table(rows))
+    for note in dict.fromkeys(ctx.notes):
+        print(f"note: {note}")
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps([asdict(row) for row in rows], indent=2))
+    return 1 if failed else 0
+
+
+def run_all(ctx: Context, names: list[str]) -> tuple[list[Row], bool]:
+    """Run the named benchmarks in order; (rows, whether any failed)."""
+    rows: list[Row] = []
+    failed = False
     for name in names:
         function, needs = BENCHMARKS[name]
         missing = [reason for program in needs if (reason := relay_available(program))]
@@ -111,14 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(new_rows).splitlines()[-1]
               if len(new_rows) == 1 else "\n".join(table(new_rows).splitlines()[2:]),
               f"\n{name}: {time.monotonic() - bench_started:.0f} s", flush=True)
-    print()
-    print(table(rows))
-    for note in dict.fromkeys(ctx.notes):
-        print(f"note: {note}")
-    print(f"\ntotal {time.monotonic() - started:.0f} s")
-    if arguments.json:
-        Path(arguments.json).write_text(json.dumps([asdict(row) for row in rows], indent=2))
-    return 1 if failed else 0
+    return rows, failed
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ No target: the figures are reported. Writes only into scratch directories.
 
 from __future__ import annotations
 
-from bench.common import Context, Row, median, memory_kib, processes, remove_tree
+from bench.common import Context, Row, empty_directory, median, memory_kib, processes, remove_tree
 from bench.harness import (
     profiled,
     progress_time,
@@ -30,7 +30,7 @@ INTAKE_FLAGS = ("--size", str(200 * 1024 * 1024))
 def relay_round(ctx: Context, prefix: str) -> tuple[int, int, float]:
     """(intake peak KiB, deliver peak KiB, seconds from connect to the sink's receipt)."""
     logs = ctx.scratch(f"{NAME}-logs")
-    spool = ctx.scratch(f"{NAME}-spool")
+    spool = ctx.spool(NAME)
     profilers: list = []  # type: ignore[type-arg]
     try:
         with processes() as running:
@@ -49,7 +49,7 @@ def relay_round(ctx: Context, prefix: str) -> tuple[int, int, float]:
                 profiler.stop()
         return intake_peak, deliver_peak, received - sent["start"]
     finally:
-        remove_tree(spool)
+        empty_directory(spool)
         remove_tree(logs)
 
 

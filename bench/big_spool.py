@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench.common import Context, Row, count_files, median, processes, remove_tree
+from bench.common import Context, Row, count_files, empty_directory, median, processes, remove_tree
 from bench.drain import relay_drain
 from bench.fill import fill
 from bench.harness import profiled, progress_time, start_deliver, start_null_server
@@ -48,7 +48,7 @@ def big_round(ctx: Context, spool: Path, window: int) -> tuple[float, float, int
 
 def run(ctx: Context) -> list[Row]:
     sizes = ctx.sizes
-    spool = ctx.scratch(f"{NAME}-spool")
+    spool = ctx.spool(NAME)
     try:
         started = time.monotonic()
         fill(spool, sizes.big_spool_messages, sizes.message_size, prefix="big")
@@ -82,7 +82,7 @@ def run(ctx: Context) -> list[Row]:
                   f" {small_rates[-1]:.0f}/s, first after {small_firsts[-1]:.2f} s,"
                   f" ratio {ratios[-1]:.2f}", flush=True)
     finally:
-        remove_tree(spool)
+        empty_directory(spool)
     n = sizes.big_spool_messages
     ratio = median(ratios)
     peak_mib = max(peaks) / 1024

@@ -48,6 +48,7 @@ class Sizes:
     big_spool_window: int = 13_000  # messages measured per round; 3 rounds ~ the first 40k
     big_message_size: int = 50 * 1024 * 1024
     idle_seconds: float = 3.0
+    warmup_messages: int = 2000  # one untimed run first: see docs/performance.md, "warm-up"
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -61,6 +62,7 @@ class Sizes:
             big_spool_window=1000,
             big_message_size=5 * 1024 * 1024,
             idle_seconds=1.0,
+            warmup_messages=200,
         )
 
 
@@ -74,10 +76,35 @@ class Context:
     loadgen_processes: int = 1
     profile: str | None = None  # "py-spy" or "cprofile": profile relay's processes
     notes: list[str] = field(default_factory=list)
+    session: Path | None = None
 
     def scratch(self, prefix: str) -> Path:
-        """A fresh 0700 directory on the real disk (a spool, or a place for log files)."""
-        return Path(tempfile.mkdtemp(prefix=f"relay-bench-{prefix}-", dir=self.work_dir))
+        """A fresh 0700 directory on the real disk, for log files and results."""
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=self._session()))
+
+    def spool(self, name: str) -> Path:
+        """The spool directory of benchmark *name*: made once (0700), emptied for each run.
+
+        Like a real spool it is long-lived: on this kind of VM the first few thousand files
+        created in a new directory cost far more kernel time than later ones.
+        """
+        path = self._session() / f"spool-{name}"
+        if path.exists():
+            empty_directory(path)
+        else:
+            path.mkdir(mode=0o700)
+        return path
+
+    def _session(self) -> Path:
+        if self.session is None:
+            self.session = Path(tempfile.mkdtemp(prefix="relay-bench-", dir=self.work_dir))
+        return self.session
+
+    def close(self) -> None:
+        """Remove everything this run wrote under the work directory."""
+        if self.session is not None:
+            shutil.rmtree(self.session, ignore_errors=True)
+            self.session = None
 
     def helper_flags(self) -> list[str]:
         return ["--uvloop"] if self.uvloop else []
@@ -352,6 +379,17 @@ def count_files(directory: Path, suffix: str) -> int:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def empty_directory(path: Path) -> None:
+    """Unlink every file in *path* (a spool between runs), keeping the directory."""
+    with os.scandir(path) as listing:
+        for item in listing:
+            if item.is_dir(follow_symlinks=False):
+                shutil.rmtree(item.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(item.path)
 
 
 @contextlib.contextmanager

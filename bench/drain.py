@@ -15,7 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.common import BenchError, Context, Row, count_files, median, processes, remove_tree
+from bench.common import (
+    BenchError,
+    Context,
+    Row,
+    count_files,
+    empty_directory,
+    median,
+    processes,
+    remove_tree,
+)
 from bench.fill import fill
 from bench.harness import profiled, progress_time, run_sender, start_deliver, start_null_server
 
@@ -54,7 +63,7 @@ def relay_drain(ctx: Context, count: int, prefix: str) -> Drain:
     """Fill a spool with *count* messages, then time `relay-deliver --once` on it."""
     sizes = ctx.sizes
     logs = ctx.scratch(f"{NAME}-logs")
-    spool = ctx.scratch(f"{NAME}-spool")
+    spool = ctx.spool(NAME)
     profilers: list = []  # type: ignore[type-arg]
     try:
         fill(spool, count, sizes.message_size, prefix=prefix)
@@ -80,7 +89,7 @@ def relay_drain(ctx: Context, count: int, prefix: str) -> Drain:
             return Drain(count, deliver.started, first, last, deliver.peak_kib,
                          1e6 * user / count, 1e6 * system / count, 1e6 * sink_cpu / count)
     finally:
-        remove_tree(spool)
+        empty_directory(spool)
         remove_tree(logs)
 
 

@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.common import BenchError, Context, Row, count_files, median, processes, remove_tree
+from bench.common import (
+    BenchError,
+    Context,
+    Row,
+    count_files,
+    empty_directory,
+    median,
+    processes,
+    remove_tree,
+)
 from bench.harness import Profiler, profiled, run_loadgen, start_intake, start_null_server
 
 NAME = "intake"
@@ -36,7 +45,7 @@ def intake_run(ctx: Context, server: str, count: int, prefix: str) -> IntakeRun:
     """One closed-loop run of *count* messages against "relay" or "baseline"."""
     sizes = ctx.sizes
     logs = ctx.scratch(f"{NAME}-logs")
-    spool = ctx.scratch(f"{NAME}-spool")
+    spool = ctx.spool(NAME)
     profilers: list[Profiler] = []
     try:
         with processes() as running:
@@ -61,7 +70,7 @@ def intake_run(ctx: Context, server: str, count: int, prefix: str) -> IntakeRun:
         return IntakeRun(float(result["rate"]), 1e6 * (user_after - user) / count,
                          1e6 * (system_after - system) / count, 1e6 * result["cpu"] / count)
     finally:
-        remove_tree(spool)
+        empty_directory(spool)
 
 
 def intake_rate(ctx: Context, server: str, count: int, prefix: str) -> float:
@@ -69,11 +78,19 @@ def intake_rate(ctx: Context, server: str, count: int, prefix: str) -> float:
     return intake_run(ctx, server, count, prefix).rate
 
 
+def warm_up(ctx: Context) -> None:
+    """One untimed run of each server: the first run after a pause pays kernel warm-up."""
+    if ctx.sizes.warmup_messages:
+        for server in ("relay", "baseline"):
+            intake_run(ctx, server, ctx.sizes.warmup_messages, f"w{server[0]}")
+
+
 def run(ctx: Context) -> list[Row]:
     sizes = ctx.sizes
     relay_rates: list[float] = []
     baseline_rates: list[float] = []
     ratios: list[float] = []
+    warm_up(ctx)
     for round_number in range(sizes.runs):
         order = ("baseline", "relay") if round_number % 2 == 0 else ("relay", "baseline")
         runs = {}

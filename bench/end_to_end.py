@@ -15,8 +15,17 @@ from __future__ import annotations
 
 import json
 
-from bench.common import BenchError, Context, Row, median, percentile, processes, remove_tree
-from bench.durable_intake import intake_rate
+from bench.common import (
+    BenchError,
+    Context,
+    Row,
+    empty_directory,
+    median,
+    percentile,
+    processes,
+    remove_tree,
+)
+from bench.durable_intake import intake_rate, warm_up
 from bench.harness import (
     profiled,
     progress_time,
@@ -35,7 +44,7 @@ def end_to_end(ctx: Context, prefix: str) -> tuple[float, list[float]]:
     latency_count = round(sizes.e2e_rate * sizes.e2e_seconds)
     count = sizes.e2e_messages
     logs = ctx.scratch(f"{NAME}-logs")
-    spool = ctx.scratch(f"{NAME}-spool")
+    spool = ctx.spool(NAME)
     record = logs / "sink-record.json"
     profilers: list = []  # type: ignore[type-arg]
     try:
@@ -70,7 +79,7 @@ def end_to_end(ctx: Context, prefix: str) -> tuple[float, list[float]]:
                              " the fixed rate")
         return count / (last - loaded["start"]), latencies
     finally:
-        remove_tree(spool)
+        empty_directory(spool)
         remove_tree(logs)
 
 
@@ -81,6 +90,7 @@ def run(ctx: Context) -> list[Row]:
     ratios: list[float] = []
     p50s: list[float] = []
     p99s: list[float] = []
+    warm_up(ctx)
     for round_number in range(sizes.runs):
         order = ("baseline", "relay") if round_number % 2 == 0 else ("relay", "baseline")
         for kind in order:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import Context, Row, median, processes, remove_tree
+from bench.common import Context, Row, empty_directory, median, processes, remove_tree
 from bench.harness import start_deliver, start_intake, start_null_server
 
 NAME = "idle"
@@ -20,7 +20,7 @@ LIMIT_BYTES = 60_000_000
 def idle_round(ctx: Context) -> tuple[int, int, int]:
     """(intake VmRSS, deliver VmRSS, bare aiosmtpd VmRSS), KiB, after the rest period."""
     logs = ctx.scratch(f"{NAME}-logs")
-    spool = ctx.scratch(f"{NAME}-spool")
+    spool = ctx.spool(NAME)
     try:
         with processes() as running:
             baseline, sink_port = start_null_server(ctx, logs)
@@ -35,7 +35,7 @@ def idle_round(ctx: Context) -> tuple[int, int, int]:
             return (intake.memory_kib()["VmRSS"], deliver.memory_kib()["VmRSS"],
                     baseline.memory_kib()["VmRSS"])
     finally:
-        remove_tree(spool)
+        empty_directory(spool)
         remove_tree(logs)
 
 
