@@ -158,6 +158,7 @@ def test_soak_nothing_acknowledged_is_lost() -> None:
     """Kills and a flaky smarthost cost retries and a few duplicates, never a message."""
     smarthost = FlakySmarthost()
     smarthost.controller.start()
+    # relay-deliver's --poll, --retry-first and --retry-max (see `relay-deliver --help`).
     system = System(f"127.0.0.1:{smarthost.controller.port}", RELAY_POLL="5",
                     RELAY_RETRY_FIRST="1", RELAY_RETRY_MAX="4")
     ledger = Ledger()
@@ -219,6 +220,10 @@ def test_soak_nothing_acknowledged_is_lost() -> None:
         # at most the messages in flight at each deliver kill (concurrency 4).
         deliver_kills = sum(1 for _t, v in ledger.kills if v == "relay:deliver")
         assert sum(duplicates.values()) <= 4 * deliver_kills + smarthost.hangups
+        # Delivered without a 250 needs intake to die between its commit and its reply: at
+        # most one message per open session (one per sender) at each intake kill.
+        intake_kills = sum(1 for _t, v in ledger.kills if v == "relay:intake")
+        assert len(unacked_delivered) <= SENDERS * intake_kills
         for samples in ledger.rss_kib.values():
             assert max(samples) < 150 * 1024
     finally:
