@@ -275,8 +275,8 @@ STAGES = {
     "dot-452": (Script(replies={"DOT": b"452 4.3.1 out of space"}), State.READY),
     "dot-552": (Script(replies={"DOT": b"552 5.3.4 too big"}), State.BAD),
     "hangup-after-dot": (Script(hangup_at="DOT"), State.READY),
-    "stall-after-dot": (Script(delay_at={"DOT": 5.0}), State.READY),  # past --data-timeout
-    "slow-250-after-dot": (Script(delay_at={"DOT": 1.2}), None),  # within --data-timeout
+    "stall-after-dot": (Script(delay_at={"DOT": 6.0}), State.READY),  # past --data-timeout
+    "slow-250-after-dot": (Script(delay_at={"DOT": 2.0}), None),  # within --data-timeout
     "stall-at-mail": (Script(delay_at={"MAIL": 5.0}), State.READY),  # past --response-timeout
 }
 
@@ -287,8 +287,8 @@ def test_smarthost_misbehaving_at_each_stage(spool: Spool, script: Script,
     """Each stage's 4xx, 5xx, hang-up or stall: sent (None), retried (READY) or .bad (BAD)."""
     store(spool, 1)
     with ScriptedSmarthost(script) as smarthost:
-        done = deliver_once(spool.path, smarthost.address, "--response-timeout", "0.8",
-                            "--data-timeout", "2.5")
+        done = deliver_once(spool.path, smarthost.address, "--response-timeout", "1.5",
+                            "--data-timeout", "4")
         sent = list(smarthost.data)
     if outcome is None:
         assert done.returncode == 0, done.stderr
