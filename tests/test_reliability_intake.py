@@ -27,6 +27,8 @@ from sink import Sink, free_port
 from system import program_env, spool_files, strip_received
 from test_intake_server import IntakeThread, accepted
 
+from spool import Spool, recover
+
 BIN = Path(sys.executable).parent
 INTAKE = str(BIN / "relay-intake")
 DELIVER = str(BIN / "relay-deliver")
@@ -157,6 +159,10 @@ def test_kill_9_at_each_step_loses_no_acknowledged_message(spool_dir: Path, sink
     assert len(copies) == (2 if point in COMMITTED_POINTS else 1)
     assert delivered(sink, "after") == [message("after")]
     assert ready_or_busy(spool_dir) == []
+    # What the kill left (a .content, maybe a .envelope.new) is debris that deliver's
+    # recovery removes once it is older than any SMTP session (3 h) or orphaned (24 h).
+    recover(Spool(spool_dir), now=time.time() + 2 * 86400)
+    assert spool_files(spool_dir) == []
 
 
 def test_kill_9_mid_batch_keeps_every_committed_message(spool_dir: Path, sink: Sink) -> None:
