@@ -93,6 +93,8 @@ class Context:
             empty_directory(path)
         else:
             path.mkdir(mode=0o700)
+        # The unlinks of the last run (discards, journal) must not stall the next timed one.
+        os.sync()
         return path
 
     def _session(self) -> Path:
@@ -209,7 +211,7 @@ def relay_available(name: str) -> str | None:
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a live process, in KiB."""
+    """VmRSS and VmHWM (peak RSS) of one live process, in KiB."""
     values: dict[str, int] = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -220,11 +222,54 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds a live process (all its threads) has used so far."""
+    """(user, system) CPU seconds one live process (all its threads) has used so far."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def process_tree(pid: int) -> list[int]:
+    """*pid* and its live descendants (a program may run helper processes of its own)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        tree.append(current)
+        queue.extend(children.get(current, []))
+    return tree
+
+
+def tree_memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM summed over *pid* and its descendants ("processes": how many)."""
+    total = {"VmRSS": 0, "VmHWM": 0, "processes": 0}
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, KeyError):
+            values = memory_kib(member)
+            total["VmRSS"] += values["VmRSS"]
+            total["VmHWM"] += values["VmHWM"]
+            total["processes"] += 1
+    return total
+
+
+def tree_cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of *pid* and its live descendants."""
+    user = system = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            member_user, member_system = cpu_times(member)
+            user += member_user
+            system += member_system
+    return user, system
 
 
 class Process:
@@ -265,11 +310,23 @@ class Process:
             threading.Thread(target=self._sample_memory, daemon=True).start()
 
     def _sample_memory(self) -> None:
+        members: list[int] = []
+        refreshed = 0.0
         while self.popen.poll() is None:
-            with contextlib.suppress(OSError, KeyError, IndexError, ValueError):
-                self.peak_kib = max(self.peak_kib, memory_kib(self.pid)["VmHWM"])
-                self.last_cpu = cpu_times(self.pid)
-            time.sleep(0.05)
+            now = time.monotonic()
+            if now - refreshed > 1.0:  # a /proc walk costs a few ms: not every sample
+                members, refreshed = process_tree(self.pid), now
+            peak = 0
+            user = system = 0.0
+            for member in members:
+                with contextlib.suppress(OSError, KeyError, IndexError, ValueError):
+                    peak += memory_kib(member)["VmHWM"]
+                    member_user, member_system = cpu_times(member)
+                    user, system = user + member_user, system + member_system
+            self.peak_kib = max(self.peak_kib, peak)
+            if user + system >= sum(self.last_cpu):
+                self.last_cpu = (user, system)
+            time.sleep(0.1)
 
     @property
     def pid(self) -> int:
@@ -315,10 +372,12 @@ class Process:
         return "\n".join(text[-lines:])
 
     def memory_kib(self) -> dict[str, int]:
-        return memory_kib(self.pid)
+        """VmRSS and VmHWM summed over the process and its descendants."""
+        return tree_memory_kib(self.pid)
 
     def cpu_times(self) -> tuple[float, float]:
-        return cpu_times(self.pid)
+        """CPU (user, system) of the process and its live descendants."""
+        return tree_cpu_times(self.pid)
 
     def check_alive(self) -> None:
         code = self.popen.poll()

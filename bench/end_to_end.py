@@ -90,6 +90,7 @@ def run(ctx: Context) -> list[Row]:
     ratios: list[float] = []
     p50s: list[float] = []
     p99s: list[float] = []
+    spread: list[str] = []
     warm_up(ctx)
     for round_number in range(sizes.runs):
         order = ("baseline", "relay") if round_number % 2 == 0 else ("relay", "baseline")
@@ -99,13 +100,16 @@ def run(ctx: Context) -> list[Row]:
                 sustained.append(rate)
                 p50s.append(percentile(latencies, 0.50) * 1000)
                 p99s.append(percentile(latencies, 0.99) * 1000)
+                spread.append(", ".join(f"p{int(100 * f)} {percentile(latencies, f) * 1000:.1f}"
+                                        for f in (0.9, 0.95)) +
+                              f", max {max(latencies) * 1000:.1f} ms")
             else:
                 intake_alone.append(intake_rate(ctx, "relay", sizes.e2e_messages,
                                                 f"e{round_number}b"))
         ratios.append(sustained[-1] / intake_alone[-1])
         print(f"  e2e round {round_number + 1}: sustained {sustained[-1]:.0f}/s, intake alone"
               f" {intake_alone[-1]:.0f}/s, ratio {ratios[-1]:.2f}; at {sizes.e2e_rate:.0f}/s"
-              f" p50 {p50s[-1]:.1f} ms p99 {p99s[-1]:.1f} ms", flush=True)
+              f" p50 {p50s[-1]:.1f} ms p99 {p99s[-1]:.1f} ms ({spread[-1]})", flush=True)
     ratio = median(ratios)
     p99 = median(p99s)
     return [

@@ -17,8 +17,9 @@ NAME = "idle"
 LIMIT_BYTES = 60_000_000
 
 
-def idle_round(ctx: Context) -> tuple[int, int, int]:
-    """(intake VmRSS, deliver VmRSS, bare aiosmtpd VmRSS), KiB, after the rest period."""
+def idle_round(ctx: Context) -> tuple[int, int, int, int, int]:
+    """KiB after the rest period: (intake VmRSS, deliver VmRSS, bare aiosmtpd VmRSS), then
+    how many processes intake and deliver each run (their helpers' RSS is included)."""
     logs = ctx.scratch(f"{NAME}-logs")
     spool = ctx.spool(NAME)
     try:
@@ -32,8 +33,10 @@ def idle_round(ctx: Context) -> tuple[int, int, int]:
             time.sleep(ctx.sizes.idle_seconds)
             for process in running:
                 process.check_alive()
-            return (intake.memory_kib()["VmRSS"], deliver.memory_kib()["VmRSS"],
-                    baseline.memory_kib()["VmRSS"])
+            intake_memory, deliver_memory = intake.memory_kib(), deliver.memory_kib()
+            return (intake_memory["VmRSS"], deliver_memory["VmRSS"],
+                    baseline.memory_kib()["VmRSS"], intake_memory["processes"],
+                    deliver_memory["processes"])
     finally:
         empty_directory(spool)
         remove_tree(logs)
@@ -41,14 +44,17 @@ def idle_round(ctx: Context) -> tuple[int, int, int]:
 
 def run(ctx: Context) -> list[Row]:
     rounds = [idle_round(ctx) for _ in range(ctx.sizes.runs)]
-    for number, (intake, deliver, baseline) in enumerate(rounds, 1):
-        print(f"  idle round {number}: intake {intake / 1024:.1f} MiB, deliver"
-              f" {deliver / 1024:.1f} MiB, bare aiosmtpd {baseline / 1024:.1f} MiB", flush=True)
+    for number, (intake, deliver, baseline, intake_count, deliver_count) in enumerate(rounds, 1):
+        print(f"  idle round {number}: intake {intake / 1024:.1f} MiB ({intake_count}"
+              f" processes), deliver {deliver / 1024:.1f} MiB ({deliver_count} processes),"
+              f" bare aiosmtpd {baseline / 1024:.1f} MiB", flush=True)
     rows = []
     for index, name in ((0, "intake"), (1, "deliver")):
         value = median([r[index] for r in rounds])
         base = median([r[2] for r in rounds])
-        rows.append(Row("6 idle", f"{name} RSS at rest (baseline: bare aiosmtpd server)",
+        count = rounds[0][3 + index]
+        rows.append(Row("6 idle", f"{name} RSS at rest, {count} process{'es' if count > 1 else ''}"
+                        " summed (baseline: bare aiosmtpd server)",
                         value / 1024, base / 1024, "MiB",
                         median([r[index] / r[2] for r in rounds]), target="< 60 MB",
                         met=value * 1024 < LIMIT_BYTES))
