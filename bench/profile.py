@@ -54,10 +54,22 @@ def summarise(path: Path, top: int) -> str:
         out.append("  self%  incl%  function")
         for name, _count in self_counts[thread].most_common(top):
             out.append(_line(self_counts[thread][name], inclusive[thread][name], total, name))
+        out.append("  -- self, by package --")
+        packages: Counter[str] = Counter()
+        for name, count in self_counts[thread].items():
+            packages[_package(name)] += count
+        for package, count in packages.most_common(12):
+            out.append(f"  {100 * count / total:5.1f}         {package}")
         out.append("  -- inclusive --")
         for name, _count in inclusive[thread].most_common(top):
             out.append(_line(self_counts[thread][name], inclusive[thread][name], total, name))
     return "\n".join(out)
+
+
+def _package(name: str) -> str:
+    """`function (asyncio/streams.py)` -> `asyncio`; a bare file name stays itself."""
+    where = name.rpartition(" (")[2].rstrip(")")
+    return where.split("/")[0] if "/" in where else where
 
 
 def _line(own: int, under: int, total: int, name: str) -> str:
