@@ -96,6 +96,36 @@ def test_bare_line_ends_in_a_dropped_file_reach_the_wire_as_one_message(spool_di
     assert wire == dot_stuffed(normalised(content + b"\r\n"))
 
 
+def test_envelope_lines_cannot_be_forged_through_addresses_or_parameters(
+        spool_dir: Path) -> None:
+    """CR/LF hidden in xtext (AUTH=) is refused; Unicode line separators in SMTPUTF8
+    addresses are refused or kept inside their one envelope line, never a new field."""
+    forged = "X-MailRelay-To-Remote: evil@evil.example"
+    with IntakeThread(spool_dir) as intake:
+        raw = RawClient(intake.port)
+        raw.command(b"EHLO client.test")
+        assert raw.command(b"MAIL FROM:<a@example.org> AUTH=x+0D+0A"
+                           + forged.replace(" ", "+20").encode())[:3] == "501"
+        assert raw.command(b"MAIL FROM:<a@example.org> AUTH=x+0A+2E")[:3] == "501"
+        assert raw.command("MAIL FROM:<a\u0085b@example.org> SMTPUTF8".encode())[:3] == "250"
+        accepted_rcpts = []
+        for separator in ("\u0085", "\u2028", "\u2029", "\x0b", "\x0c", "\x1c"):
+            rcpt = f'"r{separator}{forged}"@example.com'  # quoted: space and colon allowed
+            if raw.command(f"RCPT TO:<{rcpt}>".encode())[:3] == "250":
+                accepted_rcpts.append(rcpt)
+        assert raw.command(b"RCPT TO:<plain@example.com>")[:3] == "250"
+        assert raw.command(b"DATA")[:3] == "354"
+        assert raw.command(b"Subject: forged?\r\n\r\nx\r\n.")[:3] == "250"
+    ((envelope, _),) = accepted(spool_dir)
+    assert len(accepted_rcpts) >= 3  # NEL, LS, PS are accepted with SMTPUTF8: kept inside
+    assert envelope.sender == "a\u0085b@example.org"
+    assert envelope.to_remote == (*accepted_rcpts, "plain@example.com")
+    (path,) = spool_dir.glob("*.envelope")
+    lines = path.read_bytes().split(b"\r\n")
+    assert sum(line.startswith(b"X-MailRelay-To-Remote:") for line in lines) == len(
+        envelope.to_remote)
+
+
 # -- open relay -----------------------------------------------------------------------------
 
 # The classic relay tricks, for a server whose only local domain is example.org.
