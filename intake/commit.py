@@ -1,186 +1,154 @@
-"""Group commit: writer threads write and fsync messages; one committer thread commits them
-in batches.
+"""Group commit for relay-intake: sessions hand messages to the storage process and await.
 
-Sessions hand their message (content chunks + envelope) to `GroupCommitter` and await a
-future. A small pool of writer threads writes and fsyncs each message through
-`spool.MessageWriter` (fsyncs of different files proceed in parallel: the file system
-folds them into shared journal commits). Written messages go to one committer thread,
-which takes everything that arrived while it was busy with the previous batch and commits
-it with `Spool.commit`: each `.envelope.new` renamed, then ONE directory fsync for the
-batch. The futures are resolved in one event-loop callback per batch. So the event loop
-never waits for the disk and the directory fsync is shared by every waiting session.
+`GroupCommitter` starts `intake.storage_process` and talks to it over a pipe pair (frames
+in `intake.frames`). A session's `store()` costs the event loop one buffered pipe write;
+the storage process writes, fsyncs and commits everything that arrived while it was busy
+with the previous batch (one directory fsync per batch) and answers each request. Doing
+the file work in another process keeps it off this process's interpreter lock: with a
+thread, every file system call in the thread made the event loop wait to get the lock
+back, which cost more than the disk itself.
 
-Writes only through `spool` (content, `.envelope.new`, the rename); touches nothing else.
-A message whose write fails is aborted (its partial files removed) and its future carries
-the OSError; `Spool.commit` withdraws a batch whose directory fsync failed.
+If the storage process dies (it never should), every waiting session gets an OSError
+(answered 451, nothing accepted) and a new storage process is started. Writes nothing
+itself: the files are the storage process's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
-import threading
-from dataclasses import dataclass, field
+import errno
+import itertools
+import os
+import sys
 
-from spool import Envelope, PendingMessage, Spool
+import structlog
 
+from intake.frames import (
+    OP_COMMIT,
+    OP_DISCARD,
+    OP_PREPARE,
+    OP_STORE,
+    REPLY,
+    request_frame,
+)
+from spool import Envelope, PendingMessage, Spool, format_envelope
 
-@dataclass
-class _Job:
-    """One request: write (and maybe commit) a new message, or commit a written one."""
-
-    future: asyncio.Future[PendingMessage]
-    content: tuple[bytes, ...] = ()
-    envelope: Envelope | None = None
-    pending: PendingMessage | None = None
-    commit: bool = True
-    outcome: PendingMessage | BaseException | None = field(default=None)
-
-
-_STOP = None
-WRITER_THREADS = 8  # parallel fsyncs; more brings nothing on a journaling file system
+# Content bigger than this is handed over with flow control (drain) so that a 50 MB
+# message does not sit in the pipe transport's buffer a second time.
+DRAIN_ABOVE = 256 * 1024
+log = structlog.get_logger("relay-intake")
 
 
 class GroupCommitter:
-    """The writer threads and the committer thread; `start()` in the loop, `stop()` to drain."""
+    """The storage process and the requests waiting for it."""
 
-    def __init__(self, spool: Spool, writers: int = WRITER_THREADS) -> None:
+    def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self._writes: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._commits: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._writer_count = writers
-        self._threads: list[threading.Thread] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.batches = 0
-        self.messages = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[str]] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self.messages = 0  # committed by the storage processes of this run
+        self.batches = 0  # the batches they were committed in
 
-    def start(self) -> None:
-        """Start the threads (call from the running event loop)."""
-        self._loop = asyncio.get_running_loop()
-        self._threads = [threading.Thread(target=self._commit_loop, name="relay-committer",
-                                          daemon=True)]
-        self._threads += [threading.Thread(target=self._write_loop, name=f"relay-writer-{n}",
-                                           daemon=True) for n in range(self._writer_count)]
-        for thread in self._threads:
-            thread.start()
+    async def start(self) -> None:
+        """Start the storage process (call from the running event loop)."""
+        environment = dict(os.environ)
+        environment["RELAY_TEST_CRASH_PARENT"] = "1"  # a test crash there is intake's crash
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "intake.storage_process", str(self.spool.path),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=environment,
+        )
+        self._reader = asyncio.create_task(self._read_replies(self._process))
+        self._last_batch = 0
 
     async def stop(self) -> None:
-        """Finish the queued work, then end the threads."""
-        if not self._threads:
+        """Let the storage process finish what it has, then end it."""
+        self._stopping = True
+        process = self._process
+        if process is None:
             return
-        committer, writers = self._threads[0], self._threads[1:]
-        for _ in writers:
-            self._writes.put(_STOP)
-        for thread in writers:
-            await asyncio.to_thread(thread.join)
-        self._commits.put(_STOP)  # after the writers, so that their last messages commit
-        await asyncio.to_thread(committer.join)
-        self._threads = []
-
-    def _submit(self, job: _Job) -> asyncio.Future[PendingMessage]:
-        # Jobs queued before start() wait for the threads (the committer's first batch).
-        (self._commits if job.pending is not None else self._writes).put(job)
-        return job.future
-
-    def _new_future(self) -> asyncio.Future[PendingMessage]:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop.create_future()
+        assert process.stdin is not None
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(process.wait(), 30)
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        if self._reader is not None:
+            await self._reader
+        self._process = None
 
     async def store(self, content: tuple[bytes, ...], envelope: Envelope) -> PendingMessage:
         """Write and commit one message; returns when it is durable. Raises OSError."""
-        return await self._submit(_Job(self._new_future(), content, envelope))
+        return self._pending(await self._request(OP_STORE, format_envelope(envelope), content))
 
     async def prepare(self, content: tuple[bytes, ...], envelope: Envelope) -> PendingMessage:
-        """Write and fsync one message as `.envelope.new` (for filters); not yet accepted."""
-        return await self._submit(_Job(self._new_future(), content, envelope, commit=False))
+        """Write one message as `.envelope.new` (for filters); not yet accepted."""
+        return self._pending(await self._request(OP_PREPARE, format_envelope(envelope), content))
 
     async def commit(self, pending: PendingMessage) -> PendingMessage:
-        """Accept a prepared message (rename + the batch's directory fsync). Raises OSError."""
-        return await self._submit(_Job(self._new_future(), pending=pending))
+        """Accept a prepared message (fsyncs, rename, the batch's directory fsync)."""
+        return self._pending(await self._request(OP_COMMIT, pending.message_id.encode(), ()))
 
-    # -- the threads -------------------------------------------------------------------
+    async def discard(self, pending: PendingMessage) -> None:
+        """Remove a prepared message."""
+        await self._request(OP_DISCARD, pending.message_id.encode(), ())
 
-    def _write_loop(self) -> None:
-        while (job := self._writes.get()) is not None:
-            self._write(job)
-            if job.outcome is None:
-                self._commits.put(job)
-            else:
-                self._deliver([job])
+    def _pending(self, message_id: str) -> PendingMessage:
+        return PendingMessage(self.spool, message_id)
 
-    def _write(self, job: _Job) -> None:
-        """Write and fsync content and `.envelope.new`; sets outcome unless a commit follows."""
-        assert job.envelope is not None
+    async def _request(self, op: bytes, meta: bytes, content: tuple[bytes, ...]) -> str:
+        process = self._process
+        if process is None or process.stdin is None or process.returncode is not None:
+            raise OSError(errno.EIO, "the storage process is not running")
+        request_id = next(self._ids)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        size = sum(len(chunk) for chunk in content)
         try:
-            writer = self.spool.writer()
-        except OSError as error:
-            job.outcome = error
-            return
-        try:
-            for chunk in job.content:
-                writer.write(chunk)
-            job.pending = writer.finish(job.envelope)
-        except BaseException as error:  # reported to the session
-            writer.abort()
-            job.outcome = error
-            return
-        if not job.commit:
-            job.outcome = job.pending
+            async with self._lock:  # one request's frames are never interleaved with another's
+                process.stdin.write(request_frame(op, request_id, meta, size))
+                for chunk in content:
+                    process.stdin.write(chunk)
+                    if size > DRAIN_ABOVE:
+                        await process.stdin.drain()
+        except (ConnectionError, RuntimeError) as error:
+            self._waiting.pop(request_id, None)
+            raise OSError(errno.EIO, f"the storage process is gone: {error}") from None
+        return await future
 
-    def _commit_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._commits.get()
-            batch: list[_Job] = []
-            if first is _STOP:
-                stopping = True
-            else:
-                batch.append(first)
-            # Everything that arrived while the previous batch was syncing joins this one.
+    async def _read_replies(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        try:
             while True:
-                try:
-                    job = self._commits.get_nowait()
-                except queue.Empty:
-                    break
-                if job is _STOP:
-                    stopping = True
+                header = await process.stdout.readexactly(REPLY.size)
+                request_id, code, batch, size = REPLY.unpack(header)
+                if batch != self._last_batch:
+                    self._last_batch = batch
+                    self.batches += 1
+                text = (await process.stdout.readexactly(size)).decode("utf-8", "replace")
+                future = self._waiting.pop(request_id, None)
+                if future is None or future.done():
+                    continue
+                if code:
+                    future.set_exception(OSError(code, text))
                 else:
-                    batch.append(job)
-            if batch:
-                self._commit(batch)
-                self._deliver(batch)
-
-    def _commit(self, batch: list[_Job]) -> None:
-        pendings = [job.pending for job in batch if job.pending is not None]
-        try:
-            results: list[OSError | None] = self.spool.commit(pendings)
-        except BaseException as error:  # every message of the batch fails
-            for pending in pendings:
-                pending.discard()
-            failure = error if isinstance(error, OSError) else OSError(str(error))
-            results = [failure] * len(pendings)
-        for job, result in zip(batch, results, strict=True):
-            job.outcome = job.pending if result is None else result
-        self.batches += 1
-        self.messages += len(batch)
-
-    def _deliver(self, batch: list[_Job]) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            self._loop.call_soon_threadsafe(_resolve, batch)
-
-
-def _resolve(batch: list[_Job]) -> None:
-    """Runs in the event loop: hand each session its outcome."""
-    for job in batch:
-        if job.future.done():  # the session went away (cancelled)
-            if not job.commit and isinstance(job.outcome, PendingMessage):
-                job.outcome.discard()  # written for filters that will never run
-            continue
-        if isinstance(job.outcome, BaseException):
-            job.future.set_exception(job.outcome)
-        else:
-            assert job.outcome is not None
-            job.future.set_result(job.outcome)
+                    future.set_result(text)
+                    self.messages += 1
+        except asyncio.IncompleteReadError:
+            pass
+        failure = OSError(errno.EIO, "the storage process ended; message not stored")
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(failure)
+        self._waiting.clear()
+        if not self._stopping:
+            await process.wait()
+            log.error("storage_process_died", outcome="restarting",
+                      reason=f"exit status {process.returncode}")
+            await self.start()

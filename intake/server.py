@@ -66,7 +66,7 @@ class IntakeServer:
 
     async def start(self) -> None:
         """Start the committer and listen on every interface; OSError if one cannot bind."""
-        self.committer.start()
+        await self.committer.start()
         loop = asyncio.get_running_loop()
         for interface in self.config.interfaces:
             try:

@@ -24,6 +24,7 @@ import shutil
 import stat
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,42 @@ def fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_path(path: Path, point: str) -> None:
+    """fsync a file written earlier (by path: its descriptor is long closed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        checkpoint(point)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_message(message: PendingMessage) -> OSError | None:
+    """fsync a written message's two files; on failure remove them and return the error."""
+    try:
+        _fsync_path(message.content_path, "fsync_content")
+        checkpoint("content_synced")
+        _fsync_path(message.new_path, "fsync_envelope")
+        checkpoint("envelope_synced")
+    except OSError as error:
+        message.discard()
+        return error
+    return None
+
+
+def sync_pending(
+    pending: Sequence[PendingMessage], executor: Executor | None = None
+) -> list[OSError | None]:
+    """fsync every message of a batch; with an *executor*, several at once.
+
+    fsyncs issued together are folded by a journaling file system into shared commits,
+    which is what makes a batch cheaper than its messages one by one.
+    """
+    if executor is None or len(pending) < 2:
+        return [sync_message(message) for message in pending]
+    return list(executor.map(sync_message, pending))
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -138,34 +175,45 @@ class Spool:
         """Start a new message: creates its content file under a fresh id."""
         return MessageWriter(self)
 
-    def commit(self, pending: Sequence[PendingMessage]) -> list[OSError | None]:
+    def commit(
+        self, pending: Sequence[PendingMessage], *, sync_files: bool = False
+    ) -> list[OSError | None]:
         """Accept each pending message (rename), then fsync the directory once for all.
+
+        With *sync_files*, the messages were written with `finish(sync=False)` and their
+        files are fsynced here, after the whole batch was written: on a journaling file
+        system the first fsync's commit carries the whole batch and the others find little
+        left to do (about one journal commit per batch instead of two per message).
 
         Returns one entry per message: None when it is accepted, or the error that kept it
         out (its files are then gone). If the directory fsync fails, every message of the
         batch is withdrawn and carries that error.
         """
-        results: list[OSError | None] = []
-        renamed: list[PendingMessage] = []
-        for message in pending:
+        results: list[OSError | None] = (
+            sync_pending(pending) if sync_files else [None] * len(pending)
+        )
+        renamed: list[int] = []
+        for position, message in enumerate(pending):
+            if results[position] is not None:
+                continue
             try:
                 checkpoint("rename_envelope")
                 os.rename(message.new_path, self.envelope_path(message.message_id, State.READY))
             except OSError as error:
                 message.discard()
-                results.append(error)
+                results[position] = error
             else:
-                renamed.append(message)
-                results.append(None)
+                renamed.append(position)
         if renamed:
             try:
                 fsync_directory(self.path)
                 checkpoint("directory_synced")
             except OSError as error:
-                for message in renamed:
+                for position in renamed:
+                    message = pending[position]
                     _unlink_quietly(self.envelope_path(message.message_id, State.READY))
                     _unlink_quietly(message.content_path)
-                results = [error if result is None else result for result in results]
+                    results[position] = error
         return results
 
     def store(self, content: bytes | Iterable[bytes], envelope: Envelope) -> str:
@@ -260,8 +308,11 @@ class MessageWriter:
             view = view[written:]
         self.size += len(data)
 
-    def finish(self, envelope: Envelope, *, sync: bool = True) -> PendingMessage:
-        """fsync the content, write and fsync `.envelope.new`; the message is not yet accepted."""
+    def finish(self, envelope: Envelope | bytes, *, sync: bool = True) -> PendingMessage:
+        """fsync the content, write and fsync `.envelope.new`; the message is not yet accepted.
+
+        *envelope* may be given already formatted (`format_envelope`'s bytes).
+        """
         try:
             checkpoint("content_written")
             if sync:
@@ -271,7 +322,7 @@ class MessageWriter:
         finally:
             os.close(self._fd)
             self._fd = -1
-        data = format_envelope(envelope)
+        data = envelope if isinstance(envelope, bytes) else format_envelope(envelope)
         new_path = self.spool.envelope_path(self.message_id, State.NEW)
         fd = os.open(new_path, _CREATE_FLAGS, FILE_MODE)
         self._envelope_written = True

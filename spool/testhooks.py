@@ -6,6 +6,10 @@ nothing unless the environment asks, read once at import:
 - `RELAY_TEST_CRASH_AT=content_synced` kills the process with SIGKILL at that point.
 - `RELAY_TEST_FAIL_AT=fsync_envelope:EIO` raises OSError(EIO) at that point.
 
+A helper process that does part of a program's work (intake's storage process) is started
+with `RELAY_TEST_CRASH_PARENT=1`: a crash there kills its parent first, so that the test
+sees the program die at that step, as a kill -9 of the whole program would.
+
 Touches no files.
 """
 
@@ -20,6 +24,7 @@ _FAIL_AT: dict[str, int] = {}
 for _item in filter(None, os.environ.get("RELAY_TEST_FAIL_AT", "").split(",")):
     _point, _, _name = _item.partition(":")
     _FAIL_AT[_point] = getattr(errno, _name or "EIO", errno.EIO)
+_CRASH_PARENT = os.environ.get("RELAY_TEST_CRASH_PARENT") == "1"
 ACTIVE = bool(_CRASH_AT or _FAIL_AT)
 
 
@@ -28,6 +33,8 @@ def checkpoint(name: str) -> None:
     if not ACTIVE:
         return
     if name in _CRASH_AT:
+        if _CRASH_PARENT:
+            os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
     if name in _FAIL_AT:
         code = _FAIL_AT[name]

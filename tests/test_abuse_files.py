@@ -202,7 +202,9 @@ def test_symlinks_planted_at_intakes_next_file_names_are_never_followed(
     target = tmp_path / "target"
     target.write_bytes(b"precious\n")
     with IntakeProcess(spool_dir) as intake:
-        pid = intake.process.pid
+        # Files are created by intake's storage process, so its pid is in the names.
+        children = Path(f"/proc/{intake.process.pid}/task/{intake.process.pid}/children")
+        (pid,) = (int(word) for word in children.read_text().split())
         now = int(time.time())
         planted = []
         for second in range(now - 2, now + 30):

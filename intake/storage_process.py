@@ -1,0 +1,189 @@
+"""The storage process: writes, syncs and commits messages for relay-intake, in batches.
+
+relay-intake starts it (`python -m intake.storage_process SPOOL_DIR`) and talks to it over
+a pipe pair (see `intake.commit` for the frames). It does all of intake's file work, so
+the SMTP event loop never waits for the disk and never shares its interpreter lock with a
+thread that does. Each batch is every request that has arrived: the files of all its
+messages are written, then fsynced (on a journaling file system the first fsync's commit
+carries the whole batch), renamed into place, and the directory fsynced once.
+
+Reads requests on stdin, answers on stdout; writes message files only through `spool`.
+Ignores SIGINT and SIGTERM: it ends when intake closes the pipe (after its last batch),
+so a Ctrl-C to the process group cannot cut a batch short.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from intake.frames import (
+    MAX_BATCH,
+    OP_COMMIT,
+    OP_DISCARD,
+    OP_PREPARE,
+    OP_STORE,
+    REQUEST,
+    reply_frame,
+)
+from spool import PendingMessage, Spool
+from spool.store import MessageWriter, sync_pending
+
+READ_SIZE = 1 << 20
+# fsyncs of one batch run side by side: the file system folds them into shared journal
+# commits. The threads are this process's own, so they never slow intake's event loop.
+SYNC_THREADS = 8
+
+
+@dataclass
+class Request:
+    """One request of a batch and, once written, its pending message or its error."""
+
+    op: bytes
+    request_id: int
+    pending: PendingMessage | None = None
+    error: OSError | None = None
+
+
+class StorageWorker:
+    """Reads frames from a descriptor, handles them in batches, answers on another."""
+
+    def __init__(self, spool: Spool, read_fd: int, write_fd: int) -> None:
+        self.spool = spool
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self.buffer = bytearray()
+        self.eof = False
+        self.batches = 0
+        self.executor = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="relay-fsync")
+
+    def _fill(self, block: bool) -> bool:
+        """Read what is there (waiting for it if *block*); False at end of input."""
+        if not block and not select.select([self.read_fd], [], [], 0)[0]:
+            return True
+        data = os.read(self.read_fd, READ_SIZE)
+        if not data:
+            self.eof = True
+            return False
+        self.buffer += data
+        return True
+
+    def _take(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            if not self._fill(block=True):
+                raise EOFError("intake closed the pipe in the middle of a request")
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    def _next_request(self, block: bool) -> Request | None:
+        """The next whole request: waits for it if *block*, else only if it has begun."""
+        if not self.buffer and (not self._fill(block) or not self.buffer):
+            return None
+        op, request_id, meta_size, content_size = REQUEST.unpack(self._take(REQUEST.size))
+        meta = self._take(meta_size)
+        request = Request(op, request_id)
+        if op in (OP_STORE, OP_PREPARE):
+            self._write_message(request, meta, content_size)
+        elif op in (OP_COMMIT, OP_DISCARD):
+            request.pending = PendingMessage(self.spool, meta.decode("utf-8"))
+        else:
+            raise ValueError(f"unknown request {op!r}")
+        return request
+
+    def _write_message(self, request: Request, envelope: bytes, content_size: int) -> None:
+        """Write the content (streamed when big) and `.envelope.new`, without fsync."""
+        writer: MessageWriter | None = None
+        remaining = content_size
+        try:
+            writer = self.spool.writer()
+            while remaining:
+                if not self.buffer:
+                    self._fill(block=True)
+                    if self.eof:
+                        raise EOFError("intake closed the pipe in the middle of a message")
+                taken = min(remaining, len(self.buffer))
+                writer.write(bytes(self.buffer[:taken]))
+                del self.buffer[:taken]
+                remaining -= taken
+            request.pending = writer.finish(envelope, sync=False)
+        except OSError as error:
+            if writer is not None:
+                writer.abort()
+            request.error = error
+            self._take(remaining)  # keep the stream in step: skip the rest of the message
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+
+    def run(self) -> None:
+        """Serve until intake closes the pipe."""
+        while not self.eof:
+            first = self._next_request(block=True)
+            if first is None:
+                continue
+            batch = [first]
+            while len(self.buffer) >= REQUEST.size or (
+                not self.eof and select.select([self.read_fd], [], [], 0)[0]
+            ):
+                more = self._next_request(block=False)
+                if more is None:
+                    break
+                batch.append(more)
+                if len(batch) >= MAX_BATCH:
+                    break
+            self._handle(batch)
+
+    def _handle(self, batch: list[Request]) -> None:
+        self.batches += 1
+        commits = [r for r in batch if r.op in (OP_STORE, OP_COMMIT) and r.error is None]
+        for request in batch:
+            if request.op == OP_DISCARD and request.pending is not None:
+                request.pending.discard()
+        pendings = [r.pending for r in commits if r.pending is not None]
+        if pendings:
+            try:
+                synced = sync_pending(pendings, self.executor)
+                kept = [p for p, error in zip(pendings, synced, strict=True) if error is None]
+                committed = iter(self.spool.commit(kept))
+                results = [error if error is not None else next(committed) for error in synced]
+            except OSError as error:
+                for pending in pendings:
+                    pending.discard()
+                results = [error] * len(pendings)
+            for request, result in zip(commits, results, strict=True):
+                request.error = result
+        answer = bytearray()
+        for request in batch:
+            if request.error is not None:
+                code = request.error.errno or 0
+                answer += reply_frame(request.request_id, code, self.batches,
+                                      str(request.error))
+            else:
+                message_id = request.pending.message_id if request.pending else ""
+                answer += reply_frame(request.request_id, 0, self.batches, message_id)
+        view = memoryview(answer)
+        while view:
+            view = view[os.write(self.write_fd, view) :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: `python -m intake.storage_process SPOOL_DIR`."""
+    arguments = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    spool = Spool(arguments[0], check=False)  # intake checked it before starting us
+    try:
+        StorageWorker(spool, sys.stdin.fileno(), sys.stdout.fileno()).run()
+    except (EOFError, BrokenPipeError):
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
