@@ -216,15 +216,24 @@ class Spool:
                     results[position] = error
         return results
 
-    def store(self, content: bytes | Iterable[bytes], envelope: Envelope) -> str:
-        """Write and commit one message durably; returns its id. Raises OSError on failure."""
+    def store(
+        self,
+        content: bytes | Iterable[bytes],
+        envelope: Envelope,
+        *,
+        content_mtime: float | None = None,
+    ) -> str:
+        """Write and commit one message durably; returns its id. Raises OSError on failure.
+
+        *content_mtime*, when given, becomes the content file's mtime (an age measured from
+        the content, like deliver's --max-age, then carries over from another message).
+        """
         writer = self.writer()
         try:
-            if isinstance(content, bytes):
-                writer.write(content)
-            else:
-                for chunk in content:
-                    writer.write(chunk)
+            for chunk in [content] if isinstance(content, bytes) else content:
+                writer.write(chunk)
+            if content_mtime is not None:
+                os.utime(self.content_path(writer.message_id), (content_mtime, content_mtime))
             pending = writer.finish(envelope)
         except BaseException:
             writer.abort()
@@ -237,25 +246,12 @@ class Spool:
     def store_copy(self, source: Path, envelope: Envelope, *, keep_mtime: bool = False) -> str:
         """Store a new message whose content is a copy of the file *source*.
 
-        With *keep_mtime* the copy's content file keeps *source*'s mtime, so that an age
-        measured from the content (deliver's --max-age) carries over to the copy.
+        With *keep_mtime* the copy's content file keeps *source*'s mtime.
         """
-        writer = self.writer()
-        try:
-            with open(source, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    writer.write(chunk)
-                if keep_mtime:
-                    source_mtime = os.fstat(handle.fileno()).st_mtime
-                    os.utime(self.content_path(writer.message_id), (source_mtime, source_mtime))
-            pending = writer.finish(envelope)
-        except BaseException:
-            writer.abort()
-            raise
-        (error,) = self.commit([pending])
-        if error is not None:
-            raise error
-        return pending.message_id
+        with open(source, "rb") as handle:
+            mtime = os.fstat(handle.fileno()).st_mtime if keep_mtime else None
+            chunks = iter(lambda: handle.read(1 << 20), b"")
+            return self.store(chunks, envelope, content_mtime=mtime)
 
     def trigger_scan(self) -> None:
         """Ask a running deliver to scan now (it watches this file)."""
