@@ -295,8 +295,8 @@ class IntakeSMTP(SMTP):
         if response is MISSING:
             return AuthResult(success=False, handled=True)
         user = authenticator.check_cram_md5(challenge, response)
-        if user is None:
-            return AuthResult(success=False)
+        if user is None:  # handled=False: aiosmtpd answers 535 (the default sends nothing)
+            return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=LoginPassword(user.encode("utf-8"), b""))
 
 
