@@ -196,50 +196,49 @@ def test_every_program_refuses_an_unsafe_spool(tmp_path: Path, program: str,
 
 def test_symlinks_planted_at_intakes_next_file_names_are_never_followed(
         spool_dir: Path, tmp_path: Path, sink: Sink) -> None:
-    """Symlinks at the names intake will pick next (its pid, the clock, seq 1..): a .content
-    clash moves on to the next name; an .envelope.new clash is a 451; the targets stay
-    untouched, and the stored message is delivered intact."""
+    """Symlinks at the names intake will pick next (the writer's pid, the clock, the next
+    seq): a .content clash moves on to the next name; an .envelope.new clash is a 451; the
+    target stays untouched, and the stored messages are delivered intact."""
     target = tmp_path / "target"
     target.write_bytes(b"precious\n")
     with IntakeProcess(spool_dir) as intake:
-        # Files are created by intake's storage process, so its pid is in the names.
-        children = Path(f"/proc/{intake.process.pid}/task/{intake.process.pid}/children")
-        (pid,) = (int(word) for word in children.read_text().split())
+        with intake.smtp() as client:
+            client.sendmail("a@example.org", ["b@example.com"], b"Subject: zero\r\n\r\nfirst\r\n")
+        (first,) = spool_dir.glob("*.envelope")
+        # emailrelay.<pid>.<time>.<seq>: the pid of whichever process writes the files.
+        _, pid, _, seq_text = first.name.removesuffix(".envelope").split(".")
+        seq = int(seq_text)
         now = int(time.time())
-        planted = []
-        for second in range(now - 2, now + 30):
-            for seq in (1, 2):
-                link = spool_dir / f"emailrelay.{pid}.{second}.{seq}.content"
-                link.symlink_to(target)
-                planted.append(link)
+        seconds = range(now - 2, now + 30)
+        planted = [spool_dir / f"emailrelay.{pid}.{second}.{n}.content"
+                   for second in seconds for n in (seq + 1, seq + 2)]
+        for link in planted:
+            link.symlink_to(target)
         with intake.smtp() as client:
             client.sendmail("a@example.org", ["b@example.com"], b"Subject: one\r\n\r\nfine\r\n")
-        ((_envelope, content),) = accepted(spool_dir)
-        assert content.endswith(b"fine\r\n") and target.read_bytes() == b"precious\n"
+        assert target.read_bytes() == b"precious\n"
         for link in planted:
             link.unlink()
-        (stored,) = spool_dir.glob("*.envelope")
-        seq = int(stored.name.split(".")[3])
-        assert seq == 3  # 1 and 2 were taken by the planted links
-        # Now the envelope's name: the content is created at the next free name, and the
-        # `.envelope.new` of that name is already a symlink.
-        for second in range(now - 2, now + 30):
-            (spool_dir / f"emailrelay.{pid}.{second}.{seq + 1}.envelope.new").symlink_to(target)
+        names = sorted(p.name for p in spool_dir.glob("*.envelope"))
+        assert len(names) == 2
+        assert int(max(names, key=lambda n: int(n.split(".")[3])).split(".")[3]) == seq + 3
+        # The content goes to the next free name, whose `.envelope.new` is already a symlink.
+        for second in seconds:
+            (spool_dir / f"emailrelay.{pid}.{second}.{seq + 4}.envelope.new").symlink_to(target)
         with intake.smtp() as client:
             client.ehlo()
-            code = client.docmd("MAIL FROM:<a@example.org>")[0]
-            assert code == 250
+            assert client.docmd("MAIL FROM:<a@example.org>")[0] == 250
             client.rcpt("b@example.com")
             reply = client.data(b"Subject: two\r\n\r\nrefused\r\n")
         assert reply[0] == 451
         assert target.read_bytes() == b"precious\n"
         assert "store_failed" in intake.log() and "File exists" in intake.log()
-        assert len(accepted(spool_dir)) == 1
+        assert len(accepted(spool_dir)) == 2
         assert intake.stop() == 0
     for link in spool_dir.glob("*.envelope.new"):
         link.unlink()
     done = deliver_once(spool_dir, sink.address)
     assert done.returncode == 0, done.stderr
-    assert [m.data.endswith(b"fine\r\n") for m in sink.messages] == [True]
+    assert sorted(m.data.rsplit(b"\r\n", 2)[-2] for m in sink.messages) == [b"fine", b"first"]
     assert target.read_bytes() == b"precious\n"
     assert spool_files(spool_dir) == []
