@@ -45,7 +45,7 @@ class Sizes:
     e2e_rate: float = 100.0
     e2e_seconds: float = 10.0
     big_spool_messages: int = 100_000
-    big_spool_window: int = 13_000  # messages measured per round; 3 rounds ~ the first 40k
+    big_spool_window: int = 10_000  # messages measured per round; 3 rounds: the first 30k
     big_message_size: int = 50 * 1024 * 1024
     idle_seconds: float = 3.0
     warmup_messages: int = 2000  # one untimed run first: see docs/performance.md, "warm-up"
