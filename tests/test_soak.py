@@ -124,14 +124,18 @@ def _pid(system: System, name: str) -> int | None:
 
 
 def _rss_kib(pid: int) -> int | None:
+    """The resident memory of *pid* and its children (intake's storage process) together."""
     try:
         with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+            rss = next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")),
+                       None)
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            child_pids = [int(word) for word in children.read().split()]
     except OSError:
         return None
-    return None
+    if rss is None:
+        return None
+    return rss + sum(_rss_kib(child) or 0 for child in child_pids)
 
 
 def _chaos(system: System, ledger: Ledger, stop: threading.Event) -> None:
