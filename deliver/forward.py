@@ -220,10 +220,10 @@ class SmarthostConnection:
             else:
                 await smtp.login(account.user, account.password)
         except aiosmtplib.SMTPAuthenticationError as error:
-            raise _AuthProblem(f"{error.code} {error.message}", error.code) from None
+            raise _AuthProblem(error.message, error.code) from None  # Reply adds the code
         except aiosmtplib.SMTPException as error:
             if isinstance(error, aiosmtplib.SMTPResponseException):
-                raise _AuthProblem(f"{error.code} {error.message}", error.code) from None
+                raise _AuthProblem(error.message, error.code) from None
             if "not supported" in str(error).lower() or "auth" in str(error).lower():
                 raise _AuthProblem(f"the smarthost offers no usable AUTH: {error}") from None
             raise
