@@ -22,7 +22,7 @@ import pytest
 import trustme
 from system import spool_files
 from test_intake_server import IntakeThread, RawClient, accepted, non_loopback_address
-from test_reliability_deliver import ScriptedSmarthost
+from test_reliability_deliver import Script, ScriptedSmarthost
 from test_reliability_intake import IntakeProcess, deliver_once
 
 from spool import Envelope, Spool
@@ -316,6 +316,33 @@ def test_passwords_never_appear_in_the_logs_even_verbose(spool_dir: Path, tmp_pa
     # A CRAM-MD5 digest is no password, but it allows an offline guess: not logged either.
     assert not re.search(r"alice [0-9a-f]{32}", log)
     assert base64.b64encode(b"alice ").decode() not in log  # nor in its base64 form
+
+
+@pytest.mark.parametrize("accepted_login", [True, False])
+def test_deliver_never_logs_its_smarthost_password(spool_dir: Path, tmp_path: Path,
+                                                   accepted_login: bool) -> None:
+    """relay-deliver --verbose logging in to the smarthost (accepted, or refused with 535):
+    the password is on the wire, never in deliver's log."""
+    auth = tmp_path / "client.auth"
+    auth.write_text(f"client plain alice {PASSWORD}\n")
+    auth.chmod(0o600)
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("smarthost.test").configure_cert(context)
+    Spool(spool_dir).store(b"Subject: x\r\n\r\nx\r\n", Envelope(
+        sender="a@example.org", to_remote=("b@example.com",)))
+    reply = b"235 2.7.0 ok" if accepted_login else b"535 5.7.8 bad credentials"
+    script = Script(ehlo_extra=(b"250-AUTH PLAIN LOGIN",), replies={"AUTH": reply})
+    with ScriptedSmarthost(script, context) as smarthost:
+        done = deliver_once(spool_dir, smarthost.address, "--client-tls-required",
+                            "--client-auth", str(auth), "--verbose")
+        wire = b"\n".join(smarthost.commands)
+    assert done.returncode == (0 if accepted_login else 75), done.stderr
+    assert base64.b64encode(f"\0alice\0{PASSWORD}".encode()) in wire  # it was sent
+    for form in secret_forms(PASSWORD):
+        assert form not in done.stderr, form
+    if not accepted_login:  # the reason quotes the reply once, code included
+        assert "smarthost: 535 5.7.8 bad credentials" in done.stderr, done.stderr
 
 
 def test_wrong_cram_md5_response_gets_535(spool_dir: Path, tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ class Script:
     reply after the final dot, "STARTTLS"); *hangup_at* closes the connection instead of
     answering that verb ("GREETING" right after connecting); *delay_at* sleeps before
     answering; *stall_in_data* stops reading after that many bytes of DATA;
-    *starttls_extra* is sent in the same packet as the 220 to STARTTLS (response injection).
+    *starttls_extra* is sent in the same packet as the 220 to STARTTLS (response injection);
+    *ehlo_extra* adds EHLO lines (AUTH, say).
     """
 
     greeting: bytes = b"220 smarthost.test ESMTP scripted"
@@ -44,6 +45,7 @@ class Script:
     delay_at: dict[str, float] = field(default_factory=dict)
     stall_in_data: int | None = None
     starttls_extra: bytes = b""
+    ehlo_extra: tuple[bytes, ...] = ()  # more EHLO lines, e.g. b"250-AUTH PLAIN LOGIN"
 
 
 class ScriptedSmarthost:
@@ -149,6 +151,7 @@ class _Session:
                 lines = [b"250-smarthost.test", b"250-8BITMIME", b"250-SIZE 100000000"]
                 if self.server.tls_context is not None and not self.tls:
                     lines.append(b"250-STARTTLS")
+                lines.extend(self.script.ehlo_extra)
                 self.send(*lines, b"250 HELP")
             elif verb == "STARTTLS" and self.server.tls_context is not None and not self.tls:
                 self.conn.sendall(b"220 2.0.0 go ahead\r\n" + self.script.starttls_extra)
