@@ -22,9 +22,11 @@ from bench import big_message, big_spool, drain, durable_intake, end_to_end, idl
 from bench.common import BenchError, Context, Row, Sizes, relay_available
 
 BENCHMARKS: dict[str, tuple[Callable[[Context], list[Row]], tuple[str, ...]]] = {
+    # In this order: the benchmarks that delete many files (deliver does) come after the
+    # intake ones, see Context.spool.
     "intake": (durable_intake.run, ("relay-intake",)),
-    "drain": (drain.run, ("relay-deliver",)),
     "e2e": (end_to_end.run, ("relay-intake", "relay-deliver")),
+    "drain": (drain.run, ("relay-deliver",)),
     "bigspool": (big_spool.run, ("relay-deliver",)),
     "bigmessage": (big_message.run, ("relay-intake", "relay-deliver")),
     "idle": (idle.run, ("relay-intake", "relay-deliver")),
@@ -90,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"relay benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs,"
           f" {'quick sizes' if arguments.quick else 'full sizes'}, work dir {work_dir}",
           flush=True)
+    failed = True
     try:
         rows, failed = run_all(ctx, names)
     finally:
-        ctx.close()
+        ctx.close(keep=failed)
     print()
     print(table(rows))
     for note in dict.fromkeys(ctx.notes):

@@ -11,7 +11,7 @@ No target: the figures are reported. Writes only into scratch directories.
 
 from __future__ import annotations
 
-from bench.common import Context, Row, empty_directory, median, memory_kib, processes, remove_tree
+from bench.common import Context, Row, median, memory_kib, processes, remove_tree
 from bench.harness import (
     profiled,
     progress_time,
@@ -49,7 +49,6 @@ def relay_round(ctx: Context, prefix: str) -> tuple[int, int, float]:
                 profiler.stop()
         return intake_peak, deliver_peak, received - sent["start"]
     finally:
-        empty_directory(spool)
         remove_tree(logs)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench.common import Context, Row, count_files, empty_directory, median, processes, remove_tree
+from bench.common import Context, Row, count_files, median, processes, remove_tree
 from bench.fill import fill
 from bench.harness import profiled, progress_time, start_deliver, start_null_server
 
@@ -76,7 +76,6 @@ def run(ctx: Context) -> list[Row]:
                     small = ctx.spool(f"{NAME}-small")
                     fill(small, sizes.drain_messages, sizes.message_size, prefix=f"s{round_number}")
                     first, rate, peak, _queued = drain_window(ctx, small, sizes.drain_messages)
-                    empty_directory(small)
                     small_firsts.append(first)
                     small_rates.append(rate)
                     small_peaks.append(peak)
@@ -87,7 +86,7 @@ def run(ctx: Context) -> list[Row]:
                   f" {small_rates[-1]:.0f}/s, first after {small_firsts[-1]:.2f} s,"
                   f" ratio {ratios[-1]:.2f}", flush=True)
     finally:
-        empty_directory(spool)
+        remove_tree(spool)  # the last benchmark to delete many files: see Context.spool
     n = sizes.big_spool_messages
     ratio = median(ratios)
     peak_mib = max(peaks) / 1024

@@ -77,24 +77,24 @@ class Context:
     profile: str | None = None  # "py-spy" or "cprofile": profile relay's processes
     notes: list[str] = field(default_factory=list)
     session: Path | None = None
+    _spools: int = 0
 
     def scratch(self, prefix: str) -> Path:
         """A fresh 0700 directory on the real disk, for log files and results."""
         return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=self._session()))
 
     def spool(self, name: str) -> Path:
-        """The spool directory of benchmark *name*: made once (0700), emptied for each run.
+        """A new, empty 0700 spool directory for one run of benchmark *name*.
 
-        Like a real spool it is long-lived: on this kind of VM the first few thousand files
-        created in a new directory cost far more kernel time than later ones.
+        Nothing is deleted until the whole bench run ends (`close`): on ext4 without a
+        journal (this machine's root file system) every file created within a few minutes
+        after many deletions pays for a scan past the recently deleted inodes
+        (`recently_deleted()` in the inode allocator), so one run's cleanup would slow the
+        next run down. See docs/performance.md.
         """
-        path = self._session() / f"spool-{name}"
-        if path.exists():
-            empty_directory(path)
-        else:
-            path.mkdir(mode=0o700)
-        # The unlinks of the last run (discards, journal) must not stall the next timed one.
-        os.sync()
+        self._spools += 1
+        path = self._session() / f"spool-{name}-{self._spools}"
+        path.mkdir(mode=0o700)
         return path
 
     def _session(self) -> Path:
@@ -102,9 +102,11 @@ class Context:
             self.session = Path(tempfile.mkdtemp(prefix="relay-bench-", dir=self.work_dir))
         return self.session
 
-    def close(self) -> None:
-        """Remove everything this run wrote under the work directory."""
-        if self.session is not None:
+    def close(self, keep: bool = False) -> None:
+        """Remove everything this run wrote under the work directory (unless *keep*)."""
+        if self.session is not None and keep:
+            print(f"kept for inspection: {self.session}")
+        elif self.session is not None:
             shutil.rmtree(self.session, ignore_errors=True)
             self.session = None
 

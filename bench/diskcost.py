@@ -15,7 +15,10 @@ message of each:
   directory fsync.
 - `no fsync`: the same files, nothing synced (the floor).
 
-Writes only into its scratch directory under --work-dir, removed afterwards.
+The last line repeats `no fsync` right after deleting many files: on ext4 without a journal
+the inode allocator then skips every recently deleted inode one by one (`recently_deleted()`),
+and file creation becomes the dominant cost. Nothing is deleted between the other measures.
+Writes only into one scratch directory under --work-dir, removed at the end.
 """
 
 from __future__ import annotations
@@ -105,23 +108,30 @@ def no_sync(store: Store, batch: int) -> None:
     store.commit(names, sync=False)
 
 
-def measure(work_dir: Path, messages: int, strategy: Callable[[Store, int], None]) -> tuple[
-        float, float]:
-    """(wall, CPU) microseconds per message."""
-    directory = Path(tempfile.mkdtemp(prefix="relay-bench-diskcost-", dir=work_dir))
-    try:
-        store = Store(directory)
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        started = time.perf_counter()
-        for _ in range(messages // BATCH):
-            strategy(store, BATCH)
-        wall = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        os.close(store.dir_fd)
-        return 1e6 * wall / messages, 1e6 * cpu / messages
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+def measure(directory: Path, messages: int, strategy: Callable[[Store, int], None], *,
+            fresh: bool = True) -> tuple[float, float]:
+    """(wall, CPU) microseconds per message, in a new subdirectory of *directory* if fresh."""
+    store = Store(Path(tempfile.mkdtemp(dir=directory)) if fresh else directory)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    for _ in range(messages // BATCH):
+        strategy(store, BATCH)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    os.close(store.dir_fd)
+    return 1e6 * wall / messages, 1e6 * cpu / messages
+
+
+def after_deletions(directory: Path, messages: int) -> tuple[float, float]:
+    """`no fsync`, right after deleting 10 x *messages* files in the same directory."""
+    spool = Path(tempfile.mkdtemp(dir=directory))
+    for number in range(10 * messages):
+        os.close(os.open(spool / f"d{number}", _FLAGS, 0o600))
+    os.sync()
+    for number in range(10 * messages):
+        os.unlink(spool / f"d{number}")
+    return measure(spool, messages, no_sync, fresh=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,18 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work-dir", type=Path, default=Path("/var/tmp"))
     arguments = parser.parse_args(argv)
-    with ThreadPoolExecutor(8) as pool:
-        strategies: dict[str, Callable[[Store, int], None]] = {
-            "per-file fsync, 1 thread": lambda s, b: per_file(s, b, None),
-            "per-file fsync, 8 threads": lambda s, b: per_file(s, b, pool),
-            "batch write, then fsync each": lambda s, b: batch_then_fsync(s, b, False),
-            "batch write, one syncfs": lambda s, b: batch_then_fsync(s, b, True),
-            "no fsync": no_sync,
-        }
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name in strategies}
-        for _round in range(arguments.rounds):  # interleaved, like the benchmarks
-            for name, strategy in strategies.items():
-                results[name].append(measure(arguments.work_dir, arguments.messages, strategy))
+    directory = Path(tempfile.mkdtemp(prefix="relay-bench-diskcost-", dir=arguments.work_dir))
+    try:
+        results = compare(directory, arguments.messages, arguments.rounds)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
     print(f"{arguments.messages} messages x {arguments.rounds} rounds, batches of {BATCH};"
           " median per message:")
     print("| strategy | wall us/msg | CPU us/msg |")
@@ -151,6 +154,25 @@ def main(argv: list[str] | None = None) -> int:
         cpus = sorted(cpu for _wall, cpu in values)
         print(f"| {name} | {walls[len(walls) // 2]:.0f} | {cpus[len(cpus) // 2]:.0f} |")
     return 0
+
+
+def compare(directory: Path, messages: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Every strategy, *rounds* times, interleaved, in one long-lived directory."""
+    with ThreadPoolExecutor(8) as pool:
+        strategies: dict[str, Callable[[Store, int], None]] = {
+            "per-file fsync, 1 thread": lambda s, b: per_file(s, b, None),
+            "per-file fsync, 8 threads": lambda s, b: per_file(s, b, pool),
+            "batch write, then fsync each": lambda s, b: batch_then_fsync(s, b, False),
+            "batch write, one syncfs": lambda s, b: batch_then_fsync(s, b, True),
+            "no fsync": no_sync,
+        }
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in strategies}
+        for _round in range(rounds):  # interleaved, like the benchmarks
+            for name, strategy in strategies.items():
+                results[name].append(measure(directory, messages, strategy))
+    results[f"no fsync, right after {10 * messages:,} deletions"] = [
+        after_deletions(directory, messages)]
+    return results
 
 
 if __name__ == "__main__":

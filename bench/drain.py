@@ -20,7 +20,6 @@ from bench.common import (
     Context,
     Row,
     count_files,
-    empty_directory,
     median,
     processes,
     remove_tree,
@@ -89,7 +88,6 @@ def relay_drain(ctx: Context, count: int, prefix: str) -> Drain:
             return Drain(count, deliver.started, first, last, deliver.peak_kib,
                          1e6 * user / count, 1e6 * system / count, 1e6 * sink_cpu / count)
     finally:
-        empty_directory(spool)
         remove_tree(logs)
 
 

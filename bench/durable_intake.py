@@ -17,7 +17,6 @@ from bench.common import (
     Context,
     Row,
     count_files,
-    empty_directory,
     median,
     processes,
     remove_tree,
@@ -47,30 +46,27 @@ def intake_run(ctx: Context, server: str, count: int, prefix: str) -> IntakeRun:
     logs = ctx.scratch(f"{NAME}-logs")
     spool = ctx.spool(NAME)
     profilers: list[Profiler] = []
-    try:
-        with processes() as running:
-            if server == "relay":
-                process, port = start_intake(ctx, spool, logs)
-                running.append(profiled(ctx, process, "intake", profilers))
-            else:
-                process, port = start_null_server(ctx, logs, name="null-server")
-                running.append(process)
-            user, system = process.cpu_times()
-            result = run_loadgen(ctx, port, count, logs, sessions=sizes.intake_sessions,
-                                 size=sizes.message_size, prefix=prefix)
-            user_after, system_after = process.cpu_times()
-            for profiler in profilers:
-                profiler.stop()
+    with processes() as running:
         if server == "relay":
-            stored = count_files(spool, ".envelope")
-            if stored != count:
-                raise BenchError(f"relay-intake answered 250 to {count} messages but the spool"
-                                 f" holds {stored} envelopes")
-        remove_tree(logs)
-        return IntakeRun(float(result["rate"]), 1e6 * (user_after - user) / count,
-                         1e6 * (system_after - system) / count, 1e6 * result["cpu"] / count)
-    finally:
-        empty_directory(spool)
+            process, port = start_intake(ctx, spool, logs)
+            running.append(profiled(ctx, process, "intake", profilers))
+        else:
+            process, port = start_null_server(ctx, logs, name="null-server")
+            running.append(process)
+        user, system = process.cpu_times()
+        result = run_loadgen(ctx, port, count, logs, sessions=sizes.intake_sessions,
+                             size=sizes.message_size, prefix=prefix)
+        user_after, system_after = process.cpu_times()
+        for profiler in profilers:
+            profiler.stop()
+    if server == "relay":
+        stored = count_files(spool, ".envelope")
+        if stored != count:
+            raise BenchError(f"relay-intake answered 250 to {count} messages but the spool"
+                             f" holds {stored} envelopes")
+    remove_tree(logs)
+    return IntakeRun(float(result["rate"]), 1e6 * (user_after - user) / count,
+                     1e6 * (system_after - system) / count, 1e6 * result["cpu"] / count)
 
 
 def intake_rate(ctx: Context, server: str, count: int, prefix: str) -> float:

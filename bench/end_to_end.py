@@ -19,7 +19,6 @@ from bench.common import (
     BenchError,
     Context,
     Row,
-    empty_directory,
     median,
     percentile,
     processes,
@@ -79,7 +78,6 @@ def end_to_end(ctx: Context, prefix: str) -> tuple[float, list[float]]:
                              " the fixed rate")
         return count / (last - loaded["start"]), latencies
     finally:
-        empty_directory(spool)
         remove_tree(logs)
 
 

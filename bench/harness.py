@@ -48,7 +48,7 @@ class Profiler:
         assert spy is not None
         self.popen = subprocess.Popen(
             [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-             "--nonblocking", "--threads", "--output", str(output)],
+             "--nonblocking", "--threads", "--subprocesses", "--output", str(output)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import Context, Row, empty_directory, median, processes, remove_tree
+from bench.common import Context, Row, median, processes, remove_tree
 from bench.harness import start_deliver, start_intake, start_null_server
 
 NAME = "idle"
@@ -38,7 +38,6 @@ def idle_round(ctx: Context) -> tuple[int, int, int, int, int]:
                     baseline.memory_kib()["VmRSS"], intake_memory["processes"],
                     deliver_memory["processes"])
     finally:
-        empty_directory(spool)
         remove_tree(logs)
 
 
