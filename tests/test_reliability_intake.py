@@ -18,6 +18,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,11 +119,11 @@ def deliver_once(spool_dir: Path, forward_to: str, *args: str,
                           env=program_env(**(env or {})))
 
 
-def offer(intake: IntakeProcess, token: str) -> int | None:
+def offer(intake: IntakeProcess, token: str, size: int = 0) -> int | None:
     """Offer one message: the reply code to its DATA, None when the connection was lost."""
     try:
         with intake.smtp() as client:
-            client.sendmail("a@example.org", ["b@example.com"], message(token))
+            client.sendmail("a@example.org", ["b@example.com"], message(token, size))
     except smtplib.SMTPResponseException as error:
         return error.smtp_code
     except (smtplib.SMTPException, OSError):
@@ -130,9 +131,9 @@ def offer(intake: IntakeProcess, token: str) -> int | None:
     return 250
 
 
-def send(intake: IntakeProcess, token: str) -> bool:
+def send(intake: IntakeProcess, token: str, size: int = 0) -> bool:
     """Offer one message; True when the client saw 250 for it."""
-    return offer(intake, token) == 250
+    return offer(intake, token, size) == 250
 
 
 def delivered(sink: Sink, token: str) -> list[bytes]:
@@ -297,3 +298,69 @@ def test_full_disk_refuses_at_mail_and_after_the_dot_then_recovers(small_disk: P
     assert done.returncode == 0, done.stderr
     assert delivered(sink, "big") == [big]
     assert spool_files(spool_dir) == []
+
+
+def helper_processes(pid: int) -> list[int]:
+    """The child processes of *pid* (intake's storage process)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(word) for word in children.read().split()]
+    except OSError:
+        return []
+
+
+def keep_killing(pid: int, stop: threading.Event, delay: float) -> None:
+    """SIGKILL *pid*'s children after *delay*, then again every 10 ms until *stop*."""
+    if stop.wait(delay):
+        return
+    while not stop.is_set():
+        for helper in helper_processes(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(helper, signal.SIGKILL)
+        stop.wait(0.01)
+
+
+def test_storage_process_killed_alone_costs_no_acknowledged_message(spool_dir: Path,
+                                                                   sink: Sink) -> None:
+    """kill -9 of intake's storage process alone, idle and mid-message: intake starts a new
+    one; a message answered 250 is always stored, a 4xx one is retried, service resumes."""
+    replies: dict[str, int | None] = {}
+    with IntakeProcess(spool_dir) as intake:
+        helpers = helper_processes(intake.process.pid)
+        if not helpers:
+            pytest.skip("relay-intake has no storage process to kill")
+        os.kill(helpers[0], signal.SIGKILL)  # idle
+        for number in range(4):
+            token = f"storage-{number}"
+            with intake.smtp() as client:
+                client.ehlo()
+                client.mail("a@example.org")
+                client.rcpt("b@example.com")
+                client.putcmd("data")
+                assert client.getreply()[0] == 354
+                client.send(message(token, size=3_000_000).replace(b"\r\n.", b"\r\n..")
+                            + b".\r\n")
+                replied = threading.Event()
+                killer = threading.Thread(target=keep_killing,
+                                          args=(intake.process.pid, replied, number * 0.02))
+                killer.start()  # kills whichever storage process is storing this message
+                try:
+                    replies[token] = client.getreply()[0]
+                finally:
+                    replied.set()
+                    killer.join()
+        assert "storage_process_died" in intake.log()
+        for token, reply in replies.items():
+            assert reply is not None and (reply == 250 or 400 <= reply < 500), reply
+            if reply != 250:
+                assert send(intake, token, size=3_000_000)  # the client's retry
+        assert send(intake, "after")
+        assert intake.process.poll() is None
+        assert intake.stop() == 0
+    done = deliver_once(spool_dir, sink.address)
+    assert done.returncode == 0, done.stderr
+    for token, reply in replies.items():
+        copies = delivered(sink, token)
+        assert copies and all(c == message(token, size=3_000_000) for c in copies)
+        assert len(copies) == 1 if reply == 250 else 1 <= len(copies) <= 2
+    assert delivered(sink, "after") == [message("after")]
