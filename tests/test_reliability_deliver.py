@@ -10,6 +10,7 @@ answer, stall, hang up or inject lines at any stage, STARTTLS included.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import ssl
@@ -17,12 +18,13 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import trustme
-from sink import Sink
+from sink import Behaviour, Sink
 from system import program_env, spool_files
-from test_reliability_intake import DELIVER, deliver_once
+from test_reliability_intake import DELIVER, deliver_once, fill
 
 from spool import Envelope, Spool, State, entries
 
@@ -349,3 +351,38 @@ def test_partial_refusal_then_kill_keeps_the_refused_recipients(spool: Spool,
     assert got.get("b@example.com", 0) in (1, 2) and got.get("c@example.com", 0) >= 1
     assert spool_files(spool.path) == []
 
+
+
+def test_full_disk_while_splitting_a_partial_refusal_drops_nobody(tmp_path: Path) -> None:
+    """No space to split off the refused recipient: the whole message stays queued (a later
+    copy to the accepted one is the price), and the refused one gets it once space is back."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill the spool's disk needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
+                              str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        spool = Spool(disk / "spool", check=False)
+        spool.path.mkdir(mode=0o700)
+        message_id = spool.store(body(5), Envelope(sender="a@example.com",
+                                                   to_remote=("b@example.com", "c@example.com")))
+        fill(disk / "filler", leave=0)
+        with Sink(Behaviour(rcpt_replies={"c@example.com": "450 4.2.1 busy"})) as sink:
+            first = deliver_once(spool.path, sink.address)
+            assert first.returncode == 75, first.stderr
+            assert [m.rcpt_tos for m in sink.messages] == [["b@example.com"]]
+            assert states(spool) == {State.READY: 1}  # kept whole: c is not lost
+            (disk / "filler").unlink()
+            sink.behaviour.rcpt_replies = {}
+            path = spool.envelope_path(message_id, State.READY)
+            os.utime(path, (time.time(), time.time() - 1))  # due now, not after the backoff
+            second = deliver_once(spool.path, sink.address)
+            assert second.returncode == 0, second.stderr
+            got = sorted(r for m in sink.messages for r in m.rcpt_tos)
+        assert got == ["b@example.com", "b@example.com", "c@example.com"]
+        assert spool_files(spool.path) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
