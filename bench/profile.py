@@ -39,9 +39,11 @@ def summarise(path: Path, top: int) -> str:
             continue
         frames = match["stack"].split(";")
         count = int(match["count"])
-        thread = frames[0] if frames and frames[0].startswith(("thread", "process")) else "all"
-        calls = [frame_name(frame) for frame in frames if not frame.startswith(("thread",
-                                                                                   "process"))]
+        # With --subprocesses and --threads py-spy starts each stack with the process and
+        # the thread: those make the group, the rest are calls.
+        labels = [frame for frame in frames if frame.startswith(("process ", "thread "))]
+        thread = " / ".join(_short_label(label) for label in labels) or "all"
+        calls = [frame_name(frame) for frame in frames[len(labels):]]
         if not calls:
             continue
         totals[thread] += count
@@ -64,6 +66,18 @@ def summarise(path: Path, top: int) -> str:
         for name, _count in inclusive[thread].most_common(top):
             out.append(_line(self_counts[thread][name], inclusive[thread][name], total, name))
     return "\n".join(out)
+
+
+def _short_label(label: str) -> str:
+    """`process 123:"/path/python /path/relay-deliver --x ..."` -> `process 123 relay-deliver`."""
+    if label.startswith("process "):
+        number, _, command = label[len("process "):].partition(":")
+        words = command.strip('"').split()
+        program = next((word.rsplit("/", 1)[-1] for word in words[1:2]), "")
+        if program == "-m" and len(words) > 2:
+            program = words[2]
+        return f"process {number} {program}"
+    return label
 
 
 def _package(name: str) -> str:
