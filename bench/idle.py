@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import Context, Row, median, processes, remove_tree
+from bench.common import Context, Row, median, memory_kib, process_tree, processes, remove_tree
 from bench.harness import start_deliver, start_intake, start_null_server
 
 NAME = "idle"
@@ -34,6 +34,9 @@ def idle_round(ctx: Context) -> tuple[int, int, int, int, int]:
             for process in running:
                 process.check_alive()
             intake_memory, deliver_memory = intake.memory_kib(), deliver.memory_kib()
+            parts = [memory_kib(pid)["VmRSS"] / 1024 for pid in process_tree(intake.pid)]
+            print("    intake's processes: " + " + ".join(f"{part:.1f}" for part in parts)
+                  + " MiB", flush=True)
             return (intake_memory["VmRSS"], deliver_memory["VmRSS"],
                     baseline.memory_kib()["VmRSS"], intake_memory["processes"],
                     deliver_memory["processes"])
