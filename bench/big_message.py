@@ -101,7 +101,8 @@ def run(ctx: Context) -> list[Row]:
 
     rows = []
     for index, text, unit in (
-        (0, f"intake peak RSS, one {mib} MB message (baseline: bare aiosmtpd)", "MiB"),
+        (0, f"intake peak RSS (its processes summed), one {mib} MB message (baseline: bare"
+            " aiosmtpd)", "MiB"),
         (1, f"deliver peak RSS, one {mib} MB message (baseline: aiosmtplib alone)", "MiB"),
         (2, f"time for one {mib} MB message, connect to sink (baseline: both legs bare)", "s"),
     ):
