@@ -34,10 +34,12 @@ class IntakeRun:
     user_us: float
     system_us: float
     loadgen_us: float
+    pipelined: bool
 
     def cpu(self) -> str:
         return (f"server CPU {self.user_us:.0f} us user + {self.system_us:.0f} us sys per msg,"
-                f" load generator {self.loadgen_us:.0f} us")
+                f" load generator {self.loadgen_us:.0f} us"
+                f"{', pipelined' if self.pipelined else ''}")
 
 
 def intake_run(ctx: Context, server: str, count: int, prefix: str) -> IntakeRun:
@@ -66,7 +68,8 @@ def intake_run(ctx: Context, server: str, count: int, prefix: str) -> IntakeRun:
                              f" holds {stored} envelopes")
     remove_tree(logs)
     return IntakeRun(float(result["rate"]), 1e6 * (user_after - user) / count,
-                     1e6 * (system_after - system) / count, 1e6 * result["cpu"] / count)
+                     1e6 * (system_after - system) / count, 1e6 * result["cpu"] / count,
+                     bool(result["pipelined"]))
 
 
 def intake_rate(ctx: Context, server: str, count: int, prefix: str) -> float:
