@@ -1,0 +1,1 @@
+"""relay's benchmarks: `python -m bench` (see bench/README.md and docs/performance.md)."""
