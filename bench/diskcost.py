@@ -15,10 +15,12 @@ message of each:
   directory fsync.
 - `no fsync`: the same files, nothing synced (the floor).
 
-The last line repeats `no fsync` right after deleting many files: on ext4 without a journal
-the inode allocator then skips every recently deleted inode one by one (`recently_deleted()`),
-and file creation becomes the dominant cost. Nothing is deleted between the other measures.
-Writes only into one scratch directory under --work-dir, removed at the end.
+Each measure runs in a new directory in a block group of its own (`chattr +T` on the
+scratch directory), like benchmark spools. The last line repeats `no fsync` in a plain
+subdirectory of --work-dir instead: where other programs deleted many files in the last
+minutes, ext4 without a journal skips every recently deleted inode one by one
+(`recently_deleted()`) and file creation becomes the dominant cost.
+Writes only into scratch directories under --work-dir, removed at the end.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from bench.common import mark_top_directory
 
 CONTENT = b"x" * 4096
 ENVELOPE = b"X-MailRelay-Format: #2821.8\r\n" + b"X-MailRelay-Field: value\r\n" * 16
@@ -123,15 +127,13 @@ def measure(directory: Path, messages: int, strategy: Callable[[Store, int], Non
     return 1e6 * wall / messages, 1e6 * cpu / messages
 
 
-def after_deletions(directory: Path, messages: int) -> tuple[float, float]:
-    """`no fsync`, right after deleting 10 x *messages* files in the same directory."""
-    spool = Path(tempfile.mkdtemp(dir=directory))
-    for number in range(10 * messages):
-        os.close(os.open(spool / f"d{number}", _FLAGS, 0o600))
-    os.sync()
-    for number in range(10 * messages):
-        os.unlink(spool / f"d{number}")
-    return measure(spool, messages, no_sync, fresh=False)
+def in_shared_group(work_dir: Path, messages: int) -> tuple[float, float]:
+    """`no fsync` in a plain new subdirectory of *work_dir* (its block group, not a fresh one)."""
+    directory = Path(tempfile.mkdtemp(prefix="relay-bench-diskcost-plain-", dir=work_dir))
+    try:
+        return measure(directory, messages, no_sync, fresh=False)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("/var/tmp"))
     arguments = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="relay-bench-diskcost-", dir=arguments.work_dir))
+    mark_top_directory(directory)
     try:
         results = compare(directory, arguments.messages, arguments.rounds)
+        results[f"no fsync, in {arguments.work_dir}'s block group"] = [
+            in_shared_group(arguments.work_dir, arguments.messages)]
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     print(f"{arguments.messages} messages x {arguments.rounds} rounds, batches of {BATCH};"
@@ -170,8 +175,6 @@ def compare(directory: Path, messages: int, rounds: int) -> dict[str, list[tuple
         for _round in range(rounds):  # interleaved, like the benchmarks
             for name, strategy in strategies.items():
                 results[name].append(measure(directory, messages, strategy))
-    results[f"no fsync, right after {10 * messages:,} deletions"] = [
-        after_deletions(directory, messages)]
     return results
 
 
