@@ -19,9 +19,11 @@ import contextlib
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiosmtplib
 import structlog
+from aiosmtplib.response import SMTPResponse
 
 from deliver.outcome import Attempt, Reply, Stage
 from spool import Envelope
@@ -56,6 +58,7 @@ class ForwardSettings:
     tls_required: bool = False
     tls_verify: str | None = None  # a CA file, "system", or None for no verification
     client_auth: SecretsFile | None = None
+    log_dialogue: bool = False  # --verbose: every command and reply, AUTH exchanges hidden
 
     def tls_context(self) -> ssl.SSLContext:
         """The client TLS context: verified against *tls_verify*, or (as E-MailRelay) not."""
@@ -66,6 +69,32 @@ class ForwardSettings:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
+
+
+class DialogueLoggingSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client, logging each command and reply (aiosmtplib itself logs none).
+
+    The arguments of AUTH and the lines that answer its 334 challenges are never shown.
+    The message content is not a command and is not logged.
+    """
+
+    _in_auth = False
+
+    async def execute_command(self, *args: bytes, **kwargs: Any) -> SMTPResponse:
+        if args and args[0].upper() == b"AUTH":
+            self._in_auth = True
+            shown = b" ".join(args[:2]).decode("ascii", "replace") + (" ***" if args[2:] else "")
+        elif self._in_auth:
+            shown = "***"
+        else:
+            shown = b" ".join(args).decode("utf-8", "replace")
+        log.debug("smtp_command", command=shown, server=self.hostname)
+        response: SMTPResponse = await super().execute_command(*args, **kwargs)
+        if response.code != 334:
+            self._in_auth = False
+        log.debug("smtp_reply", code=response.code,
+                  text="***" if self._in_auth else response.message, server=self.hostname)
+        return response
 
 
 class SmarthostConnection:
@@ -174,7 +203,8 @@ class SmarthostConnection:
             start_tls = True if settings.tls_required else None
         else:
             start_tls = False
-        smtp = aiosmtplib.SMTP(
+        client_class = DialogueLoggingSMTP if settings.log_dialogue else aiosmtplib.SMTP
+        smtp = client_class(
             hostname=route.host,
             port=route.port,
             local_hostname=settings.local_hostname,

@@ -111,6 +111,7 @@ def build(settings: Any) -> tuple[Scheduler, Spool]:
         tls_required=settings.client_tls_required,
         tls_verify=tls_verify,
         client_auth=client_auth,
+        log_dialogue=settings.verbose,
     )
     tls_context = forward.tls_context()
     policy = Policy(

@@ -342,6 +342,10 @@ def test_deliver_never_logs_its_smarthost_password(spool_dir: Path, tmp_path: Pa
         assert form not in done.stderr, form
     if not accepted_login:  # the reason quotes the reply once, code included
         assert "smarthost: 535 5.7.8 bad credentials" in done.stderr, done.stderr
+    # --verbose logs the dialogue, with AUTH's argument hidden.
+    assert "smtp_command" in done.stderr and "AUTH PLAIN ***" in done.stderr
+    if accepted_login:
+        assert "MAIL FROM:<a@example.org>" in done.stderr, done.stderr
 
 
 def test_wrong_cram_md5_response_gets_535(spool_dir: Path, tmp_path: Path) -> None:
