@@ -92,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"relay benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs,"
           f" {'quick sizes' if arguments.quick else 'full sizes'}, work dir {work_dir}",
           flush=True)
+    creation = ctx.file_creation_us()
+    print(f"file creation: {creation:.0f} us per 4 KiB file", flush=True)
+    if creation > 200:
+        ctx.notes.append(
+            f"creating a file took {creation:.0f} us (normally 20-60): many files were deleted"
+            " on this file system in the last minutes (another bench run's cleanup?); intake"
+            " figures will be low. Wait ~5 minutes and run again (docs/performance.md).")
     failed = True
     try:
         rows, failed = run_all(ctx, names)

@@ -99,6 +99,21 @@ class Context:
         path.mkdir(mode=0o700)
         return path
 
+    def file_creation_us(self, files: int = 1000) -> float:
+        """Microseconds to create and write one 4 KiB file in a fresh spool right now.
+
+        ~20-60 us normally; several hundred when the block group is full of recently
+        deleted inodes (see `spool`), which makes intake's figures several times lower.
+        """
+        directory = self.spool("probe")
+        data = b"x" * 4096
+        started = time.perf_counter()
+        for number in range(files):
+            fd = os.open(directory / f"p{number}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, data)
+            os.close(fd)
+        return 1e6 * (time.perf_counter() - started) / files
+
     def _session(self) -> Path:
         if self.session is None:
             self.session = Path(tempfile.mkdtemp(prefix="relay-bench-", dir=self.work_dir))
