@@ -43,8 +43,9 @@ log = structlog.get_logger("relay-intake")
 class GroupCommitter:
     """The storage process and the requests waiting for it."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, sync: str = "syncfs") -> None:
         self.spool = spool
+        self.sync = sync
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[str]] = {}
@@ -59,7 +60,7 @@ class GroupCommitter:
         environment = dict(os.environ)
         environment["RELAY_TEST_CRASH_PARENT"] = "1"  # a test crash there is intake's crash
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "intake.storage_process", str(self.spool.path),
+            sys.executable, "-m", "intake.storage_process", str(self.spool.path), self.sync,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=environment,
         )
         self._reader = asyncio.create_task(self._read_replies(self._process))

@@ -53,7 +53,7 @@ class IntakeServer:
         self.config = config
         self.spool = spool
         self.log = log
-        self.committer = GroupCommitter(spool)
+        self.committer = GroupCommitter(spool, sync=config.sync)
         self.limits = ConnectionLimits(config.max_connections, config.max_connections_per_client)
         self.space = SpaceCheck(spool, config.min_free_space)
         self.sessions: set[IntakeSMTP] = set()

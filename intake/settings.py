@@ -62,6 +62,10 @@ OPTIONS: tuple[Option, ...] = (
            False, "bool"),
     Option("min-free-space", "refuse MAIL (452) while the spool's disk has less free space "
            "(default: twice --size, at least 64M)", None, "size"),
+    Option("sync", "how a batch of messages is made durable before 250: 'fsync' (each file, "
+           "several at once) or 'syncfs' (one syncfs(2) of the spool's file system per batch; "
+           "cheaper, but it also flushes other programs' data on that file system)",
+           "syncfs", choices=("fsync", "syncfs")),
     Option("stop-timeout", "seconds that open transactions may take to finish after SIGTERM",
            20.0, "float", metavar="SECONDS"),
     Option("pid-file", "write the process id to this file (removed at exit)", None,
@@ -93,6 +97,7 @@ class IntakeConfig:
     tls_required: bool = False
     min_free_space: int = MIN_FREE_FLOOR
     stop_timeout: float = 20.0
+    sync: str = "syncfs"
     pid_file: str | None = None
 
     @property
@@ -179,5 +184,6 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         tls_required=settings.server_tls_required,
         min_free_space=min_free,
         stop_timeout=settings.stop_timeout,
+        sync=settings.sync,
         pid_file=str(resolve_path(settings.pid_file)) if settings.pid_file else None,
     )

@@ -4,8 +4,9 @@ relay-intake starts it (`python -m intake.storage_process SPOOL_DIR`) and talks 
 a pipe pair (see `intake.commit` for the frames). It does all of intake's file work, so
 the SMTP event loop never waits for the disk and never shares its interpreter lock with a
 thread that does. Each batch is every request that has arrived: the files of all its
-messages are written, then fsynced (on a journaling file system the first fsync's commit
-carries the whole batch), renamed into place, and the directory fsynced once.
+messages are written, then made durable together (`syncfs`, the default: one syncfs(2) of
+the spool's file system for the whole batch; `fsync`: an fsync of every file, several at
+once), renamed into place, and the directory fsynced once.
 
 Reads requests on stdin, answers on stdout; writes message files only through `spool`.
 Ignores SIGINT and SIGTERM: it ends when intake closes the pipe (after its last batch),
@@ -31,7 +32,7 @@ from intake.frames import (
     reply_frame,
 )
 from spool import PendingMessage, Spool
-from spool.store import MessageWriter, sync_pending
+from spool.store import MessageWriter, sync_batch, sync_pending
 
 READ_SIZE = 1 << 20
 # fsyncs of one batch run side by side: the file system folds them into shared journal
@@ -52,8 +53,9 @@ class Request:
 class StorageWorker:
     """Reads frames from a descriptor, handles them in batches, answers on another."""
 
-    def __init__(self, spool: Spool, read_fd: int, write_fd: int) -> None:
+    def __init__(self, spool: Spool, read_fd: int, write_fd: int, sync: str = "syncfs") -> None:
         self.spool = spool
+        self.sync = sync
         self.read_fd = read_fd
         self.write_fd = write_fd
         self.buffer = bytearray()
@@ -148,7 +150,10 @@ class StorageWorker:
         pendings = [r.pending for r in commits if r.pending is not None]
         if pendings:
             try:
-                synced = sync_pending(pendings, self.executor)
+                if self.sync == "syncfs":
+                    synced = sync_batch(self.spool.path, pendings)
+                else:
+                    synced = sync_pending(pendings, self.executor)
                 kept = [p for p, error in zip(pendings, synced, strict=True) if error is None]
                 committed = iter(self.spool.commit(kept))
                 results = [error if error is not None else next(committed) for error in synced]
@@ -173,13 +178,14 @@ class StorageWorker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: `python -m intake.storage_process SPOOL_DIR`."""
+    """Entry point: `python -m intake.storage_process SPOOL_DIR [fsync|syncfs]`."""
     arguments = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     spool = Spool(arguments[0], check=False)  # intake checked it before starting us
     try:
-        StorageWorker(spool, sys.stdin.fileno(), sys.stdout.fileno()).run()
+        sync = arguments[1] if len(arguments) > 1 else "syncfs"
+        StorageWorker(spool, sys.stdin.fileno(), sys.stdout.fileno(), sync).run()
     except (EOFError, BrokenPipeError):
         return 0
     return 0

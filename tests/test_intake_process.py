@@ -169,6 +169,7 @@ def test_open_relay_configuration_warns_at_start(spool_dir: Path,
     assert "open_relay_risk" in err and "open relay" in err
 
 
+@pytest.mark.parametrize("sync", ["syncfs", "fsync"])
 @pytest.mark.parametrize(("fault", "code"), [
     ("fsync_content:ENOSPC", 452),
     ("content_written:EDQUOT", 452),
@@ -178,9 +179,11 @@ def test_open_relay_configuration_warns_at_start(spool_dir: Path,
     ("fsync_directory:EIO", 451),
 ])
 def test_storage_failure_answers_4xx_and_leaves_nothing(
-        spool_dir: Path, processes: list[IntakeProcess], fault: str, code: int) -> None:
-    """An injected storage error: 452 (no space) or 451, never 5xx; no files are left."""
-    intake = IntakeProcess(spool_dir, RELAY_TEST_FAIL_AT=fault)
+        spool_dir: Path, processes: list[IntakeProcess], fault: str, code: int,
+        sync: str) -> None:
+    """An injected storage error, in either --sync mode: 452 (no space) or 451, never 5xx;
+    no files are left."""
+    intake = IntakeProcess(spool_dir, RELAY_TEST_FAIL_AT=fault, RELAY_SYNC=sync)
     processes.append(intake)
     with smtplib.SMTP("127.0.0.1", intake.port, local_hostname="c.test", timeout=10) as client:
         for _ in range(2):

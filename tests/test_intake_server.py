@@ -120,7 +120,13 @@ class RawClient:
 def accepted(spool_dir: Path) -> list[tuple[Envelope, bytes]]:
     """Every accepted message (envelope parsed, content bytes), oldest first."""
     found = []
-    for path in sorted(spool_dir.glob("*.envelope"), key=lambda p: p.stat().st_mtime_ns):
+    def order(path: Path) -> tuple[int, int]:
+        # mtimes tick coarsely (a few ms): two quick messages can share one, so the
+        # sequence number at the end of intake's ids breaks the tie.
+        sequence = path.name.removesuffix(".envelope").rsplit(".", 1)[-1]
+        return path.stat().st_mtime_ns, int(sequence) if sequence.isdigit() else 0
+
+    for path in sorted(spool_dir.glob("*.envelope"), key=order):
         content = spool_dir / (path.name.removesuffix(".envelope") + ".content")
         found.append((parse_envelope(path.read_bytes(), path=str(path)), content.read_bytes()))
     return found
