@@ -105,7 +105,13 @@ class Scheduler:
 
     async def run(self) -> RunStats:
         self._loop = asyncio.get_running_loop()
-        await self._recover()
+        recovery: asyncio.Task[None] | None = None
+        if self.once:
+            await self._recover()  # this run must also send what a dead worker left behind
+        else:
+            # The first scan need not wait for the recovery's own listing of a big spool;
+            # what the recovery puts back is found by the scan it asks for.
+            recovery = asyncio.create_task(self._recover_then_scan())
         observer = None if self.once else self._watch()
         workers = [asyncio.create_task(self._worker(), name=f"worker-{n}")
                    for n in range(self.concurrency)]
@@ -124,6 +130,8 @@ class Scheduler:
             await asyncio.gather(*workers, return_exceptions=True)
             if observer is not None:
                 await asyncio.to_thread(observer.join, 2.0)
+            if recovery is not None:
+                await recovery
         final = await asyncio.to_thread(scan_due, self.spool)
         self.stats.waiting_at_end = final.counts.get(State.READY, 0)
         return self.stats
@@ -166,6 +174,10 @@ class Scheduler:
             self._idle.clear()
             self._work_ready.set()
             await self._idle.wait()
+
+    async def _recover_then_scan(self) -> None:
+        await self._recover()
+        self.request_scan()
 
     async def _recover(self) -> None:
         try:
