@@ -52,6 +52,7 @@ class GroupCommitter:
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._stopping = False
+        self._last_batch = 0
         self.messages = 0  # committed by the storage processes of this run
         self.batches = 0  # the batches they were committed in
 
@@ -63,8 +64,8 @@ class GroupCommitter:
             sys.executable, "-m", "intake.storage_process", str(self.spool.path), self.sync,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=environment,
         )
+        self._last_batch = 0  # a new process numbers its batches from 1 again
         self._reader = asyncio.create_task(self._read_replies(self._process))
-        self._last_batch = 0
 
     async def stop(self) -> None:
         """Let the storage process finish what it has, then end it."""

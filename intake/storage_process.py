@@ -61,7 +61,9 @@ class StorageWorker:
         self.buffer = bytearray()
         self.eof = False
         self.batches = 0
-        self.executor = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="relay-fsync")
+        # Only the fsync mode syncs file by file; syncfs needs no threads.
+        self.executor = (ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="relay-fsync")
+                         if sync == "fsync" else None)
 
     def _fill(self, block: bool) -> bool:
         """Read what is there (waiting for it if *block*); False at end of input."""
