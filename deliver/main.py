@@ -177,9 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         if pid_file is not None:
             with contextlib.suppress(OSError):
                 pid_file.unlink()
+    extra = {"removals_failed": stats.removals_failed} if stats.removals_failed else {}
     log.info("deliver_stopped", sent=stats.sent, deferred=stats.deferred, failed=stats.failed,
-             waiting=stats.waiting_at_end, connections=stats.connections)
-    if settings.once and stats.waiting_at_end:
+             waiting=stats.waiting_at_end, connections=stats.connections, **extra)
+    # A sent message whose removal failed is still in the spool (sent again later): --once
+    # says so rather than claim an empty queue.
+    if settings.once and (stats.waiting_at_end or stats.removals_failed):
         return os.EX_TEMPFAIL
     return os.EX_OK
 

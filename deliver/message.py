@@ -1,7 +1,8 @@
 """Handling one waiting message: claim, client filters, forward, act on the outcome.
 
 Reads the claimed envelope and the content file; changes their state only through
-`spool` (claim, release, fail, remove, store_copy). Writes one log line per message.
+`spool` (claim, release, fail, store_copy), and hands a sent message's claim to
+`deliver.remover`, which removes it. Writes one log line per message.
 Never raises for anything a message or the smarthost does: a bad envelope, a missing or
 unreadable content file or an unexpected error ends in `.bad` or a retry, never in a
 crashed worker.
@@ -9,7 +10,6 @@ crashed worker.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import os
 import time
@@ -22,6 +22,7 @@ import structlog
 from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
 from deliver.forward import Route, SmarthostConnection
 from deliver.outcome import Deferred, Failed, Reply, Sent, classify, next_attempt
+from deliver.remover import Remover
 from spool import Claim, Envelope, EnvelopeError, Spool, claim
 from spool.claims import DEFERRAL_KEY
 from spool.config import ConfigError, split_host_port
@@ -69,6 +70,7 @@ class MessageHandler:
     spool: Spool
     policy: Policy
     log: Any = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
+    remover: Remover = field(default_factory=Remover)  # closed by whoever runs the workers
     holds: dict[str, float] = field(default_factory=dict)  # id -> monotonic time
     _first_trouble: dict[str, float] = field(default_factory=dict)
 
@@ -156,7 +158,7 @@ class MessageHandler:
             result = self._defer(claimed, envelope, content_mtime, outcome.reason, outcome.code)
             return Handled(result.result, stop_scan)
         checkpoint("smarthost_accepted")  # tests: a kill here may cost a copy, never the mail
-        return Handled(await self._settle(claimed, envelope, outcome), stop_scan)
+        return Handled(self._settle(claimed, envelope, outcome), stop_scan)
 
     def _route(self, envelope: Envelope) -> Route:
         selector = envelope.client_account_selector
@@ -167,7 +169,7 @@ class MessageHandler:
 
     # -- acting on outcomes ------------------------------------------------------------
 
-    async def _settle(self, claimed: Claim, envelope: Envelope, sent: Sent) -> Result:
+    def _settle(self, claimed: Claim, envelope: Envelope, sent: Sent) -> Result:
         """Sent to some or all: split off the refused ones first, then remove the original.
 
         The copies exist before the original goes, so a crash in between can at worst send
@@ -192,14 +194,12 @@ class MessageHandler:
             else:
                 content_mtime = os.stat(self.spool.content_path(new_id)).st_mtime
                 self._defer(new_claim, copy, content_mtime, reason, code)
-        # Unlinking a content file frees its blocks: the slowest system call per message.
-        # In a thread, the loop meanwhile keeps the other connections busy.
-        removal = asyncio.ensure_future(asyncio.to_thread(claimed.remove))
-        try:
-            await asyncio.shield(removal)
-        except asyncio.CancelledError:
-            await removal  # never leave the claim half removed when shutting down
-            raise
+        # The removal runs in the remover thread; this worker goes on to its next message.
+        # Until then the envelope stays `.busy` and locked: nobody else takes it, and a
+        # crash before it is gone sends it again (never loses it).
+        handed = Claim(claimed.spool, claimed.message_id, claimed.fd)
+        claimed.fd = -1  # the descriptor (and the lock) belong to the remover now
+        self.remover.submit(handed)
         if sent.delivered:
             extra: dict[str, Any] = {"split_off": ",".join(split_ids)} if split_ids else {}
             self.log.info("message_forwarded", msg_id=claimed.message_id, outcome="sent",

@@ -45,6 +45,7 @@ class RunStats:
     held: int = 0
     waiting_at_end: int = 0
     connections: int = 0
+    removals_failed: int = 0  # sent, but left in the spool (sent again after recovery)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hint_pending = threading.Event()  # coalesces watchdog events across threads
+        self._watch: _Watch | None = None
 
     # -- wake-ups (all may be called any number of times) -----------------------------
 
@@ -112,7 +114,8 @@ class Scheduler:
             # The first scan need not wait for the recovery's own listing of a big spool;
             # what the recovery puts back is found by the scan it asks for.
             recovery = asyncio.create_task(self._recover_then_scan())
-        observer = None if self.once else self._watch()
+        self._watch = None if self.once else _Watch.start(self.spool, self.request_scan_threadsafe,
+                                                           self.log)
         workers = [asyncio.create_task(self._worker(), name=f"worker-{n}")
                    for n in range(self.concurrency)]
         try:
@@ -122,14 +125,20 @@ class Scheduler:
                 await self._run_forever()
         finally:
             self.stop()
-            if observer is not None:
-                observer.stop()
+            watch, self._watch = self._watch, None
+            if watch is not None:
+                watch.observer.stop()
             _done, still_running = await asyncio.wait(workers, timeout=self.shutdown_timeout)
             for task in still_running:
                 task.cancel()  # each releases its claim back to `.envelope` on the way out
             await asyncio.gather(*workers, return_exceptions=True)
-            if observer is not None:
-                await asyncio.to_thread(observer.join, 2.0)
+            # Every sent message is removed before the run ends (and --once counts what is
+            # left), even if a worker was cancelled: its hand-overs happened before.
+            remover = self.handler.remover
+            await asyncio.to_thread(remover.close)
+            self.stats.removals_failed = len(remover.left_behind)
+            if watch is not None:
+                await asyncio.to_thread(watch.observer.join, 2.0)
             if recovery is not None:
                 await recovery
         final = await asyncio.to_thread(scan_due, self.spool)
@@ -146,22 +155,44 @@ class Scheduler:
             self._pending = deque(i for i in result.due if not self.handler.held(i, now))
             if self._pending:
                 self._work_ready.set()
-            timeout = self.poll
-            if result.next_due is not None:
-                timeout = min(timeout, max(0.0, result.next_due - time.time()) + 0.05)
-            hold_expiry = self.handler.next_hold_expiry()
-            if hold_expiry is not None:
-                timeout = min(timeout, max(0.0, hold_expiry - now) + 0.05)
-            timeout = min(timeout, max(0.0, next_recover - now))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            # While the last scan's list is still long, a new scan would only list the same
-            # ids again: let the workers work it down first (new mail is found after that).
-            while len(self._pending) > 2 * self.concurrency and not self._stopping:
-                await asyncio.sleep(0.05)
+            if self._backlog():
+                await self._work_down_backlog()
+            else:
+                timeout = self.poll
+                if result.next_due is not None:
+                    timeout = min(timeout, max(0.0, result.next_due - time.time()) + 0.05)
+                hold_expiry = self.handler.next_hold_expiry()
+                if hold_expiry is not None:
+                    timeout = min(timeout, max(0.0, hold_expiry - now) + 0.05)
+                timeout = min(timeout, max(0.0, next_recover - now))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
             if time.monotonic() >= next_recover and not self._stopping:
                 await self._recover()
                 next_recover = time.monotonic() + RECOVER_INTERVAL
+
+    def _backlog(self) -> bool:
+        """True while the last scan's list is long: a new scan would only list it again."""
+        return len(self._pending) > 2 * self.concurrency
+
+    async def _work_down_backlog(self) -> None:
+        """Let the workers work a long list down, with the watch off; then arm it again.
+
+        Meanwhile every event the watch would report comes from this process's own claims
+        and removals (3-4 per message), each a wake-up of watchdog's thread and Python work
+        under the GIL, and none of them would change what is done next. Events are only
+        hints: the caller scans right after the watch is armed again, which finds whatever
+        arrived meanwhile, and so would the --poll timer or SIGUSR1.
+        """
+        watch = self._watch
+        if watch is not None:
+            await asyncio.to_thread(watch.pause)
+        try:
+            while self._backlog() and not self._stopping:
+                await asyncio.sleep(0.05)
+        finally:
+            if watch is not None and not self._stopping:
+                await asyncio.to_thread(watch.resume)
 
     async def _run_once(self) -> None:
         while not self._stopping:
@@ -235,22 +266,6 @@ class Scheduler:
         elif result is Result.HELD:
             self.stats.held += 1
 
-    # -- watchdog ------------------------------------------------------------------------
-
-    def _watch(self) -> Any:
-        _no_move_pairing_delay()
-        observer = Observer()
-        observer.schedule(_SpoolEvents(self.request_scan_threadsafe), str(self.spool.path),
-                          recursive=False)
-        observer.daemon = True
-        try:
-            observer.start()
-        except OSError as error:  # e.g. out of inotify watches: --poll still finds the mail
-            self.log.warning("watch_failed", reason=error.strerror or str(error))
-            return None
-        return observer
-
-
 def _no_move_pairing_delay() -> None:
     """Stop watchdog from holding back events to pair renames.
 
@@ -267,6 +282,52 @@ def _no_move_pairing_delay() -> None:
     except ImportError:
         return
     InotifyMoveEventGrouper.delay = 0
+
+
+class _Watch:
+    """The watchdog observer of the spool directory, which can be paused and resumed."""
+
+    def __init__(self, observer: Any, spool: Spool, handler: FileSystemEventHandler,
+                 log: Any) -> None:
+        self.observer = observer
+        self._path = str(spool.path)
+        self._handler = handler
+        self._log = log
+        self.armed = True
+
+    @classmethod
+    def start(cls, spool: Spool, wake: Callable[[], None], log: Any) -> _Watch | None:
+        """Watch *spool*; None when the watch cannot be had (--poll still finds the mail)."""
+        _no_move_pairing_delay()
+        observer = Observer()
+        handler = _SpoolEvents(wake)
+        observer.schedule(handler, str(spool.path), recursive=False)
+        observer.daemon = True
+        try:
+            observer.start()
+        except OSError as error:  # e.g. out of inotify watches
+            log.warning("watch_failed", reason=error.strerror or str(error))
+            return None
+        return cls(observer, spool, handler, log)
+
+    def pause(self) -> None:
+        """Remove the inotify watch (the observer's threads stay). Blocks briefly."""
+        if self.armed:
+            self.observer.unschedule_all()
+            self.armed = False
+            self._log.debug("watch_paused")
+
+    def resume(self) -> None:
+        """Watch again. Blocks briefly. The caller scans afterwards (events may be lost)."""
+        if self.armed:
+            return
+        try:
+            self.observer.schedule(self._handler, self._path, recursive=False)
+        except OSError as error:  # out of inotify watches now: --poll finds the mail
+            self._log.warning("watch_failed", reason=error.strerror or str(error))
+            return
+        self.armed = True
+        self._log.debug("watch_resumed")
 
 
 class _SpoolEvents(FileSystemEventHandler):

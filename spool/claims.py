@@ -23,6 +23,7 @@ from pathlib import Path
 from spool.envelope import Envelope, EnvelopeError, parse_envelope, reason_lines, trailer_line
 from spool.names import State
 from spool.store import Spool, fsync_directory
+from spool.testhooks import checkpoint
 
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 DEFERRAL_KEY = "X-Relay-Deferred"
@@ -99,6 +100,7 @@ class Claim:
     def remove(self) -> None:
         """The message is done: remove the envelope first, then the content."""
         try:
+            checkpoint("remove_claim")  # tests: a crash or a fault with the 250 already in
             os.unlink(self.envelope_path)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.content_path)

@@ -1,0 +1,95 @@
+"""The remover: one long-lived thread that deletes the messages the smarthost has accepted.
+
+A worker hands its `spool.Claim` over right after the smarthost's final 250 and takes its
+next message at once; this thread removes the claims in the order they came
+(`Claim.remove`: the envelope, then the content, then the close that drops the flock),
+everything queued at one wake-up in one batch. Unlinking frees the content's blocks and is
+the dearest system call per message, so it is kept off the event loop; one thread fed by a
+queue costs far less per message than a round trip through the default thread pool.
+
+Until it is removed a handed-over envelope stays `.envelope.busy` and flocked, so no worker
+and no recovery takes it. A crash in between leaves a `.busy` whose lock is free: the next
+start puts it back and sends it again (a second copy at worst, never a loss). A removal
+that fails is logged (`removal_failed`) and its lock dropped, so that the recovery finds
+the message in the same way.
+
+Touches only the claims handed to it, and only through `Claim.remove`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any
+
+import structlog
+
+from spool import Claim
+
+
+class Remover:
+    """Removes handed-over claims in a thread of its own; `close()` waits for the last one."""
+
+    def __init__(self, log: Any = None) -> None:
+        self.log: Any = log if log is not None else structlog.get_logger("relay-deliver")
+        self._queue: queue.SimpleQueue[Claim | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.removed = 0
+        # Ids whose removal failed with the envelope still there (as `.busy`, lock dropped).
+        self.left_behind: list[str] = []
+        self.failures = 0
+
+    def submit(self, claimed: Claim) -> None:
+        """Take over *claimed*, its descriptor and its lock: it is removed soon.
+
+        The caller must not use *claimed* afterwards (it is closed in the remover thread).
+        """
+        if self._thread is None:
+            # Started on first use, so that a handler that never sends costs no thread.
+            self._thread = threading.Thread(target=self._run, name="relay-remover",
+                                            daemon=True)
+            self._thread.start()
+        self._queue.put(claimed)
+
+    def close(self) -> None:
+        """Remove everything handed over so far, then end the thread. Blocks: call it from a
+        thread of its own (`asyncio.to_thread`), after the last `submit`."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(None)
+        thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while True:  # whatever else is queued now, without sleeping again
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for claimed in batch:
+                if claimed is None:
+                    stopping = True  # close(): nothing is submitted after it
+                else:
+                    self._remove(claimed)
+
+    def _remove(self, claimed: Claim) -> None:
+        try:
+            claimed.remove()  # closes the descriptor (drops the lock) even when it fails
+        except Exception as error:  # the thread must outlive any one message's trouble
+            self.failures += 1
+            kept = os.path.lexists(claimed.envelope_path)
+            if kept:
+                self.left_behind.append(claimed.message_id)
+            reason = (error.strerror or str(error)) if isinstance(error, OSError) else repr(error)
+            # Logged from this thread: a failure must be told even while the loop shuts down.
+            self.log.error("removal_failed", msg_id=claimed.message_id, reason=reason,
+                           envelope_kept=kept)
+        else:
+            self.removed += 1
+
+
+__all__ = ["Remover"]
