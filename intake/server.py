@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import re
 import secrets
 import time
 from collections.abc import Sequence
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
 
 from intake.commit import GroupCommitter
+from intake.data import DataCollector, DataProblem, read_data
 from intake.filters import FilterAction, VerifierOutcome, run_filters, verify_address
 from intake.filters import VerifierVerdict as Verdict
 from intake.policy import (
@@ -43,7 +46,20 @@ from spool.testhooks import checkpoint
 from spool.xtext import XtextError, xtext_decode
 
 COMMAND_SIZE_LIMIT = 512
+# The most a connection's stream buffers before it stops reading the socket (twice this).
+# aiosmtpd uses its `line_length_limit` (1,001) here, which pauses and resumes a socket
+# several times per 4 KiB message; relay checks DATA line lengths itself (intake.data).
+STREAM_LIMIT = 32 * 1024
 _BODY_TYPES = {"7BIT": "7bit", "8BITMIME": "8bit", "BINARYMIME": "binarymime"}
+# A reverse-path or forward-path of the everyday kind: <dot-atom@domain>, then parameters.
+# Such paths skip aiosmtpd's general parser (email._header_value_parser, which also builds a
+# typing.Protocol class per call); `_getaddr` gives the same answer for them, and every
+# other path still goes through aiosmtpd's parser.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(
+    rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?: +([^ \t(][^\t(]*))?"
+)
+_mail_log = logging.getLogger("mail.log")  # aiosmtpd's logger: the dialogue with --verbose
 
 
 class IntakeServer:
@@ -120,6 +136,8 @@ class IntakeServer:
 class IntakeSMTP(SMTP):
     """One SMTP connection."""
 
+    line_length_limit = STREAM_LIMIT  # aiosmtpd's name for its StreamReader limit
+
     def __init__(self, server: IntakeServer) -> None:
         config = server.config
         super().__init__(
@@ -154,6 +172,8 @@ class IntakeSMTP(SMTP):
         self.close_after_reply = False
         self._last_activity = self.loop.time()
         self._mail_arg = ""
+        self._may_hold_reply = False  # a MAIL, RCPT or RSET reply may wait for the next
+        self._held_replies: list[bytes] = []
 
     # -- connection life -------------------------------------------------------------
 
@@ -198,11 +218,13 @@ class IntakeSMTP(SMTP):
         return self.busy or bool(self.envelope is not None and self.envelope.mail_from)
 
     def close_with(self, reply: str) -> None:
-        """Send *reply* (if the connection is still open) and close it now."""
+        """Send *reply* (after any held replies, if the connection is still open); close now."""
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(reply.encode("ascii") + b"\r\n")
+            self._held_replies.append(reply.encode("ascii") + b"\r\n")
+            transport.write(b"".join(self._held_replies))
             transport.close()
+        self._held_replies.clear()
 
     def _close_now(self) -> None:
         if self._handler_coroutine is not None:
@@ -211,10 +233,34 @@ class IntakeSMTP(SMTP):
             self.transport.close()
 
     async def push(self, status: AnyStr) -> None:
-        await super().push(status)
-        if self.close_after_reply or (self.server.stopping and not self.in_transaction):
+        """Send a reply; with PIPELINING, hold MAIL/RCPT/RSET replies while commands wait.
+
+        RFC 2920 lets a server answer a group of pipelined commands together: when the
+        client's next command is already buffered, the reply waits for the next one, so a
+        pipelined MAIL, RCPT, DATA costs one send instead of three. Only replies after
+        which the server goes on to read that buffered command are held.
+        """
+        response = status.encode("utf-8") if isinstance(status, str) else status
+        _mail_log.debug("%r << %r", self.client_ip, response)
+        closing = self.close_after_reply or (self.server.stopping and not self.in_transaction)
+        if self._may_hold_reply and not closing and self._command_waiting():
+            self._held_replies.append(response + b"\r\n")
+            return
+        if self._held_replies:
+            self._held_replies.append(response + b"\r\n")
+            self._writer.write(b"".join(self._held_replies))
+            self._held_replies.clear()
+        else:
+            self._writer.write(response + b"\r\n")
+        await self._writer.drain()
+        if closing:
             self.close_after_reply = False
             self._close_now()
+
+    def _command_waiting(self) -> bool:
+        # A whole line already in the stream's buffer: reading it will not wait for the
+        # client, so a held reply is never what the client waits for.
+        return b"\n" in getattr(self._reader, "_buffer", b"")
 
     async def _handle_client(self) -> None:
         refusal = self.refusal
@@ -250,7 +296,28 @@ class IntakeSMTP(SMTP):
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         self._mail_arg = arg or ""
-        await super().smtp_MAIL(arg)
+        self._may_hold_reply = True
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            self._may_hold_reply = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _SIMPLE_PATH.fullmatch(arg) if arg else None
+        if match is None:
+            if arg == "<>":
+                return "<>", ""
+            address: str | None
+            rest: str | None
+            try:
+                address, rest = super()._getaddr(arg)
+            except IndexError:  # the parser's own bug on a lone "<": a malformed address
+                return None, None
+            return address, rest
+        address = match[1]
+        if self.local_part_limit and address.rindex("@") > self.local_part_limit:
+            return None, None
+        return address, match[2] or ""
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         result: dict[str, str | bool] | None = super()._getparams(params)
@@ -260,7 +327,50 @@ class IntakeSMTP(SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         self._mail_arg = ""
-        await super().smtp_RCPT(arg)
+        self._may_hold_reply = True
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._may_hold_reply = False
+
+    async def smtp_RSET(self, arg: str) -> None:
+        self._may_hold_reply = True
+        try:
+            await super().smtp_RSET(arg)
+        finally:
+            self._may_hold_reply = False
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the data read in chunks (intake.data) rather than by line."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        collector = DataCollector(self.data_size_limit)
+        try:
+            await read_data(self._reader, collector)
+        except asyncio.CancelledError:  # the connection went away during DATA
+            self._writer.close()
+            raise
+        if collector.problem is not DataProblem.NONE:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)"
+                            if collector.problem is DataProblem.LINE_TOO_LONG
+                            else "552 Error: Too much mail data")
+            return
+        content = collector.content()
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_AUTH(self, arg: str) -> None:
         if self.server.config.authenticator is None:
