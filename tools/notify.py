@@ -29,8 +29,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import structlog
+from typing import Any
 
 from spool import Envelope, EnvelopeError, Spool, SpoolError, State, entries, parse_envelope
 from spool.claims import archive_failed, remove_message
@@ -186,7 +185,7 @@ def dispose(spool: Spool, message_id: str, keep: bool) -> None:
 
 
 def handle(spool: Spool, message_id: str, settings: argparse.Namespace, *, domain: str,
-           procmail: str | None, log: structlog.stdlib.BoundLogger) -> bool:
+           procmail: str | None, log: Any) -> bool:
     """Notify about one failed message and clear it; True when a notification was stored."""
     data = read_bad_envelope(spool, message_id)
     if data is None:
