@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,18 @@ def test_concurrent_connections_send_each_message_once(spool: Spool) -> None:
         assert run_once(spool, sink.address, "--concurrency", "4") == 0
     assert sorted(m.data for m in sink.messages) == sorted(body(n) for n in range(12))
     assert sink.most_data_at_once >= 2
+
+
+def test_once_returns_only_when_the_spool_is_empty(spool: Spool, sink: Sink) -> None:
+    """300 messages over 4 connections: when --once returns 0, every removal is done (the
+    remover thread works behind the workers, and the run waits for it)."""
+    for n in range(300):
+        store(spool, n)
+    assert run_once(spool, sink.address, "--concurrency", "4") == 0
+    assert os.listdir(spool.path) == []
+    # The remover's thread has ended: nothing of this run can still be removing files.
+    assert [t for t in threading.enumerate() if t.name == "relay-remover"] == []
+    assert sorted(m.data for m in sink.messages) == sorted(body(n) for n in range(300))
 
 
 def test_bad_envelope_and_missing_content_go_to_bad_and_the_rest_is_sent(
