@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen-processes", type=int, default=1,
                         help="split the SMTP load generator over this many processes")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON here")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the scratch directory (spools and logs) for inspection")
     arguments = parser.parse_args(argv)
     names = arguments.names or list(BENCHMARKS)
     unknown = [name for name in names if name not in BENCHMARKS]
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows, failed = run_all(ctx, names)
     finally:
-        ctx.close(keep=failed)
+        ctx.close(keep=failed or arguments.keep)
     print()
     print(table(rows))
     for note in dict.fromkeys(ctx.notes):

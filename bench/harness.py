@@ -90,6 +90,17 @@ def start_null_server(ctx: Context, logs: Path, *, progress: int = 0, expect: in
     return process, port
 
 
+def start_postfix_sink(logs: Path, *, progress: int, expect: int,
+                       name: str = "smtp-sink") -> tuple[Process, int]:
+    """Postfix's smtp-sink (see bench.postfix_sink) with bench's progress lines, its port."""
+    port = free_port()
+    argv = helper("postfix_sink", "--port", str(port), "--progress", str(progress),
+                  "--expect", str(expect))
+    process = Process(argv, logs / f"{name}.log", stdout_lines=True, env=python_env())
+    wait_for_port(port, process)
+    return process, port
+
+
 def start_intake(ctx: Context, spool: Path, logs: Path, *extra: str,
                  name: str = "intake") -> tuple[Process, int]:
     """relay-intake on 127.0.0.1 with its spool in *spool*; returns it and its port."""
