@@ -114,10 +114,13 @@ class GroupCommitter:
         size = sum(len(chunk) for chunk in content)
         try:
             async with self._lock:  # one request's frames are never interleaved with another's
-                process.stdin.write(request_frame(op, request_id, meta, size))
-                for chunk in content:
-                    process.stdin.write(chunk)
-                    if size > DRAIN_ABOVE:
+                frame = request_frame(op, request_id, meta, size)
+                if size <= DRAIN_ABOVE:  # one pipe write (one system call) for the request
+                    process.stdin.write(b"".join((frame, *content)))
+                else:
+                    process.stdin.write(frame)
+                    for chunk in content:
+                        process.stdin.write(chunk)
                         await process.stdin.drain()
         except (ConnectionError, RuntimeError) as error:
             self._waiting.pop(request_id, None)
