@@ -34,6 +34,10 @@ log = structlog.get_logger("relay-deliver")
 # A reused connection idle for longer than this is probed with RSET before the next
 # message, so that a smarthost's idle disconnect costs a reconnect, not a deferral.
 IDLE_PROBE_SECONDS = 5.0
+# Bytes asked for per read of the smarthost's replies. asyncio's plain socket transport
+# asks for 256 KiB, which the C library maps and unmaps for every read (three system
+# calls and a page fault per reply, four replies per message); replies are a few lines.
+REPLY_READ_SIZE = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,7 @@ class SmarthostConnection:
             smtp.close()
             raise
         self.connections_opened += 1
+        _smaller_reads(smtp)
         self._smtp, self._route, self._clean = smtp, route, True
         self._last_used = time.monotonic()
         if settings.client_auth is not None:
@@ -290,6 +295,14 @@ class _AuthProblem(aiosmtplib.SMTPException):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _smaller_reads(smtp: aiosmtplib.SMTP) -> None:
+    """Read replies in REPLY_READ_SIZE pieces (a plain socket transport only: TLS reads
+    into a buffer of its own). Only the size of each read changes, nothing else."""
+    transport: Any = smtp.transport
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = REPLY_READ_SIZE
 
 
 def _describe(error: BaseException) -> str:

@@ -229,15 +229,19 @@ def test_concurrent_connections_send_each_message_once(spool: Spool) -> None:
 
 
 def test_once_returns_only_when_the_spool_is_empty(spool: Spool, sink: Sink) -> None:
-    """300 messages over 4 connections: when --once returns 0, every removal is done (the
-    remover thread works behind the workers, and the run waits for it)."""
+    """300 messages over 4 connections, every tenth one big enough for the remover thread:
+    when --once returns 0, every removal is done (the run waits for the thread)."""
+    big_line = b"y" * 76 + b"\r\n"
+    sent = []
     for n in range(300):
-        store(spool, n)
+        content = body(n) + (big_line * 1000 if n % 10 == 0 else b"")  # 78 KB > INLINE_LIMIT
+        spool.store(content, Envelope(sender="a@example.com", to_remote=("b@example.com",)))
+        sent.append(content)
     assert run_once(spool, sink.address, "--concurrency", "4") == 0
     assert os.listdir(spool.path) == []
     # The remover's thread has ended: nothing of this run can still be removing files.
     assert [t for t in threading.enumerate() if t.name == "relay-remover"] == []
-    assert sorted(m.data for m in sink.messages) == sorted(body(n) for n in range(300))
+    assert sorted(m.data for m in sink.messages) == sorted(sent)
 
 
 def test_bad_envelope_and_missing_content_go_to_bad_and_the_rest_is_sent(

@@ -1,7 +1,7 @@
-"""deliver.remover on a real spool directory: claims handed over are removed in order, the
-lock is held until then, close() waits for the last one, and a failure is logged and
-counted without stopping the thread (the process-level faults are in
-test_reliability_deliver.py)."""
+"""deliver.remover on a real spool directory: small messages are removed at once, big ones
+by the thread, which holds each lock until the message is gone; close() waits for the last
+one; a failure is logged and counted without stopping the thread (the process-level faults
+are in test_reliability_deliver.py)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_handed_over_claims_are_removed_by_close(spool: Spool) -> None:
     """Every claim handed over is gone (envelope and content) once close() returns."""
     remover = Remover(Recorder())
     for held in claimed(spool, 50):
-        remover.submit(held)
+        remover.hand_over(held)
     remover.close()
     assert os.listdir(spool.path) == []
     assert remover.removed == 50 and remover.failures == 0
@@ -53,7 +53,7 @@ def test_recovery_never_takes_a_claim_waiting_for_removal(spool: Spool) -> None:
     remover = Remover(Recorder())
     claims = claimed(spool, 400)
     for held in claims:
-        remover.submit(held)
+        remover.hand_over(held)
     report = recover(spool)  # lists the spool while the remover works through its queue
     remover.close()
     assert report.busy_recovered == []
@@ -69,7 +69,7 @@ def test_a_failed_removal_is_logged_and_the_next_ones_still_go(spool: Spool) -> 
     first, *others = claimed(spool, 5)
     os.unlink(first.envelope_path)  # someone removed it by hand meanwhile
     for held in (first, *others):
-        remover.submit(held)
+        remover.hand_over(held)
     remover.close()
     assert remover.failures == 1 and remover.removed == 4
     assert remover.left_behind == []  # the envelope is gone: nothing waits
@@ -88,7 +88,7 @@ def test_a_failed_removal_that_keeps_the_envelope_leaves_it_recoverable(spool: S
     busy = held.envelope_path
     os.rename(busy, busy + ".moved")
     os.mkdir(busy)  # unlink() of a directory fails with EISDIR (or EPERM)
-    remover.submit(held)
+    remover.hand_over(held)
     remover.close()
     assert remover.failures == 1 and remover.left_behind == [held.message_id]
     assert log.lines[0][1]["envelope_kept"] is True
@@ -96,11 +96,27 @@ def test_a_failed_removal_that_keeps_the_envelope_leaves_it_recoverable(spool: S
     os.rmdir(busy)
 
 
-def test_close_without_submit_and_submit_after_close(spool: Spool) -> None:
-    """close() with nothing handed over returns at once; a later submit starts a new thread."""
+def test_small_messages_go_at_once_big_ones_by_the_thread(spool: Spool) -> None:
+    """remove() below the limit is done when it returns, without a thread; from the limit
+    up the claim is queued for the thread, and close() is what guarantees it is gone."""
+    remover = Remover(Recorder(), inline_limit=1000)
+    small, big = claimed(spool, 2)
+    remover.remove(small, 999)
+    assert not any(name.startswith(small.message_id) for name in os.listdir(spool.path))
+    assert [t for t in threading.enumerate() if t.name == "relay-remover"] == []
+    remover.remove(big, 1000)
+    assert [t for t in threading.enumerate() if t.name == "relay-remover"] != []
+    remover.close()
+    assert os.listdir(spool.path) == []
+    assert remover.removed == 2
+    assert [t for t in threading.enumerate() if t.name == "relay-remover"] == []
+
+
+def test_close_without_hand_over_and_hand_over_after_close(spool: Spool) -> None:
+    """close() with nothing handed over returns at once; a later hand-over starts a new thread."""
     remover = Remover(Recorder())
     remover.close()
     (held,) = claimed(spool, 1)
-    remover.submit(held)
+    remover.hand_over(held)
     remover.close()
     assert os.listdir(spool.path) == []

@@ -388,41 +388,46 @@ def test_full_disk_while_splitting_a_partial_refusal_drops_nobody(tmp_path: Path
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+BIG = 100_000  # content bytes: over deliver.remover.INLINE_LIMIT, removed by the thread
+
+
 def test_kill_9_with_removals_queued_sends_again_never_zero(spool: Spool, sink: Sink) -> None:
-    """kill -9 in the remover thread while the workers go on sending: every message arrives,
-    none more than twice, and the next run leaves the spool empty."""
+    """kill -9 in the remover thread while the workers go on sending (big messages): every
+    message arrives, none more than twice, and the next run leaves the spool empty."""
     numbers = range(40)
     for number in numbers:
-        store(spool, number)
+        store(spool, number, size=BIG)
     crashed = deliver_once(spool.path, sink.address, env={"RELAY_TEST_CRASH_AT": "remove_claim"})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     sent_before = len(sink.messages)
     assert sent_before >= 1
     assert states(spool).get(State.BUSY, 0) >= 1  # handed to the remover, never removed
     # Nothing is lost in between: each message was sent or is still in the spool.
-    in_spool = states(spool)
-    assert sent_before + sum(in_spool.values()) >= len(numbers)
+    assert sent_before + sum(states(spool).values()) >= len(numbers)
     done = deliver_once(spool.path, sink.address)
     assert done.returncode == 0, done.stderr
     assert "messages_recovered" in done.stderr
-    copies = [sum(1 for m in sink.messages if m.data == body(n)) for n in numbers]
+    copies = [sum(1 for m in sink.messages if m.data == body(n, BIG)) for n in numbers]
     assert all(1 <= count <= 2 for count in copies), copies
     assert spool_files(spool.path) == []
 
 
-def test_failed_removals_are_logged_and_once_exits_75(spool: Spool, sink: Sink) -> None:
+@pytest.mark.parametrize("size", [0, BIG], ids=["small-at-once", "big-in-the-thread"])
+def test_failed_removals_are_logged_and_once_exits_75(spool: Spool, sink: Sink,
+                                                      size: int) -> None:
     """Removal fails (EIO) after the smarthost's 250: each failure is logged, --once exits 75
     (the mail is still in the spool), and the next run sends it again and empties the spool."""
     for number in range(5):
-        store(spool, number)
+        store(spool, number, size)
     failing = deliver_once(spool.path, sink.address,
                            env={"RELAY_TEST_FAIL_AT": "remove_claim:EIO"})
     assert failing.returncode == 75, failing.stderr
     assert failing.stderr.count('"removal_failed"') == 5
     assert "Input/output error" in failing.stderr
-    assert sorted(m.data for m in sink.messages) == sorted(body(n) for n in range(5))
+    sent = sorted(body(n, size) for n in range(5))
+    assert sorted(m.data for m in sink.messages) == sent
     assert states(spool) == {State.BUSY: 5}  # kept, with the lock dropped
     done = deliver_once(spool.path, sink.address)
     assert done.returncode == 0, done.stderr
-    assert sorted(m.data for m in sink.messages) == sorted([body(n) for n in range(5)] * 2)
+    assert sorted(m.data for m in sink.messages) == sorted(sent * 2)
     assert spool_files(spool.path) == []
