@@ -22,7 +22,7 @@ from deliver.forward import ForwardSettings, Route, SmarthostConnection
 from deliver.message import MessageHandler, Policy
 from deliver.outcome import parse_duration
 from deliver.scheduler import RunStats, Scheduler
-from spool import Spool, SpoolError
+from spool import Spool, SpoolError, eventloop
 from spool.config import ConfigError, Option, load_settings, resolve_path, split_host_port
 from spool.logs import setup_logging
 from spool.secrets import SecretsError, SecretsFile
@@ -64,6 +64,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("shutdown-timeout", "on SIGTERM, how long in-flight messages may take to finish",
            "10", metavar="DURATION"),
     Option("pid-file", "write the process id to this file", None, metavar="FILE"),
+    eventloop.EVENT_LOOP_OPTION,
 )
 
 _DURATIONS = ("poll", "filter_timeout", "connection_timeout", "response_timeout",
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         verbose=settings.verbose)
     try:
         scheduler, spool = build(settings)
+        event_loop = eventloop.resolve(settings.event_loop)
     except (ConfigError, SpoolError, SecretsError, OSError) as error:
         log.error("deliver_not_started", reason=str(error))
         return os.EX_CONFIG
@@ -170,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             log.error("deliver_not_started", reason=f"pid file {pid_file}: {error.strerror}")
             return os.EX_CONFIG
     log.info("deliver_started", spool=str(spool.path), forward_to=settings.forward_to,
-             concurrency=settings.concurrency, once=settings.once)
+             concurrency=settings.concurrency, once=settings.once, event_loop=event_loop)
     try:
-        stats = asyncio.run(_run(scheduler))
+        stats = eventloop.run(_run(scheduler), event_loop)
     finally:
         if pid_file is not None:
             with contextlib.suppress(OSError):

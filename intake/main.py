@@ -22,7 +22,7 @@ from typing import Any
 
 from intake.server import IntakeServer
 from intake.settings import DESCRIPTION, OPTIONS, PROGRAM, IntakeConfig, build_config
-from spool import Spool, SpoolError
+from spool import Spool, SpoolError, eventloop
 from spool.config import ConfigError, load_settings
 from spool.logs import setup_logging
 
@@ -102,7 +102,7 @@ async def run(
         write_pid_file(config.pid_file)
     try:
         log.info("intake_started", listen=[f"{h}:{p}" for h, p in server.addresses],
-                 spool=str(spool.path), pid=os.getpid())
+                 spool=str(spool.path), pid=os.getpid(), event_loop=config.event_loop)
         if on_ready is not None:
 
             def request_stop() -> None:
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return EX_CONFIG
     warn_about_configuration(config, log)
-    return asyncio.run(run(config, spool, log))
+    return eventloop.run(run(config, spool, log), config.event_loop)
 
 
 if __name__ == "__main__":

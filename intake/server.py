@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any, AnyStr
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
 
@@ -219,8 +219,10 @@ class IntakeSMTP(SMTP):
 
     def close_with(self, reply: str) -> None:
         """Send *reply* (after any held replies, if the connection is still open); close now."""
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        # Not isinstance(..., asyncio.WriteTransport): uvloop's transports do not derive from
+        # asyncio's classes, and this reply would silently not be sent.
+        transport = cast("asyncio.Transport | None", self.transport)
+        if transport is not None and not transport.is_closing():
             self._held_replies.append(reply.encode("ascii") + b"\r\n")
             transport.write(b"".join(self._held_replies))
             transport.close()

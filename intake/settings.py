@@ -15,6 +15,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from intake.auth import Authenticator
+from spool import eventloop
 from spool.config import ConfigError, Option, resolve_path
 from spool.secrets import SecretsError, SecretsFile
 
@@ -70,6 +71,7 @@ OPTIONS: tuple[Option, ...] = (
            20.0, "float", metavar="SECONDS"),
     Option("pid-file", "write the process id to this file (removed at exit)", None,
            metavar="FILE"),
+    eventloop.EVENT_LOOP_OPTION,
 )
 
 
@@ -98,6 +100,7 @@ class IntakeConfig:
     min_free_space: int = MIN_FREE_FLOOR
     stop_timeout: float = 20.0
     sync: str = "syncfs"
+    event_loop: str = "asyncio"  # resolved: 'asyncio' or 'uvloop'
     pid_file: str | None = None
 
     @property
@@ -185,5 +188,6 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         min_free_space=min_free,
         stop_timeout=settings.stop_timeout,
         sync=settings.sync,
+        event_loop=eventloop.resolve(settings.event_loop),
         pid_file=str(resolve_path(settings.pid_file)) if settings.pid_file else None,
     )
