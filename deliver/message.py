@@ -2,8 +2,7 @@
 
 Reads the claimed envelope and the content file; changes their state only through
 `spool` (claim, release, fail, store_copy), and gives a sent message's claim to
-`deliver.remover`, which removes it (at once, or in its thread for a big message).
-Writes one log line per message.
+`deliver.remover`, whose thread removes it. Writes one log line per message.
 Never raises for anything a message or the smarthost does: a bad envelope, a missing or
 unreadable content file or an unexpected error ends in `.bad` or a retry, never in a
 crashed worker.
@@ -157,7 +156,7 @@ class MessageHandler:
             result = self._defer(claimed, envelope, content_mtime, outcome.reason, outcome.code)
             return Handled(result.result, stop_scan)
         checkpoint("smarthost_accepted")  # tests: a kill here may cost a copy, never the mail
-        return Handled(self._settle(claimed, envelope, outcome, len(content)), stop_scan)
+        return Handled(self._settle(claimed, envelope, outcome), stop_scan)
 
     def _route(self, envelope: Envelope) -> Route:
         selector = envelope.client_account_selector
@@ -168,8 +167,7 @@ class MessageHandler:
 
     # -- acting on outcomes ------------------------------------------------------------
 
-    def _settle(self, claimed: Claim, envelope: Envelope, sent: Sent,
-                content_size: int) -> Result:
+    def _settle(self, claimed: Claim, envelope: Envelope, sent: Sent) -> Result:
         """Sent to some or all: split off the refused ones first, then remove the original.
 
         The copies exist before the original goes, so a crash in between can at worst send
@@ -194,12 +192,12 @@ class MessageHandler:
             else:
                 content_mtime = os.stat(self.spool.content_path(new_id)).st_mtime
                 self._defer(new_claim, copy, content_mtime, reason, code)
-        # Removed now, or (a big message) by the remover thread while this worker goes on;
-        # until then the envelope stays `.busy` and locked: nobody else takes it, and a
+        # The removal runs in the remover thread; this worker goes on to its next message.
+        # Until then the envelope stays `.busy` and locked: nobody else takes it, and a
         # crash before it is gone sends it again (never loses it).
         handed = Claim(claimed.spool, claimed.message_id, claimed.fd)
         claimed.fd = -1  # the descriptor (and the lock) belong to the remover now
-        self.remover.remove(handed, content_size)
+        self.remover.hand_over(handed)
         if sent.delivered:
             extra: dict[str, Any] = {"split_off": ",".join(split_ids)} if split_ids else {}
             self.log.info("message_forwarded", msg_id=claimed.message_id, outcome="sent",

@@ -229,12 +229,12 @@ def test_concurrent_connections_send_each_message_once(spool: Spool) -> None:
 
 
 def test_once_returns_only_when_the_spool_is_empty(spool: Spool, sink: Sink) -> None:
-    """300 messages over 4 connections, every tenth one big enough for the remover thread:
-    when --once returns 0, every removal is done (the run waits for the thread)."""
+    """300 messages over 4 connections, every tenth one big (slower to remove): when --once
+    returns 0, every removal is done (the run waits for the remover thread)."""
     big_line = b"y" * 76 + b"\r\n"
     sent = []
     for n in range(300):
-        content = body(n) + (big_line * 1000 if n % 10 == 0 else b"")  # 78 KB > INLINE_LIMIT
+        content = body(n) + (big_line * 1000 if n % 10 == 0 else b"")  # 78 KB
         spool.store(content, Envelope(sender="a@example.com", to_remote=("b@example.com",)))
         sent.append(content)
     assert run_once(spool, sink.address, "--concurrency", "4") == 0

@@ -1,7 +1,7 @@
-"""deliver.remover on a real spool directory: small messages are removed at once, big ones
-by the thread, which holds each lock until the message is gone; close() waits for the last
-one; a failure is logged and counted without stopping the thread (the process-level faults
-are in test_reliability_deliver.py)."""
+"""deliver.remover on a real spool directory: claims handed over are removed by its thread,
+each lock held until the message is gone; close() waits for the last one; a failure is
+logged and counted without stopping the thread (the process-level faults are in
+test_reliability_deliver.py)."""
 
 from __future__ import annotations
 
@@ -94,22 +94,6 @@ def test_a_failed_removal_that_keeps_the_envelope_leaves_it_recoverable(spool: S
     assert log.lines[0][1]["envelope_kept"] is True
     assert held.fd == -1
     os.rmdir(busy)
-
-
-def test_small_messages_go_at_once_big_ones_by_the_thread(spool: Spool) -> None:
-    """remove() below the limit is done when it returns, without a thread; from the limit
-    up the claim is queued for the thread, and close() is what guarantees it is gone."""
-    remover = Remover(Recorder(), inline_limit=1000)
-    small, big = claimed(spool, 2)
-    remover.remove(small, 999)
-    assert not any(name.startswith(small.message_id) for name in os.listdir(spool.path))
-    assert [t for t in threading.enumerate() if t.name == "relay-remover"] == []
-    remover.remove(big, 1000)
-    assert [t for t in threading.enumerate() if t.name == "relay-remover"] != []
-    remover.close()
-    assert os.listdir(spool.path) == []
-    assert remover.removed == 2
-    assert [t for t in threading.enumerate() if t.name == "relay-remover"] == []
 
 
 def test_close_without_hand_over_and_hand_over_after_close(spool: Spool) -> None:
