@@ -132,7 +132,8 @@ def run(ctx: Context) -> list[Row]:
     p99 = median(p99s)
     return [
         Row("3 e2e", f"sustained intake+deliver, {sizes.e2e_messages} msgs, sink"
-            f" {'smtp-sink' if smtp_sink() else 'aiosmtpd'} (baseline: relay-intake alone)", median(sustained), median(intake_alone), "msg/s", ratio,
+            f" {'smtp-sink' if smtp_sink() else 'aiosmtpd'} (baseline: relay-intake alone)",
+            median(sustained), median(intake_alone), "msg/s", ratio,
             target=">= 0.6x", met=ratio >= 0.6),
         Row("3 e2e", f"latency 250 -> sink at {sizes.e2e_rate:.0f} msg/s, p50",
             median(p50s), None, "ms"),
