@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench import big_message, big_spool, drain, durable_intake, end_to_end, idle
 from bench.common import BenchError, Context, Row, Sizes, relay_available
+from spool import eventloop
 
 BENCHMARKS: dict[str, tuple[Callable[[Context], list[Row]], tuple[str, ...]]] = {
     # In this order: the benchmarks that delete many files (deliver does) come after the
@@ -71,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="where scratch spools go; must be a real disk, not tmpfs")
     parser.add_argument("--profile", metavar="DIR",
                         help="sample relay's processes with py-spy (if installed) into DIR")
-    parser.add_argument("--uvloop", action="store_true",
-                        help="bench's own servers and clients use uvloop, if importable")
+    parser.add_argument("--uvloop", action=argparse.BooleanOptionalAction,
+                        default=eventloop.uvloop_installed(),
+                        help="relay's programs (--event-loop), bench's servers and clients all"
+                        " run on uvloop (default when it is installed), or all on asyncio's"
+                        " own loop (--no-uvloop)")
     parser.add_argument("--loadgen-processes", type=int, default=1,
                         help="split the SMTP load generator over this many processes")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON here")

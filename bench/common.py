@@ -133,6 +133,10 @@ class Context:
     def helper_flags(self) -> list[str]:
         return ["--uvloop"] if self.uvloop else []
 
+    def relay_flags(self) -> list[str]:
+        """relay's programs run on the same event loop as bench's servers and clients."""
+        return ["--event-loop", "uvloop" if self.uvloop else "asyncio"]
+
 
 @dataclass
 class Row:

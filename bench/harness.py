@@ -106,7 +106,8 @@ def start_intake(ctx: Context, spool: Path, logs: Path, *extra: str,
     """relay-intake on 127.0.0.1 with its spool in *spool*; returns it and its port."""
     port = free_port()
     argv = [script("relay-intake"), "--spool-dir", str(spool), "--port", str(port),
-            "--interface", HOST, "--domain", "intake.bench", *LOG_FORMAT, *extra]
+            "--interface", HOST, "--domain", "intake.bench", *LOG_FORMAT, *ctx.relay_flags(),
+            *extra]
     process = Process(argv, logs / f"{name}.log")
     wait_for_port(port, process)
     return process, port
@@ -128,7 +129,8 @@ def start_deliver(ctx: Context, spool: Path, forward_port: int, logs: Path, *ext
                   once: bool = False, concurrency: int | None = None,
                   name: str = "deliver") -> Process:
     """relay-deliver forwarding the spool to 127.0.0.1:*forward_port* (peak RSS sampled)."""
-    return Process(deliver_argv(spool, forward_port, *extra, once=once, concurrency=concurrency),
+    return Process(deliver_argv(spool, forward_port, *ctx.relay_flags(), *extra, once=once,
+                                concurrency=concurrency),
                    logs / f"{name}.log", sample_memory=True)
 
 
