@@ -96,7 +96,10 @@ def end_to_end(ctx: Context, prefix: str) -> tuple[float, list[float]]:
         if offered["lag_max"] > 0.5:
             ctx.notes.append(f"e2e: the load generator fell {offered['lag_max']:.2f} s behind"
                              " the fixed rate")
-        return count / (last - loaded["start"]), latencies
+        accepted_in, delivered_in = loaded["end"] - loaded["start"], last - loaded["start"]
+        print(f"    relay accepted the {count} in {accepted_in:.2f} s, the sink had them all"
+              f" after {delivered_in:.2f} s", flush=True)
+        return count / delivered_in, latencies
     finally:
         remove_tree(logs)
 
