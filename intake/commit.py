@@ -34,8 +34,8 @@ from intake.frames import (
 )
 from spool import Envelope, PendingMessage, Spool, format_envelope
 
-# Content bigger than this is handed over with flow control (drain) so that a 50 MB
-# message does not sit in the pipe transport's buffer a second time.
+# Content bigger than this is handed over in slices of this size with flow control
+# (drain), so that a 50 MB message does not sit in the pipe transport's buffer a second time.
 DRAIN_ABOVE = 256 * 1024
 log = structlog.get_logger("relay-intake")
 
@@ -117,11 +117,13 @@ class GroupCommitter:
                 frame = request_frame(op, request_id, meta, size)
                 if size <= DRAIN_ABOVE:  # one pipe write (one system call) for the request
                     process.stdin.write(b"".join((frame, *content)))
-                else:
+                else:  # a big message: in slices, so the pipe's buffer never holds a copy
                     process.stdin.write(frame)
                     for chunk in content:
-                        process.stdin.write(chunk)
-                        await process.stdin.drain()
+                        view = memoryview(chunk)
+                        for start in range(0, len(view), DRAIN_ABOVE):
+                            process.stdin.write(view[start : start + DRAIN_ABOVE])
+                            await process.stdin.drain()
         except (ConnectionError, RuntimeError) as error:
             self._waiting.pop(request_id, None)
             raise OSError(errno.EIO, f"the storage process is gone: {error}") from None

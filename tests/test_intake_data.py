@@ -208,3 +208,15 @@ def test_data_dripped_a_byte_at_a_time(spool_dir: Path) -> None:
         assert raw.reply()[:3] == "250"
         ((_, content),) = accepted(spool_dir)
         assert body_after_received(content) == MESSAGE.replace(b"\n..", b"\n.")
+
+
+def test_big_message_arrives_byte_for_byte(spool_dir: Path) -> None:
+    """A 3 MiB message (read in pieces, handed to the storage process in slices) is exact."""
+    lines = [f"{number:07d} ".encode() + b"x" * (number % 90) for number in range(60000)]
+    lines[::997] = [b"." + line for line in lines[::997]]  # dot lines, stuffed by smtplib
+    message = b"Subject: big\r\n\r\n" + b"\r\n".join(lines) + b"\r\n"
+    assert len(message) > 3 * 1024 * 1024
+    with IntakeThread(spool_dir) as intake, intake.smtp() as client:
+        client.sendmail("a@example.org", ["b@example.com"], message)
+    ((_, content),) = accepted(spool_dir)
+    assert body_after_received(content) == message
