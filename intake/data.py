@@ -70,11 +70,25 @@ class DataCollector:
 
     def content(self) -> bytes:
         """The message as the client meant it: the data with the dot-stuffing removed."""
-        data = b"".join(self._chunks)
+        return b"".join(self.content_pieces())
+
+    def content_pieces(self) -> list[bytes]:
+        """The same, in the pieces it arrived in (a big message is never joined in memory).
+
+        Takes the data: the collector is empty afterwards.
+        """
+        pieces: list[bytes] = []
+        at_line_start, after_cr = True, False
+        for chunk in self._chunks:
+            piece = chunk
+            if at_line_start and piece.startswith(b"."):
+                piece = piece[1:]
+            elif after_cr and piece.startswith(b"\n."):  # CR | LF . across two pieces
+                piece = b"\n" + piece[2:]
+            pieces.append(piece.replace(b"\r\n.", _CRLF))
+            at_line_start, after_cr = chunk.endswith(_CRLF), chunk.endswith(b"\r")
         self._chunks.clear()
-        if data.startswith(b"."):
-            data = data[1:]
-        return data.replace(b"\r\n.", _CRLF)
+        return pieces
 
     def _refuse(self, problem: DataProblem) -> None:
         self.problem = problem

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from intake.commit import GroupCommitter
 from intake.data import DataCollector, DataProblem, read_data
@@ -133,6 +134,14 @@ class IntakeServer:
         await self.committer.stop()
 
 
+class IntakeEnvelope(SMTPEnvelope):
+    """aiosmtpd's envelope of one transaction, with the message as relay read it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relay_content: list[bytes] = []  # the DATA, unstuffed, in the pieces it came in
+
+
 class IntakeSMTP(SMTP):
     """One SMTP connection."""
 
@@ -174,6 +183,9 @@ class IntakeSMTP(SMTP):
         self._mail_arg = ""
         self._may_hold_reply = False  # a MAIL, RCPT or RSET reply may wait for the next
         self._held_replies: list[bytes] = []
+
+    def _create_envelope(self) -> IntakeEnvelope:
+        return IntakeEnvelope()
 
     # -- connection life -------------------------------------------------------------
 
@@ -367,9 +379,9 @@ class IntakeSMTP(SMTP):
                             if collector.problem is DataProblem.LINE_TOO_LONG
                             else "552 Error: Too much mail data")
             return
-        content = collector.content()
-        self.envelope.content = content
-        self.envelope.original_content = content
+        # The pieces as they came: a 50 MB message is never joined into one more copy.
+        assert isinstance(self.envelope, IntakeEnvelope)
+        self.envelope.relay_content = collector.content_pieces()
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
@@ -527,7 +539,7 @@ class IntakeHandler:
                                  authenticated=bool(smtp.auth_name))
         trace = received_line(helo=session.host_name or "", client_ip=smtp.client_ip,
                               domain=self.config.domain, protocol=protocol)
-        content: bytes = envelope.original_content
+        content: list[bytes] = envelope.relay_content
         model = Envelope(
             sender=_sender(envelope.mail_from),
             to_local=tuple(envelope.relay_to_local),
@@ -540,13 +552,13 @@ class IntakeHandler:
         )
         smtp.busy = True
         try:
-            reply = await self._store(smtp, (trace, content), model)
+            reply = await self._store(smtp, (trace, *content), model)
         finally:
             smtp.busy = False
         checkpoint("before_reply")
         return reply
 
-    async def _store(self, smtp: IntakeSMTP, content: tuple[bytes, bytes],
+    async def _store(self, smtp: IntakeSMTP, content: tuple[bytes, ...],
                      model: Envelope) -> str:
         committer = self.server.committer
         trigger = False
@@ -583,7 +595,7 @@ class IntakeHandler:
         self._trigger(trigger)
         self.log.info("message_stored", msg_id=pending.message_id, client=smtp.client_ip,
                       **{"from": model.sender, "to": ",".join(model.recipients)},
-                      size=len(content[1]))
+                      size=sum(map(len, content[1:])))
         return f"250 2.0.0 OK queued as {pending.message_id}"
 
     def _trigger(self, wanted: bool) -> None:

@@ -121,6 +121,20 @@ def test_the_first_problem_decides_the_reply(size_limit: int, problem: DataProbl
     assert asyncio.run(read_in_pieces(wire, [300], 65536, size_limit))[0] is problem
 
 
+@pytest.mark.parametrize(("pieces", "content"), [
+    ([b"a\r", b"\n.b\r\n"], b"a\r\nb\r\n"),  # CR | LF . : the dot starts a line
+    ([b"a\r\n", b"..b\r\n"], b"a\r\n.b\r\n"),  # CRLF | . : likewise
+    ([b"a", b".b\r\n"], b"a.b\r\n"),  # not at a line start: kept
+    ([b"a\r", b".\n"], b"a\r.\n"),  # CR | . is no line start either
+])
+def test_unstuffing_across_pieces(pieces: list[bytes], content: bytes) -> None:
+    """A stuffed dot right after a piece boundary is removed only at a line start."""
+    collector = DataCollector(None)
+    for piece in pieces:
+        collector.add(piece)
+    assert collector.content() == content
+
+
 def test_refused_data_is_not_kept() -> None:
     """Once over the size limit, nothing more is held in memory."""
     collector = DataCollector(100)
