@@ -7,7 +7,8 @@ everything queued at one wake-up in one batch. Unlinking frees the content's blo
 slowest system call per message (on a file system mounted with `discard` it waits for the
 device, ~0.1 ms for 4 KiB, ~15 ms for 50 MB), which would stall every connection of the
 event loop; and one thread fed by a queue costs far less per message than a round trip
-through the default thread pool.
+through the default thread pool. The queue is bounded (`MAX_QUEUED`): each waiting claim
+holds a descriptor, so when the thread falls that far behind a worker removes its own.
 
 (Removing small messages on the event loop itself was measured too: ~10% less CPU per
 message, as the thread's every system call has to win the GIL back from the busy loop,
@@ -33,14 +34,20 @@ import structlog
 
 from spool import Claim
 
+# At most this many claims (each an open descriptor) wait for the thread. Beyond, a worker
+# removes its own message: the event loop slows down rather than run out of descriptors.
+MAX_QUEUED = 256
+
 
 class Remover:
     """Removes handed-over claims in a thread of its own; `close()` waits for the last one."""
 
-    def __init__(self, log: Any = None) -> None:
+    def __init__(self, log: Any = None, max_queued: int = MAX_QUEUED) -> None:
         self.log: Any = log if log is not None else structlog.get_logger("relay-deliver")
+        self.max_queued = max_queued
         self._queue: queue.SimpleQueue[Claim | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the counts below may change in two threads at once
         self.removed = 0
         self.failures = 0
         # Ids whose removal failed with the envelope still there (as `.busy`, lock dropped).
@@ -51,6 +58,9 @@ class Remover:
 
         The caller must not use *claimed* afterwards (it is closed in the remover thread).
         """
+        if self._queue.qsize() >= self.max_queued:
+            self._remove(claimed)  # the thread is far behind: do this one here and now
+            return
         if self._thread is None:
             # Started on first use, so that a run that sends nothing costs no thread.
             self._thread = threading.Thread(target=self._run, name="relay-remover",
@@ -87,14 +97,16 @@ class Remover:
             claimed.remove()  # closes the descriptor (drops the lock) even when it fails
         except Exception as error:  # the thread must outlive any one message's trouble
             kept = os.path.lexists(claimed.envelope_path)
-            self.failures += 1
-            if kept:
-                self.left_behind.append(claimed.message_id)
+            with self._lock:
+                self.failures += 1
+                if kept:
+                    self.left_behind.append(claimed.message_id)
             reason = (error.strerror or str(error)) if isinstance(error, OSError) else repr(error)
             self.log.error("removal_failed", msg_id=claimed.message_id, reason=reason,
                            envelope_kept=kept)
         else:
-            self.removed += 1
+            with self._lock:
+                self.removed += 1
 
 
-__all__ = ["Remover"]
+__all__ = ["MAX_QUEUED", "Remover"]

@@ -96,6 +96,19 @@ def test_a_failed_removal_that_keeps_the_envelope_leaves_it_recoverable(spool: S
     os.rmdir(busy)
 
 
+def test_a_full_queue_makes_the_caller_remove_its_own(spool: Spool) -> None:
+    """With the queue at its bound, hand_over removes the message before it returns (no
+    descriptor waits), and the thread is not needed for it."""
+    remover = Remover(Recorder(), max_queued=0)
+    for held in claimed(spool, 20):
+        remover.hand_over(held)
+        assert held.fd == -1
+        assert not any(n.startswith(held.message_id) for n in os.listdir(spool.path))
+    assert [t for t in threading.enumerate() if t.name == "relay-remover"] == []
+    assert remover.removed == 20
+    remover.close()
+
+
 def test_close_without_hand_over_and_hand_over_after_close(spool: Spool) -> None:
     """close() with nothing handed over returns at once; a later hand-over starts a new thread."""
     remover = Remover(Recorder())
