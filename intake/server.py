@@ -325,8 +325,8 @@ class IntakeSMTP(SMTP):
             rest: str | None
             try:
                 address, rest = super()._getaddr(arg)
-            except IndexError:  # the parser's own bug on a lone "<": a malformed address
-                return None, None
+            except (IndexError, AttributeError):  # the parser's own bugs ("<", "+@[", ...):
+                return None, None  # a malformed address (553), not a local error (451)
             return address, rest
         address = match[1]
         if self.local_part_limit and address.rindex("@") > self.local_part_limit:
