@@ -164,7 +164,7 @@ _ADDRESS_PIECES = st.sampled_from(["<", ">", "a", "Bc", ".", "@", " ", "\t", "("
                                    "\\", "example.com", "_", "<>"])
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(arg=st.lists(_ADDRESS_PIECES, max_size=14).map("".join),
        local_part_limit=st.sampled_from([0, 3]))
 def test_path_shortcut_agrees_with_aiosmtpd(arg: str, local_part_limit: int) -> None:
