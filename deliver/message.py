@@ -284,14 +284,16 @@ def _read_content(path: str) -> tuple[bytes, float]:
     """The content file's bytes and mtime, in as few system calls as can be.
 
     Python's `open().read()` costs ten per file (an isatty probe, seeks, three fstats);
-    this is open, fstat, one read of the whole file, one read that finds the end, close.
+    this is open, fstat, one read of the whole file (asking one byte more than its size:
+    a short read is the end), close.
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         content = os.read(fd, info.st_size + 1)
-        while more := os.read(fd, 1 << 20):  # it grew meanwhile (or is no regular file)
-            content += more
+        if len(content) > info.st_size:  # it grew meanwhile (or is no regular file)
+            while more := os.read(fd, 1 << 20):
+                content += more
     finally:
         os.close(fd)
     return content, info.st_mtime

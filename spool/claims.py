@@ -17,7 +17,7 @@ import fcntl
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spool.envelope import Envelope, EnvelopeError, parse_envelope, reason_lines, trailer_line
@@ -27,6 +27,7 @@ from spool.testhooks import checkpoint
 
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 DEFERRAL_KEY = "X-Relay-Deferred"
+_READ_SIZE = 65536
 
 
 def _try_lock(fd: int) -> bool:
@@ -44,22 +45,22 @@ class Claim:
     spool: Spool
     message_id: str
     fd: int
+    envelope_path: str = field(init=False)  # the `.envelope.busy` file
+    content_path: str = field(init=False)
 
-    @property
-    def envelope_path(self) -> str:
-        return str(self.spool.envelope_path(self.message_id, State.BUSY))
-
-    @property
-    def content_path(self) -> str:
-        return str(self.spool.content_path(self.message_id))
+    def __post_init__(self) -> None:
+        self.envelope_path = self.spool.envelope_file(self.message_id, State.BUSY)
+        self.content_path = self.spool.content_file(self.message_id)
 
     def read_envelope(self) -> Envelope:
         """Parse the claimed envelope; EnvelopeError names the file, line and problem."""
         chunks: list[bytes] = []
         offset = 0
-        while chunk := os.pread(self.fd, 65536, offset):
+        while chunk := os.pread(self.fd, _READ_SIZE, offset):
             chunks.append(chunk)
             offset += len(chunk)
+            if len(chunk) < _READ_SIZE:  # a short read of a regular file: its end
+                break
         return parse_envelope(b"".join(chunks), path=self.envelope_path)
 
     def _append(self, text: str, *, sync: bool) -> None:
@@ -70,7 +71,7 @@ class Claim:
             os.fsync(self.fd)
 
     def _move(self, state: State) -> None:
-        os.rename(self.envelope_path, self.spool.envelope_path(self.message_id, state))
+        os.rename(self.envelope_path, self.spool.envelope_file(self.message_id, state))
 
     def _close(self) -> None:
         if self.fd >= 0:
@@ -124,7 +125,7 @@ class Claim:
 
 def claim(spool: Spool, message_id: str) -> Claim | None:
     """Claim a waiting message, or None if it is gone or another worker has it."""
-    ready = spool.envelope_path(message_id, State.READY)
+    ready = spool.envelope_file(message_id, State.READY)
     try:
         fd = os.open(ready, _OPEN_FLAGS)
     except (FileNotFoundError, PermissionError):
@@ -137,7 +138,7 @@ def claim(spool: Spool, message_id: str) -> Claim | None:
         if not _try_lock(fd):
             os.close(fd)
             return None
-        busy = spool.envelope_path(message_id, State.BUSY)
+        busy = spool.envelope_file(message_id, State.BUSY)
         try:
             os.rename(ready, busy)
         except FileNotFoundError:

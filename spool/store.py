@@ -206,6 +206,7 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str], *, check: bool = True) -> None:
         self.path = Path(directory)
+        self.directory = str(self.path)  # for the string paths of the per-message hot path
         if check:
             check_spool_directory(self.path)
 
@@ -217,6 +218,14 @@ class Spool:
 
     def envelope_path(self, message_id: str, state: State) -> Path:
         return self.path / envelope_name(message_id, state)
+
+    def envelope_file(self, message_id: str, state: State) -> str:
+        """`envelope_path` as a string, without building a Path (deliver's hot path)."""
+        return f"{self.directory}/{envelope_name(message_id, state)}"
+
+    def content_file(self, message_id: str) -> str:
+        """`content_path` as a string, without building a Path."""
+        return f"{self.directory}/{content_name(message_id)}"
 
     # -- writing -----------------------------------------------------------------------
 
