@@ -65,6 +65,9 @@ class Claim:
 
     def _append(self, text: str, *, sync: bool) -> None:
         data = text.encode("utf-8")
+        size = os.fstat(self.fd).st_size
+        if size and os.pread(self.fd, 1, size - 1) != b"\n":
+            data = b"\r\n" + data  # a hand-written envelope without a final line break
         while data:
             data = data[os.write(self.fd, data) :]
         if sync:

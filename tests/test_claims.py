@@ -107,6 +107,24 @@ def test_fail_appends_reason_and_moves_to_bad(spool: Spool) -> None:
     assert failed.sender == ENVELOPE.sender
 
 
+def test_reasons_after_a_hand_written_envelope_without_final_line_break(spool: Spool) -> None:
+    """An envelope dropped in by hand that ends without CRLF: the Reason lines (and a
+    deferral's line) start a line of their own, and the file still parses."""
+    message_id = spool.store(b"body\r\n", ENVELOPE)
+    ready = spool.envelope_path(message_id, State.READY)
+    ready.write_bytes(ready.read_bytes().removesuffix(b"\r\n"))
+    held = claim(spool, message_id)
+    assert held is not None
+    held.release(reason="451 try later")
+    again = claim(spool, message_id)
+    assert again is not None
+    again.fail("550 no such user", 550)
+    data = spool.envelope_path(message_id, State.BAD).read_bytes()
+    assert b"X-MailRelay-End: 1\r\nX-Relay-Deferred: " in data
+    failed = read_envelope(spool, message_id, State.BAD)
+    assert failed.reasons == ["550 no such user"] and failed.reason_codes == ["550"]
+
+
 def test_remove_deletes_envelope_and_content(spool: Spool) -> None:
     """A claimed message that is done is removed entirely, envelope and content."""
     message_id = spool.store(b"body\r\n", ENVELOPE)
