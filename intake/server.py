@@ -6,10 +6,10 @@ access and limits at connect, the early-talker check, an idle timeout that count
 bytes, AUTH bookkeeping (CRAM-MD5, three strikes), closing after the current transaction
 when the server stops, and three things done cheaper than aiosmtpd does them: DATA read in
 chunks (`intake.data`), the replies to a pipelined group sent in one write, and everyday
-paths parsed without aiosmtpd's general address parser. `IntakeHandler` implements aiosmtpd's handle_* hooks
-by asking `intake.policy`, `intake.filters` and `intake.auth` and storing through
-`intake.commit`. Message files are written only through `spool` (via the committer);
-this module reads no files except through filters it runs.
+paths parsed without aiosmtpd's general address parser. `IntakeHandler` implements
+aiosmtpd's handle_* hooks by asking `intake.policy`, `intake.filters` and `intake.auth`
+and storing through `intake.commit`. Message files are written only through `spool` (via
+the committer); this module reads no files except through filters it runs.
 """
 
 from __future__ import annotations
