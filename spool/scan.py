@@ -84,6 +84,14 @@ class RecoveryReport:
     temp_removed: list[str] = field(default_factory=list)
 
 
+def _age(path: str | os.PathLike[str], now: float) -> float:
+    """Seconds since *path* was modified; 0 (too young to touch) when it is gone."""
+    try:
+        return now - os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def recover(
     spool: Spool,
     *,
@@ -99,39 +107,50 @@ def recover(
     """
     now = time.time() if now is None else now
     report = RecoveryReport()
+    # One listing and no stat for the common case: only what may be debris (an envelope
+    # that is only `.new`, content without an envelope, a temporary file) is looked at
+    # closer. (With 100,000 messages queued this was two listings and 200,000 stats.)
     states: dict[str, set[State]] = {}
-    content_mtime: dict[str, float] = {}
-    for entry in entries(spool, stat_content=True):
-        if entry.state is None:
-            content_mtime[entry.message_id] = entry.mtime
-        else:
-            states.setdefault(entry.message_id, set()).add(entry.state)
+    contents: list[str] = []
+    temporary: list[str] = []
+    with os.scandir(spool.path) as listing:
+        for item in listing:
+            name = item.name
+            if name.endswith(TEMP_SUFFIX) and not name.startswith("."):
+                temporary.append(item.path)
+                continue
+            parsed = parse_name(name)
+            if parsed is None:
+                continue
+            message_id, state = parsed
+            if state is None:
+                contents.append(message_id)
+            else:
+                states.setdefault(message_id, set()).add(state)
     for message_id, found in states.items():
         if State.BUSY in found and recover_busy(spool, message_id):
             report.busy_recovered.append(message_id)
-        if found == {State.NEW}:
-            path = spool.envelope_path(message_id, State.NEW)
+        if found != {State.NEW}:
+            continue
+        if _age(spool.envelope_file(message_id, State.NEW), now) > new_max_age:
+            remove_message(spool, message_id, State.NEW)
+            report.new_removed.append(message_id)
+    for message_id in contents:
+        # A content whose envelope was committed after the listing is young: never removed.
+        if message_id in states:
+            continue
+        path = spool.content_file(message_id)
+        if _age(path, now) > orphan_max_age:
             try:
-                age = now - os.lstat(path).st_mtime
-            except FileNotFoundError:
-                continue
-            if age > new_max_age:
-                remove_message(spool, message_id, State.NEW)
-                report.new_removed.append(message_id)
-    for message_id, mtime in content_mtime.items():
-        if message_id not in states and now - mtime > orphan_max_age:
-            try:
-                os.unlink(spool.content_path(message_id))
+                os.unlink(path)
             except FileNotFoundError:
                 continue
             report.orphans_removed.append(message_id)
-    with os.scandir(spool.path) as listing:
-        for item in listing:
-            if item.name.endswith(TEMP_SUFFIX) and not item.name.startswith("."):
-                try:
-                    if now - item.stat(follow_symlinks=False).st_mtime > new_max_age:
-                        os.unlink(item.path)
-                        report.temp_removed.append(item.name)
-                except FileNotFoundError:
-                    continue
+    for path_text in temporary:
+        if _age(path_text, now) > new_max_age:
+            try:
+                os.unlink(path_text)
+            except FileNotFoundError:
+                continue
+            report.temp_removed.append(os.path.basename(path_text))
     return report
