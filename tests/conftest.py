@@ -1,8 +1,9 @@
-"""Shared fixtures: a private spool directory and a controllable SMTP sink."""
+"""Shared fixtures: a private spool directory, a controllable SMTP sink, a small disk."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,3 +35,20 @@ def sink() -> Iterator[Sink]:
     """A running aiosmtpd sink on 127.0.0.1 that accepts everything until told otherwise."""
     with Sink() as running:
         yield running
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs mounted for this test (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill the spool's disk needs root")
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
+                              str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
