@@ -60,10 +60,7 @@ def test_smuggled_second_transaction_stays_inside_one_message(spool_dir: Path,
                 b"From: admin@example.org\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n")
     with IntakeThread(spool_dir) as intake:
         raw = RawClient(intake.port)
-        raw.command(b"EHLO client.test")
-        raw.command(b"MAIL FROM:<a@example.org>")
-        raw.command(b"RCPT TO:<b@example.com>")
-        assert raw.command(b"DATA")[:3] == "354"
+        raw.start_data()
         raw.send(b"Subject: one\r\n\r\nfirst" + trick + smuggled + b".\r\n")
         assert raw.reply()[:3] == "250"
         assert raw.command(b"QUIT")[:3] == "221"  # no replies to a second MAIL/RCPT/DATA

@@ -225,10 +225,7 @@ def test_data_dripped_a_byte_at_a_time(spool_dir: Path) -> None:
     """DATA arriving in one-byte writes (CRLF and the end line split) is read correctly."""
     with IntakeThread(spool_dir) as intake:
         raw = RawClient(intake.port)
-        raw.command(b"EHLO client.test")
-        raw.command(b"MAIL FROM:<a@example.org>")
-        raw.command(b"RCPT TO:<b@example.com>")
-        assert raw.command(b"DATA")[:3] == "354"
+        raw.start_data()
         for byte in MESSAGE + b".\r\n":
             raw.send(bytes([byte]))
         assert raw.reply()[:3] == "250"

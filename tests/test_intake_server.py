@@ -103,6 +103,13 @@ class RawClient:
         self.send(line + b"\r\n")
         return self.reply()
 
+    def start_data(self) -> None:
+        """EHLO, MAIL FROM:<a@example.org>, RCPT TO:<b@example.com>, DATA: ready for content."""
+        self.command(b"EHLO client.test")
+        self.command(b"MAIL FROM:<a@example.org>")
+        self.command(b"RCPT TO:<b@example.com>")
+        assert self.command(b"DATA")[:3] == "354"
+
     def closed(self, timeout: float = 5) -> bool:
         """True when the server closes the connection (any pending replies are skipped)."""
         self.sock.settimeout(timeout)
@@ -282,10 +289,7 @@ def test_size_limits_declared_and_undeclared(spool_dir: Path) -> None:
             code, _ = client.mail("a@example.org", ["SIZE=20000"])
             assert code == 552
         raw = RawClient(intake.port)  # smtplib would declare SIZE=; this client does not
-        raw.command(b"EHLO client.test")
-        raw.command(b"MAIL FROM:<a@example.org>")
-        raw.command(b"RCPT TO:<b@example.com>")
-        assert raw.command(b"DATA")[:3] == "354"
+        raw.start_data()
         raw.send(b"Subject: big\r\n\r\n" + (b"z" * 70 + b"\r\n") * 4000 + b".\r\n")
         assert raw.reply()[:3] == "552"
         assert raw.command(b"NOOP")[:3] == "250"
@@ -324,10 +328,7 @@ def test_bare_lf_or_cr_end_of_data_never_splits_a_message(intake: IntakeThread,
                                                           trick: bytes) -> None:
     """SMTP smuggling: a fake end-of-data with bare LF/CR keeps everything in one message."""
     raw = RawClient(intake.port)
-    raw.command(b"EHLO client.test")
-    raw.command(b"MAIL FROM:<a@example.org>")
-    raw.command(b"RCPT TO:<b@example.com>")
-    assert raw.command(b"DATA")[:3] == "354"
+    raw.start_data()
     smuggled = (b"Subject: one\r\n\r\nfirst" + trick + b"MAIL FROM:<admin@example.org>\r\n"
                 b"RCPT TO:<victim@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n")
     raw.send(smuggled + b".\r\n")
@@ -380,10 +381,7 @@ def test_slow_but_steady_data_is_not_idle(spool_dir: Path) -> None:
     """Bytes arriving during DATA keep a session alive past the idle timeout."""
     with IntakeThread(spool_dir, "--idle-timeout", "0.5") as intake:
         raw = RawClient(intake.port)
-        raw.command(b"EHLO client.test")
-        raw.command(b"MAIL FROM:<a@example.org>")
-        raw.command(b"RCPT TO:<b@example.com>")
-        assert raw.command(b"DATA")[:3] == "354"
+        raw.start_data()
         raw.send(b"Subject: slow\r\n\r\n")
         for _ in range(8):
             time.sleep(0.15)
