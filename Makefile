@@ -23,7 +23,7 @@ run: $(STAMP)
 test: $(STAMP) lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check spool intake deliver tools tests bench
+	$(BIN)/ruff check common spool intake deliver tools tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench import big_message, big_spool, drain, durable_intake, end_to_end, idle
 from bench.common import BenchError, Context, Row, Sizes, relay_available
-from spool import eventloop
+from common import eventloop
 
 BENCHMARKS: dict[str, tuple[Callable[[Context], list[Row]], tuple[str, ...]]] = {
     # In this order: the benchmarks that delete many files (deliver does) come after the

@@ -1,6 +1,6 @@
 """Client filters (`--client-filter`): E-MailRelay's programs run on each message before it is sent.
 
-Each filter runs (through `spool.programs.run_program`) as `prog <content-path>
+Each filter runs (through `common.programs.run_program`) as `prog <content-path>
 <envelope-path>` with the claimed `.busy` envelope, in order; the exit code decides
 (design.md section 4, deliver column). A filter may edit both files; deliver re-reads the
 envelope afterwards. This module reads the programs' output only; it never touches spool
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from spool.programs import ProgramResult, run_program
+from common.programs import ProgramResult, run_program
 
 REJECT_CODE = 550
 

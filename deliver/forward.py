@@ -3,7 +3,7 @@
 `SmarthostConnection.transact(route, envelope, content)` sends one message (the stored
 bytes, unchanged) and reports an `outcome.Attempt`; it never raises for anything the
 smarthost does. The connection is kept for the next message to the same route and dropped
-after any error. Reads the client secrets file (through `spool.secrets.SecretsFile`) and
+after any error. Reads the client secrets file (through `common.secrets.SecretsFile`) and
 the CA file; never touches the spool, never logs a password.
 
 The transaction is aiosmtplib's `sendmail()` spelled out (EHLO, MAIL, RCPT..., DATA with
@@ -25,9 +25,9 @@ import aiosmtplib
 import structlog
 from aiosmtplib.response import SMTPResponse
 
+from common.secrets import SecretsError, SecretsFile
 from deliver.outcome import Attempt, Reply, Stage
 from spool import Envelope
-from spool.secrets import SecretsError, SecretsFile
 
 log = structlog.get_logger("relay-deliver")
 

@@ -18,14 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common import eventloop
+from common.config import ConfigError, Option, load_settings, resolve_path, split_host_port
+from common.logs import setup_logging
+from common.secrets import SecretsError, SecretsFile
 from deliver.forward import ForwardSettings, Route, SmarthostConnection
 from deliver.message import MessageHandler, Policy
 from deliver.outcome import parse_duration
 from deliver.scheduler import RunStats, Scheduler
-from spool import Spool, SpoolError, eventloop
-from spool.config import ConfigError, Option, load_settings, resolve_path, split_host_port
-from spool.logs import setup_logging
-from spool.secrets import SecretsError, SecretsFile
+from spool import Spool, SpoolError
 
 PROGRAM = "relay-deliver"
 DEFAULT_SPOOL_DIR = "/var/spool/relay"

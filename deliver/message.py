@@ -19,13 +19,13 @@ from typing import Any
 
 import structlog
 
+from common.config import ConfigError, split_host_port
 from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
 from deliver.forward import Route, SmarthostConnection
 from deliver.outcome import Deferred, Failed, Reply, Sent, classify, next_attempt
 from deliver.remover import Remover
 from spool import Claim, Envelope, EnvelopeError, Spool, claim
 from spool.claims import DEFERRAL_KEY
-from spool.config import ConfigError, split_host_port
 from spool.envelope import trailer_fields
 from spool.testhooks import checkpoint
 

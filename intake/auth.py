@@ -2,7 +2,7 @@
 
 `Authenticator` is aiosmtpd's authenticator callback for PLAIN and LOGIN; `check_cram_md5`
 verifies a CRAM-MD5 response (RFC 2195). Trust by `server none` lines is looked up with
-`trusted_keyword`. Reads the secrets file only (through `spool.secrets.SecretsFile`, which
+`trusted_keyword`. Reads the secrets file only (through `common.secrets.SecretsFile`, which
 rereads it when it changes); never logs a password.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from spool.secrets import SecretsFile
+from common.secrets import SecretsFile
 
 MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
 

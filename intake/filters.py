@@ -1,8 +1,8 @@
 """Server filters (`--filter`) and the address verifier (`--address-verifier`).
 
 E-MailRelay's protocols (design.md section 4): what each exit code means is decided here,
-in pure functions over `spool.programs.ProgramResult`; the programs are run by
-`spool.programs.run_program` (no shell, stdin /dev/null, PATH=/usr/bin:/bin, a timeout,
+in pure functions over `common.programs.ProgramResult`; the programs are run by
+`common.programs.run_program` (no shell, stdin /dev/null, PATH=/usr/bin:/bin, a timeout,
 then SIGKILL to the process group). A filter may read and edit the message's content file
 and its `.envelope.new`; this module itself reads and writes no files.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spool.programs import ProgramResult, printable_reply, run_program
+from common.programs import ProgramResult, printable_reply, run_program
 
 
 class FilterAction(enum.Enum):

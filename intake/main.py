@@ -20,11 +20,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from common import eventloop
+from common.config import ConfigError, load_settings
+from common.logs import setup_logging
 from intake.server import IntakeServer
 from intake.settings import DESCRIPTION, OPTIONS, PROGRAM, IntakeConfig, build_config
-from spool import Spool, SpoolError, eventloop
-from spool.config import ConfigError, load_settings
-from spool.logs import setup_logging
+from spool import Spool, SpoolError
 
 EX_BIND = 2
 EX_CONFIG = os.EX_CONFIG

@@ -26,6 +26,7 @@ from typing import Any, AnyStr, cast
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
+from common.xtext import XtextError, xtext_decode
 from intake.commit import GroupCommitter
 from intake.data import DataCollector, DataProblem, read_data
 from intake.filters import FilterAction, VerifierOutcome, run_filters, verify_address
@@ -46,7 +47,6 @@ from intake.settings import IntakeConfig
 from spool import Envelope, Spool
 from spool.envelope import EnvelopeError
 from spool.testhooks import checkpoint
-from spool.xtext import XtextError, xtext_decode
 
 COMMAND_SIZE_LIMIT = 512
 # The most a connection's stream buffers before it stops reading the socket (twice this).

@@ -1,6 +1,6 @@
 """relay-intake's options and the validated configuration built from them.
 
-Options come through `spool.config.load_settings` (flags > RELAY_* > the `[intake]` table
+Options come through `common.config.load_settings` (flags > RELAY_* > the `[intake]` table
 and shared keys of the config file > defaults). `build_config` checks them and loads what
 they point to (secrets file, TLS certificate): every problem is a `ConfigError` naming the
 option, so that main exits 78. Reads the secrets and certificate files; writes nothing.
@@ -14,10 +14,10 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
+from common import eventloop
+from common.config import ConfigError, Option, resolve_path
+from common.secrets import SecretsError, SecretsFile
 from intake.auth import Authenticator
-from spool import eventloop
-from spool.config import ConfigError, Option, resolve_path
-from spool.secrets import SecretsError, SecretsFile
 
 PROGRAM = "relay-intake"
 DESCRIPTION = "relay's SMTP intake: stores each message durably in the spool before 250."

@@ -1,12 +1,14 @@
-"""relay's shared library. Its modules are the only code that touches spool files.
+"""The spool: its modules are the only code that touches spool files.
 
 - `envelope`: the envelope model, `parse_envelope`/`format_envelope` (pure).
 - `names`: states (`State`) and file names (pure).
 - `store`: the `Spool` directory and durable, group-committable writes.
 - `claims`: claim/release/fail/unfail/remove, each one rename.
 - `scan`: what is due (mtime = due time), recovery of debris.
-- `config`, `logs`, `secrets`, `programs`: settings, logging, the secrets file, and
-  running filters/verifiers: shared by intake, deliver and tools, which share nothing else.
+- `testhooks`: named fault points for the crash tests.
+
+What the programs share beyond the spool (settings, logs, secrets, running programs) is in
+`common/`.
 """
 
 from spool.claims import Claim, claim, read_envelope, recover_busy, remove_message, unfail

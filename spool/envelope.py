@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from spool.xtext import XtextError, xtext_decode, xtext_encode
+from common.xtext import XtextError, xtext_decode, xtext_encode
 
 FORMAT_LATEST = "#2821.8"
 PREFIX = "X-MailRelay-"

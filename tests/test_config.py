@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spool.config import (
+from common.config import (
     ConfigError,
     Option,
     convert,

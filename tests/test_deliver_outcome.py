@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.programs import ProgramResult
 from deliver.clientfilter import FilterVerdict, interpret
 from deliver.outcome import (
     Attempt,
@@ -18,7 +19,6 @@ from deliver.outcome import (
     next_attempt,
     parse_duration,
 )
-from spool.programs import ProgramResult
 
 OK = Reply(250, "OK")
 

@@ -22,8 +22,8 @@ from test_intake_process import IntakeProcess
 from test_intake_server import MESSAGE, RawClient, body_after_received
 from test_reliability_intake import DELIVER
 
-from spool import eventloop
-from spool.config import ConfigError
+from common import eventloop
+from common.config import ConfigError
 
 LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(
     not eventloop.uvloop_installed(), reason="uvloop (the fast extra) is not installed"))]

@@ -15,9 +15,9 @@ from test_intake_server import (
     message_files,
 )
 
+from common.programs import ProgramResult
 from intake.filters import FilterAction, interpret_filter
 from spool.names import TRIGGER_NAME
-from spool.programs import ProgramResult
 
 
 def script(tmp_path: Path, name: str, body: str) -> Path:

@@ -1,4 +1,4 @@
-"""spool.logs: one line shape for relay's own lines and the libraries', in every format."""
+"""common.logs: one line shape for relay's own lines and the libraries', in every format."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from spool.logs import setup_logging
+from common.logs import setup_logging
 
 _PROGRAM = """
 import logging, sys
-from spool.logs import setup_logging
+from common.logs import setup_logging
 log = setup_logging("relay-test", log_format=sys.argv[1], syslog=sys.argv[2] == "1",
                     verbose=sys.argv[3] == "1")
 log.info("message_stored", msg_id="emailrelay.1.2.3", size=42, **{"from": "a@b"})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spool.programs import ProgramResult, printable_reply, run_program
+from common.programs import ProgramResult, printable_reply, run_program
 
 
 def _script(tmp_path: Path, body: str, name: str = "prog") -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spool.secrets import SecretsError, SecretsFile, TrustRule, parse_secrets
+from common.secrets import SecretsError, SecretsFile, TrustRule, parse_secrets
 
 SAMPLE = """\
 # E-MailRelay secrets

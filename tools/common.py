@@ -17,8 +17,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from common.config import Option
 from spool import Spool, SpoolError
-from spool.config import Option
 from spool.names import TOOLS_LOCK_NAME, State
 
 DEFAULT_SPOOL_DIR = "/var/spool/relay"

@@ -31,11 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.config import ConfigError, Option, load_settings
+from common.logs import setup_logging
 from spool import Envelope, EnvelopeError, Spool, SpoolError, State, entries, parse_envelope
 from spool.claims import archive_failed, remove_message
-from spool.config import ConfigError, Option, load_settings
 from spool.envelope import REASON_CODE_KEY, REASON_KEY, check_address
-from spool.logs import setup_logging
 from spool.names import TOOLS_LOCK_NAME
 from tools.common import (
     DRY_RUN_OPTION,

@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from common.config import ConfigError, load_settings
+from common.logs import setup_logging
 from spool import SpoolError, State, entries, unfail
-from spool.config import ConfigError, load_settings
-from spool.logs import setup_logging
 from spool.store import fsync_directory
 from tools.common import (
     DRY_RUN_OPTION,

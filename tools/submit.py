@@ -32,8 +32,8 @@ from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from pathlib import Path
 from typing import BinaryIO
 
+from common.config import ConfigError, Option, load_settings
 from spool import Envelope, SpoolError
-from spool.config import ConfigError, Option, load_settings
 from spool.store import MessageWriter, Spool
 from tools.common import SPOOL_DIR_OPTION, fail, local_domain
 

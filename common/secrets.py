@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spool.xtext import XtextError, xtext_decode
+from common.xtext import XtextError, xtext_decode
 
 
 class SecretsError(ValueError):

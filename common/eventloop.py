@@ -15,7 +15,7 @@ import importlib.util
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from spool.config import ConfigError, Option
+from common.config import ConfigError, Option
 
 CHOICES = ("auto", "asyncio", "uvloop")
 EVENT_LOOP_OPTION = Option(
