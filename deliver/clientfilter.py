@@ -2,7 +2,7 @@
 
 Each filter runs (through `common.programs.run_program`) as `prog <content-path>
 <envelope-path>` with the claimed `.busy` envelope, in order; the exit code decides
-(design.md section 4, deliver column). A filter may edit both files; deliver re-reads the
+(docs/deliver.md, *Client filters*). A filter may edit both files; deliver re-reads the
 envelope afterwards. This module reads the programs' output only; it never touches spool
 files itself.
 """

@@ -1,6 +1,6 @@
 """Server filters (`--filter`) and the address verifier (`--address-verifier`).
 
-E-MailRelay's protocols (design.md section 4): what each exit code means is decided here,
+E-MailRelay's protocols (docs/intake.md): what each exit code means is decided here,
 in pure functions over `common.programs.ProgramResult`; the programs are run by
 `common.programs.run_program` (no shell, stdin /dev/null, PATH=/usr/bin:/bin, a timeout,
 then SIGKILL to the process group). A filter may read and edit the message's content file
@@ -39,7 +39,7 @@ ACCEPTED = FilterOutcome(FilterAction.ACCEPT)
 
 
 def interpret_filter(result: ProgramResult, program: str) -> FilterOutcome:
-    """One filter's exit code, as the table of design.md section 4 has it."""
+    """One filter's exit code, as the table in docs/intake.md has it."""
     code = result.exit_code
     if code is None:
         # A hung filter is a local fault, not the message's: temporary, so the client retries.

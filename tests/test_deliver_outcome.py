@@ -115,7 +115,7 @@ def test_parse_duration() -> None:
     ],
 )
 def test_client_filter_exit_codes(code: int | None, verdict: FilterVerdict) -> None:
-    """E-MailRelay's client filter exit codes (design.md section 4, deliver column)."""
+    """E-MailRelay's client filter exit codes (docs/deliver.md, *Client filters*)."""
     assert interpret("f", ProgramResult(code, "", "")).verdict is verdict
 
 

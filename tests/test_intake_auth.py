@@ -1,5 +1,5 @@
 """relay-intake's STARTTLS and AUTH (PLAIN, LOGIN, CRAM-MD5) with a throwaway trustme CA,
-and the access rules of design.md section 5 (no open relay in the recommended setups)."""
+and the access rules of docs/intake.md, *Access* (no open relay in the recommended setups)."""
 
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def test_broken_or_hung_filter_answers_451(spool_dir: Path, tmp_path: Path, body
 
 
 def test_filter_exit_codes_table() -> None:
-    """interpret_filter maps every exit code as design.md section 4 says."""
+    """interpret_filter maps every exit code as docs/intake.md, *Server filters*, says."""
     def outcome(code: int | None, out: str = "") -> FilterAction:
         return interpret_filter(ProgramResult(code, out, ""), "f").action
 

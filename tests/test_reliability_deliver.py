@@ -1,6 +1,6 @@
 """Data safety at deliver: kill -9 after the smarthost's 250 and before cleanup (the message
 arrives twice, never zero times), kill -9 in the middle of sending DATA (delivered later,
-once), and a smarthost that misbehaves at every stage (design.md section 3).
+once), and a smarthost that misbehaves at every stage (docs/architecture.md, section 4).
 
 Also `ScriptedSmarthost`, used by test_abuse*: a raw-socket SMTP server (no SMTP library)
 that records the exact bytes of each DATA as they came over the wire and can be told to
