@@ -40,6 +40,7 @@ from intake.policy import (
     client_port,
     helo_problem,
     is_loopback,
+    path_problem,
     storage_error_reply,
 )
 from intake.received import protocol_name, received_line
@@ -458,7 +459,8 @@ class IntakeHandler:
 
     async def handle_MAIL(self, smtp: IntakeSMTP, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:
-        problem = address_problem(address, smtputf8=bool(envelope.smtp_utf8))
+        problem = (address_problem(address, smtputf8=bool(envelope.smtp_utf8))
+                   or path_problem(address, null_allowed=True))
         if problem:
             return problem
         declared = 0
@@ -493,8 +495,10 @@ class IntakeHandler:
 
     async def handle_RCPT(self, smtp: IntakeSMTP, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
-        problem = address_problem(address, smtputf8=bool(envelope.smtp_utf8))
+        problem = (address_problem(address, smtputf8=bool(envelope.smtp_utf8))
+                   or path_problem(address, null_allowed=False))
         if problem:
+            self.log.info("recipient_refused", client=smtp.client_ip, reason=problem[10:])
             return problem
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return "452 4.5.3 Too many recipients"
@@ -512,6 +516,12 @@ class IntakeHandler:
                               reason=outcome.reply)
                 return outcome.reply
             stored, local = outcome.address, outcome.verdict is Verdict.LOCAL
+            problem = None if local else path_problem(stored, null_allowed=False)
+            if problem:
+                self.log.warning("recipient_refused", client=smtp.client_ip, to=stored,
+                                 reason="the address verifier returned an address that "
+                                 "cannot be forwarded")
+                return "553 5.1.3 Address from the address verifier cannot be forwarded"
         (envelope.relay_to_local if local else envelope.relay_to_remote).append(stored)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
