@@ -3,8 +3,10 @@
 Reads the settings (flags > RELAY_* environment > the config file's [deliver] table >
 defaults), the client secrets file and the spool; writes the pid file when asked. Stays in
 the foreground: SIGTERM and SIGINT stop it cleanly (in-flight messages finish or go back
-within --shutdown-timeout), SIGUSR1 asks for a scan now. Exit codes: 0 ok, 64 usage,
-75 (--once) mail is still waiting, 78 configuration.
+within --shutdown-timeout), SIGUSR1 asks for a scan now. With --processes N, N worker
+processes (`common.workers`) share the spool, each claiming messages as any two deliver
+processes would, and the signals go to each. Exit codes: 0 ok, 64 usage, 75 (--once) mail
+is still waiting, 78 configuration.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from common import eventloop
 from common.config import ConfigError, Option, load_settings, resolve_path, split_host_port
 from common.logs import setup_logging
 from common.secrets import SecretsError, SecretsFile
+from common.workers import run_workers
 from deliver.forward import ForwardSettings, Route, SmarthostConnection
 from deliver.message import MessageHandler, Policy
 from deliver.outcome import parse_duration
@@ -38,7 +41,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("once", "forward everything that is due, then exit (0, or 75 if mail is left)",
            False, "bool"),
     Option("poll", "seconds between safety-net rescans of the spool", "60", metavar="DURATION"),
-    Option("concurrency", "parallel connections to the smarthost", 4, "int", metavar="N"),
+    Option("concurrency", "parallel connections to the smarthost (in all, shared out over"
+           " --processes)", 4, "int", metavar="N"),
+    Option("processes", "worker processes sharing the spool (each claims messages as they"
+           " come; 1: no separate workers)", 1, "int", metavar="N"),
     Option("client-filter", "program run on each message before it is sent", [], "list",
            metavar="PROGRAM"),
     Option("filter-timeout", "seconds a client filter may run", "60", metavar="DURATION"),
@@ -85,13 +91,18 @@ def _durations(settings: Any) -> dict[str, float]:
     return values
 
 
-def build(settings: Any) -> tuple[Scheduler, Spool]:
-    """The scheduler for *settings*; ConfigError/SpoolError/SecretsError on a bad setting."""
+def build(settings: Any, concurrency: int | None = None) -> tuple[Scheduler, Spool]:
+    """The scheduler for *settings*; ConfigError/SpoolError/SecretsError on a bad setting.
+
+    *concurrency* overrides the setting (one worker process's share of it)."""
     if not settings.forward_to:
         raise ConfigError("--forward-to HOST:PORT is required (or forward-to in [deliver])")
     host, port = split_host_port(settings.forward_to)
     if settings.concurrency < 1:
         raise ConfigError("concurrency: must be 1 or more")
+    if not 1 <= settings.processes <= settings.concurrency:
+        raise ConfigError("processes: must be 1 or more, and at most --concurrency (each"
+                          " process keeps at least one connection)")
     if settings.client_tls_connection and settings.client_tls:
         raise ConfigError("client-tls (STARTTLS) and client-tls-connection exclude each other")
     durations = _durations(settings)
@@ -129,7 +140,7 @@ def build(settings: Any) -> tuple[Scheduler, Spool]:
         spool=spool,
         handler=MessageHandler(spool, policy),
         new_connection=lambda: SmarthostConnection(forward, tls_context),
-        concurrency=settings.concurrency,
+        concurrency=concurrency or settings.concurrency,
         poll=durations["poll"],
         once=settings.once,
         shutdown_timeout=durations["shutdown_timeout"],
@@ -172,14 +183,30 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as error:
             log.error("deliver_not_started", reason=f"pid file {pid_file}: {error.strerror}")
             return os.EX_CONFIG
-    log.info("deliver_started", spool=str(spool.path), forward_to=settings.forward_to,
-             concurrency=settings.concurrency, once=settings.once, event_loop=event_loop)
     try:
-        stats = eventloop.run(_run(scheduler), event_loop)
+        if settings.processes == 1:
+            return serve(settings, scheduler, spool, event_loop, log)
+
+        def work(index: int) -> int:
+            share = settings.concurrency // settings.processes
+            share += 1 if index < settings.concurrency % settings.processes else 0
+            child_scheduler, child_spool = build(settings, concurrency=share)
+            return serve(settings, child_scheduler, child_spool, event_loop,
+                         log.bind(process=index))
+
+        return run_workers(settings.processes, work, log, finish=settings.once,
+                           stop_timeout=parse_duration(settings.shutdown_timeout) + 10)
     finally:
         if pid_file is not None:
             with contextlib.suppress(OSError):
                 pid_file.unlink()
+
+
+def serve(settings: Any, scheduler: Scheduler, spool: Spool, event_loop: str, log: Any) -> int:
+    """Run one scheduler until stopped (or, --once, done); its exit code."""
+    log.info("deliver_started", spool=str(spool.path), forward_to=settings.forward_to,
+             concurrency=scheduler.concurrency, once=settings.once, event_loop=event_loop)
+    stats = eventloop.run(_run(scheduler), event_loop)
     extra = {"removals_failed": stats.removals_failed} if stats.removals_failed else {}
     log.info("deliver_stopped", sent=stats.sent, deferred=stats.deferred, failed=stats.failed,
              waiting=stats.waiting_at_end, connections=stats.connections, **extra)
