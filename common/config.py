@@ -25,7 +25,8 @@ from typing import Any, NoReturn
 EX_USAGE = os.EX_USAGE  # 64
 EX_CONFIG = os.EX_CONFIG  # 78
 ENV_PREFIX = "RELAY_"
-KINDS = ("str", "int", "float", "bool", "list", "size")
+KINDS = ("str", "int", "float", "bool", "list", "size", "duration")
+DEFAULT_SPOOL_DIR = "/var/spool/relay"
 
 
 class ConfigError(Exception):
@@ -65,6 +66,8 @@ COMMON_OPTIONS: tuple[Option, ...] = (
     Option("verbose", "log debug detail, the SMTP dialogue included", False, "bool", short="v"),
 )
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _TRUE = {"1", "true", "yes", "on"}
@@ -77,6 +80,25 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError(f"not a size: {text!r} (use bytes or a K, M, G suffix)")
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90', '0.5', '90s', '15m', '2h', '5d' (or a number) -> seconds. ValueError otherwise."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a duration: {text!r}")
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text).lower())
+        if not match:
+            raise ValueError(f"not a duration: {text!r} (use seconds or an s, m, h, d suffix)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"not a duration: {text!r} (negative)")
+    return seconds
+
+
+SPOOL_DIR_OPTION = Option("spool-dir", "the spool directory", DEFAULT_SPOOL_DIR, metavar="DIR")
 
 
 def convert(option: Option, value: Any, source: str) -> Any:
@@ -103,6 +125,8 @@ def convert(option: Option, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError(f"not a number: {value!r}")
             return float(value)
+        if option.kind == "duration":
+            return parse_duration(value)
         if option.kind == "size":
             return value if isinstance(value, int) and not isinstance(value, bool) else parse_size(
                 str(value)
@@ -157,6 +181,15 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {error}") from None
 
 
+def _default(option: Option) -> Any:
+    """An option's default in its kind: a fresh list, or '5d' / '32M' parsed like a value."""
+    if isinstance(option.default, list):
+        return list(option.default)
+    if option.kind in ("duration", "size") and isinstance(option.default, str):
+        return convert(option, option.default, "default")
+    return option.default
+
+
 def load_settings(
     prog: str,
     description: str,
@@ -176,10 +209,7 @@ def load_settings(
     parser = build_parser(prog, description, options)
     flags = vars(parser.parse_args(list(argv) if argv is not None else None))
 
-    merged: dict[str, Any] = {
-        option.dest: list(option.default) if isinstance(option.default, list) else option.default
-        for option in all_options
-    }
+    merged: dict[str, Any] = {option.dest: _default(option) for option in all_options}
     config_path = flags.get("config") or environ.get(ENV_PREFIX + "CONFIG")
     if config_path:
         data = read_config_file(config_path)

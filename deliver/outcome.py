@@ -1,14 +1,12 @@
 """What a delivery attempt means: the pure core of relay-deliver.
 
 `classify(attempt) -> Sent | Deferred | Failed` turns what the smarthost said (or did not
-say) into the one decision deliver acts on; `next_attempt(n)` is the retry backoff and
-`parse_duration` reads the durations of the options. No I/O: reads and writes nothing,
-never touches the spool or the network.
+say) into the one decision deliver acts on; `next_attempt(n)` is the retry backoff. No
+I/O: reads and writes nothing, never touches the spool or the network.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -138,22 +136,4 @@ def next_attempt(attempts: int, first: float, maximum: float) -> float:
         return 0.0
     # Cap the exponent so that a message retried thousands of times cannot overflow.
     return float(min(maximum, first * 2 ** min(attempts - 1, 60)))
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str | float | int) -> float:
-    """'90', '90s', '15m', '2h', '5d' (or a number) -> seconds. ValueError otherwise."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        match = _DURATION.match(str(text).lower())
-        if not match:
-            raise ValueError(f"not a duration: {text!r} (use seconds or an s, m, h, d suffix)")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds < 0:
-        raise ValueError(f"not a duration: {text!r} (negative)")
-    return seconds
 

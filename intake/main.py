@@ -12,7 +12,6 @@ through `intake.server`, message files into the spool; nothing else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 from common import eventloop
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
+from common.pidfile import remove_pid_file, write_pid_file
 from intake.server import IntakeServer
 from intake.settings import DESCRIPTION, OPTIONS, PROGRAM, IntakeConfig, build_config
 from spool import Spool, SpoolError
@@ -33,23 +33,6 @@ EX_CONFIG = os.EX_CONFIG
 # aiosmtpd warns on every connection when AUTH is allowed without TLS; relay warns once,
 # at start, when the operator chose --server-auth-insecure.
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
-
-
-def write_pid_file(path: str) -> None:
-    """Write our pid durably-enough (temporary file, then rename into place)."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="ascii") as handle:
-        handle.write(f"{os.getpid()}\n")
-    os.replace(temporary, path)
-
-
-def remove_pid_file(path: str) -> None:
-    """Remove the pid file if it is still ours."""
-    with contextlib.suppress(OSError):
-        with open(path, encoding="ascii") as handle:
-            if handle.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
 
 
 def warn_about_configuration(config: IntakeConfig, log: Any) -> None:

@@ -15,18 +15,17 @@ import ssl
 from dataclasses import dataclass, field
 
 from common import eventloop
-from common.config import ConfigError, Option, resolve_path
+from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path
 from common.secrets import SecretsError, SecretsFile
 from intake.auth import Authenticator
 
 PROGRAM = "relay-intake"
 DESCRIPTION = "relay's SMTP intake: stores each message durably in the spool before 250."
-DEFAULT_SPOOL_DIR = "/var/spool/relay"
 DEFAULT_SIZE = 32 * 1024 * 1024
 MIN_FREE_FLOOR = 64 * 1024 * 1024
 
 OPTIONS: tuple[Option, ...] = (
-    Option("spool-dir", "the spool directory", DEFAULT_SPOOL_DIR, metavar="DIR"),
+    SPOOL_DIR_OPTION,
     Option("interface", "address to listen on, IPv4 or IPv6", ["127.0.0.1"], "list",
            metavar="ADDRESS"),
     Option("port", "SMTP port to listen on", 25, "int"),
@@ -42,14 +41,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("max-connections-per-client", "concurrent connections from one client address",
            20, "int", metavar="N"),
     Option("idle-timeout", "seconds without any bytes from a client before it is dropped",
-           300.0, "float", metavar="SECONDS"),
+           300.0, "duration", metavar="DURATION"),
     Option("greeting-delay", "seconds to wait before the greeting; a client that talks first "
-           "is refused (554). 0 refuses only what already arrived", 0.0, "float",
-           metavar="SECONDS"),
+           "is refused (554). 0 refuses only what already arrived", 0.0, "duration",
+           metavar="DURATION"),
     Option("filter", "program run on each message before it is accepted", [], "list",
            metavar="PROGRAM"),
-    Option("filter-timeout", "seconds a filter or the address verifier may run", 60.0, "float",
-           metavar="SECONDS"),
+    Option("filter-timeout", "seconds a filter or the address verifier may run", 60.0,
+           "duration", metavar="DURATION"),
     Option("address-verifier", "program that checks each RCPT TO address", None,
            metavar="PROGRAM"),
     Option("server-auth", "secrets file: clients must AUTH (unless a 'server none' line "
@@ -68,7 +67,7 @@ OPTIONS: tuple[Option, ...] = (
            "cheaper, but it also flushes other programs' data on that file system)",
            "syncfs", choices=("fsync", "syncfs")),
     Option("stop-timeout", "seconds that open transactions may take to finish after SIGTERM",
-           20.0, "float", metavar="SECONDS"),
+           20.0, "duration", metavar="DURATION"),
     Option("pid-file", "write the process id to this file (removed at exit)", None,
            metavar="FILE"),
     eventloop.EVENT_LOOP_OPTION,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.config import (
+    DEFAULT_SPOOL_DIR,
     ConfigError,
     Option,
     convert,
@@ -18,6 +19,10 @@ from common.config import (
     resolve_path,
     split_host_port,
 )
+from deliver.settings import OPTIONS as DELIVER_OPTIONS
+from intake.settings import OPTIONS as INTAKE_OPTIONS
+from tools.notify import OPTIONS as NOTIFY_OPTIONS
+from tools.resubmit import OPTIONS as RESUBMIT_OPTIONS
 
 OPTIONS = [
     Option("port", "listening port", 25, "int"),
@@ -207,3 +212,30 @@ def test_resolve_path_expands_home() -> None:
     """Path settings expand ~ and keep None."""
     assert resolve_path(None) is None
     assert resolve_path("~/spool") == Path.home() / "spool"
+
+
+def test_duration_kind_from_every_source(tmp_path: Path) -> None:
+    """A duration takes seconds or s/m/h/d from flags, environment and file; bad ones are 78s."""
+    option = Option("filter-timeout", "t", 60.0, "duration")
+    assert convert(option, "1m", "--filter-timeout") == 60.0
+    assert convert(option, 90, "file") == 90.0
+    assert convert(option, "0.5", "env") == 0.5
+    assert convert(option, "2h", "env") == 7200.0
+    for bad in ("5 weeks", "-1", True):
+        with pytest.raises(ConfigError, match="filter-timeout: not a duration"):
+            convert(option, bad, "--filter-timeout")
+    defaulted = load_settings("relay-test", "t", [Option("max-age", "a", "5d", "duration")], [],
+                              environ={})
+    assert defaulted.max_age == 5 * 86400.0
+
+
+def test_every_program_reads_durations_and_the_spool_dir_alike() -> None:
+    """One shape: intake and deliver take `1m` for --filter-timeout and share one default spool."""
+    for options, section in ((INTAKE_OPTIONS, "intake"), (DELIVER_OPTIONS, "deliver")):
+        settings = load_settings("p", "d", options, ["--filter-timeout", "1m"], section=section,
+                                 environ={})
+        assert settings.filter_timeout == 60.0
+        assert settings.spool_dir == DEFAULT_SPOOL_DIR
+    for options in (NOTIFY_OPTIONS, RESUBMIT_OPTIONS):
+        spool_dir = next(option for option in options if option.name == "spool-dir")
+        assert spool_dir.default == DEFAULT_SPOOL_DIR

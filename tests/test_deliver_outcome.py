@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.config import parse_duration
 from common.programs import ProgramResult
 from deliver.clientfilter import FilterVerdict, interpret
 from deliver.outcome import (
@@ -17,7 +18,6 @@ from deliver.outcome import (
     Stage,
     classify,
     next_attempt,
-    parse_duration,
 )
 
 OK = Reply(250, "OK")

@@ -244,3 +244,17 @@ def test_watch_is_off_during_a_backlog_and_new_mail_is_still_found(
         [body(n) for n in range(backlog)] + [body(1000), body(1001)])
     assert deliver.stop() == 0
     assert files(spool) == []
+
+
+def test_pid_file_is_whole_while_running_and_removed_at_exit(
+    spool: Spool, sink: Sink, running: list[Deliver]
+) -> None:
+    """--pid-file: the file holds deliver's pid (written by rename, never half) and goes at exit;
+    `1m` is a duration for --filter-timeout as it is for relay-intake."""
+    pid_file = spool.path.parent / "deliver.pid"
+    deliver = Deliver(spool, sink.address, "--pid-file", str(pid_file), "--filter-timeout", "1m")
+    running.append(deliver)
+    assert pid_file.read_text() == f"{deliver.process.pid}\n"
+    assert not list(spool.path.parent.glob("deliver.pid.*.tmp"))
+    assert deliver.stop() == 0
+    assert not pid_file.exists()

@@ -21,10 +21,8 @@ from common.config import Option
 from spool import Spool, SpoolError
 from spool.names import TOOLS_LOCK_NAME, State
 
-DEFAULT_SPOOL_DIR = "/var/spool/relay"
 DEFAULT_MAX_RETRIES = 5
 
-SPOOL_DIR_OPTION = Option("spool-dir", "the spool directory", DEFAULT_SPOOL_DIR, metavar="DIR")
 MAX_RETRIES_OPTION = Option(
     "max-retries",
     "failures (X-MailRelay-Reason lines) after which a message is no longer retried",

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.config import ConfigError, Option, load_settings
+from common.config import SPOOL_DIR_OPTION, ConfigError, Option, load_settings
 from common.logs import setup_logging
 from spool import Envelope, EnvelopeError, Spool, SpoolError, State, entries, parse_envelope
 from spool.claims import archive_failed, remove_message
@@ -40,7 +40,6 @@ from spool.names import TOOLS_LOCK_NAME
 from tools.common import (
     DRY_RUN_OPTION,
     MAX_RETRIES_OPTION,
-    SPOOL_DIR_OPTION,
     count_reasons,
     fail,
     local_domain,

@@ -18,14 +18,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from common.config import ConfigError, load_settings
+from common.config import SPOOL_DIR_OPTION, ConfigError, load_settings
 from common.logs import setup_logging
 from spool import SpoolError, State, entries, unfail
 from spool.store import fsync_directory
 from tools.common import (
     DRY_RUN_OPTION,
     MAX_RETRIES_OPTION,
-    SPOOL_DIR_OPTION,
     count_reasons,
     fail,
     open_spool,

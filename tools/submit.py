@@ -32,10 +32,10 @@ from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from pathlib import Path
 from typing import BinaryIO
 
-from common.config import ConfigError, Option, load_settings
+from common.config import SPOOL_DIR_OPTION, ConfigError, Option, load_settings
 from spool import Envelope, SpoolError
 from spool.store import MessageWriter, Spool
-from tools.common import SPOOL_DIR_OPTION, fail, local_domain
+from tools.common import fail, local_domain
 
 PROGRAM = "relay-submit"
 EX_DATAERR = os.EX_DATAERR  # 65

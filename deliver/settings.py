@@ -1,0 +1,159 @@
+"""relay-deliver's options and the validated configuration built from them.
+
+Options come through `common.config.load_settings` (flags > RELAY_* > the `[deliver]` table
+and shared keys of the config file > defaults); durations and sizes are parsed there, the
+same way for every program. `build_config` checks what is left and loads what the settings
+point to (the client secrets file, the CA file): every problem is a `ConfigError` naming the
+option, so that main exits 78 before anything is forwarded. Reads the secrets file only;
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass
+
+from common import eventloop
+from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path, split_host_port
+from common.secrets import SecretsError, SecretsFile
+
+PROGRAM = "relay-deliver"
+DESCRIPTION = "Forward the spooled mail to the smarthost."
+
+OPTIONS: tuple[Option, ...] = (
+    SPOOL_DIR_OPTION,
+    Option("forward-to", "the smarthost, HOST:PORT (the port may be a service name: smtp)",
+           None, metavar="HOST:PORT"),
+    Option("once", "forward everything that is due, then exit (0, or 75 if mail is left)",
+           False, "bool"),
+    Option("poll", "seconds between safety-net rescans of the spool", 60.0, "duration",
+           metavar="DURATION"),
+    Option("concurrency", "parallel connections to the smarthost (in all, shared out over"
+           " --processes)", 4, "int", metavar="N"),
+    Option("processes", "worker processes sharing the spool (each claims messages as they"
+           " come; 1: no separate workers)", 1, "int", metavar="N"),
+    Option("client-filter", "program run on each message before it is sent", [], "list",
+           metavar="PROGRAM"),
+    Option("filter-timeout", "seconds a client filter may run", 60.0, "duration",
+           metavar="DURATION"),
+    Option("client-auth", "secrets file with a 'client plain USER PASSWORD' line", None,
+           metavar="FILE"),
+    Option("client-tls", "use STARTTLS when the smarthost offers it", False, "bool"),
+    Option("client-tls-connection", "implicit TLS from the first byte (port 465)", False, "bool"),
+    Option("client-tls-required", "never send without TLS (STARTTLS must succeed)", False, "bool"),
+    Option("client-tls-verify", "verify the smarthost's certificate against this CA file"
+           " ('system' for the system's CAs)", None, metavar="CAFILE"),
+    Option("domain", "this host's name in EHLO (default: the host name, no DNS lookup)", None,
+           metavar="NAME"),
+    Option("connection-timeout", "seconds to connect and get the greeting", 40.0, "duration",
+           metavar="DURATION"),
+    Option("response-timeout", "seconds to wait for each reply", 60.0, "duration",
+           metavar="DURATION"),
+    Option("data-timeout", "seconds to wait for the reply after the final dot (RFC 5321: 10m)",
+           600.0, "duration", metavar="DURATION"),
+    Option("retry-first", "backoff after the first temporary failure", 60.0, "duration",
+           metavar="DURATION"),
+    Option("retry-max", "longest backoff between two attempts", 3600.0, "duration",
+           metavar="DURATION"),
+    Option("max-age", "give up (.bad) on mail queued this long, from its content file's mtime",
+           "5d", "duration", metavar="DURATION"),
+    Option("content-grace", "how long an envelope may wait for its content file", 10.0,
+           "duration", metavar="DURATION"),
+    Option("shutdown-timeout", "on SIGTERM, how long in-flight messages may take to finish",
+           10.0, "duration", metavar="DURATION"),
+    Option("pid-file", "write the process id to this file (removed at exit)", None,
+           metavar="FILE"),
+    eventloop.EVENT_LOOP_OPTION,
+)
+
+
+@dataclass(frozen=True)
+class DeliverConfig:
+    """Everything relay-deliver needs, checked; durations in seconds."""
+
+    spool_dir: str
+    host: str
+    port: int
+    forward_to: str
+    once: bool
+    poll: float
+    concurrency: int
+    processes: int
+    client_filters: tuple[str, ...]
+    filter_timeout: float
+    client_auth: SecretsFile | None
+    client_tls: bool
+    client_tls_connection: bool
+    client_tls_required: bool
+    client_tls_verify: str | None
+    domain: str
+    connection_timeout: float
+    response_timeout: float
+    data_timeout: float
+    retry_first: float
+    retry_max: float
+    max_age: float
+    content_grace: float
+    shutdown_timeout: float
+    pid_file: str | None
+    event_loop: str  # resolved: 'asyncio' or 'uvloop'
+    verbose: bool
+
+
+def build_config(settings: argparse.Namespace) -> DeliverConfig:
+    """Check the merged settings; raises ConfigError naming the option at fault."""
+    if not settings.forward_to:
+        raise ConfigError("--forward-to HOST:PORT is required (or forward-to in [deliver])")
+    host, port = split_host_port(settings.forward_to)
+    if settings.concurrency < 1:
+        raise ConfigError("--concurrency must be 1 or more")
+    if not 1 <= settings.processes <= settings.concurrency:
+        raise ConfigError("--processes must be 1 or more, and at most --concurrency (each"
+                          " process keeps at least one connection)")
+    if settings.client_tls_connection and settings.client_tls:
+        raise ConfigError("--client-tls (STARTTLS) and --client-tls-connection exclude each other")
+    for name in ("poll", "filter_timeout", "connection_timeout", "response_timeout",
+                 "data_timeout", "shutdown_timeout"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be more than 0 seconds")
+    client_auth = None
+    auth_path = resolve_path(settings.client_auth)
+    if auth_path is not None:
+        try:
+            client_auth = SecretsFile(auth_path)
+        except (SecretsError, OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"--client-auth: {error}") from None
+    tls_verify = settings.client_tls_verify
+    if tls_verify and tls_verify != "system" and not os.path.isfile(tls_verify):
+        raise ConfigError(f"--client-tls-verify: {tls_verify} is not a file")
+    return DeliverConfig(
+        spool_dir=str(resolve_path(settings.spool_dir)),
+        host=host,
+        port=port,
+        forward_to=settings.forward_to,
+        once=settings.once,
+        poll=settings.poll,
+        concurrency=settings.concurrency,
+        processes=settings.processes,
+        client_filters=tuple(settings.client_filter or ()),
+        filter_timeout=settings.filter_timeout,
+        client_auth=client_auth,
+        client_tls=settings.client_tls,
+        client_tls_connection=settings.client_tls_connection,
+        client_tls_required=settings.client_tls_required,
+        client_tls_verify=tls_verify,
+        domain=settings.domain or socket.gethostname() or "localhost",
+        connection_timeout=settings.connection_timeout,
+        response_timeout=settings.response_timeout,
+        data_timeout=settings.data_timeout,
+        retry_first=settings.retry_first,
+        retry_max=settings.retry_max,
+        max_age=settings.max_age,
+        content_grace=settings.content_grace,
+        shutdown_timeout=settings.shutdown_timeout,
+        pid_file=str(resolve_path(settings.pid_file)) if settings.pid_file else None,
+        event_loop=eventloop.resolve(settings.event_loop),
+        verbose=settings.verbose,
+    )
