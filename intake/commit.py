@@ -61,7 +61,10 @@ class GroupCommitter:
         environment = dict(os.environ)
         environment["RELAY_TEST_CRASH_PARENT"] = "1"  # a test crash there is intake's crash
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "intake.storage_process", str(self.spool.path), self.sync,
+            # -P: the working directory is not put on sys.path (a `spool` folder there
+            # would shadow the spool package).
+            sys.executable, "-P", "-m", "intake.storage_process", str(self.spool.path),
+            self.sync,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=environment,
         )
         self._last_batch = 0  # a new process numbers its batches from 1 again
