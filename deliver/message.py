@@ -10,8 +10,6 @@ crashed worker.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -24,12 +22,10 @@ from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
 from deliver.forward import Route, SmarthostConnection
 from deliver.outcome import Deferred, Failed, Reply, Sent, classify, next_attempt
 from deliver.remover import Remover
-from spool import Claim, Envelope, EnvelopeError, Spool, claim
+from spool import Claim, Envelope, EnvelopeError, HostileFile, Spool, claim
 from spool.claims import DEFERRAL_KEY
 from spool.envelope import trailer_fields
 from spool.testhooks import checkpoint
-
-_REOPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Result(Enum):
@@ -91,6 +87,10 @@ class MessageHandler:
         """Claim *message_id* and see it through to sent, deferred, failed or held."""
         try:
             claimed = claim(self.spool, message_id)
+        except HostileFile as error:  # claim moved it to `.envelope.bad` as it was
+            self.log.error("message_failed", msg_id=message_id, outcome="failed",
+                           reason=f"envelope {error} (moved to .envelope.bad unread)")
+            return Handled(Result.FAILED)
         except OSError as error:
             self.log.error("claim_failed", msg_id=message_id, reason=_os_reason(error))
             return Handled(Result.NOT_CLAIMED)
@@ -100,21 +100,28 @@ class MessageHandler:
             return await self._handle_claimed(connection, claimed)
         except Exception as error:  # a bug or an I/O fault: keep the message, keep going
             self.log.exception("delivery_error", msg_id=message_id, reason=repr(error))
-            if claimed.fd >= 0:
+            if claimed.held:
                 claimed.release(not_before=time.time() + self.policy.retry_first,
                                 reason=f"internal error: {error!r}")
             return Handled(Result.DEFERRED)
         finally:
-            if claimed.fd >= 0:  # cancelled at shutdown: back to `.envelope` untouched
+            if claimed.held:  # cancelled at shutdown: back to `.envelope` untouched
                 claimed.close()
 
     async def _handle_claimed(self, connection: SmarthostConnection, claimed: Claim) -> Handled:
         message_id = claimed.message_id
         stop_scan = False
         if self.policy.client_filters:
+            # A filter is never run on a content file that deliver itself would refuse.
+            refused = self._check_content(claimed)
+            if refused is not None:
+                return refused
             decision = await run_filters(list(self.policy.client_filters), claimed.content_path,
                                          claimed.envelope_path, self.policy.filter_timeout)
-            _follow_replaced_envelope(claimed)
+            try:
+                claimed.follow_filter_changes()
+            except HostileFile as error:
+                return self._fail(claimed, None, f"after the client filter: {error}", None)
             if decision.verdict is FilterVerdict.SKIP:
                 claimed.close()
                 self.holds[message_id] = time.monotonic() + 1.0
@@ -130,11 +137,12 @@ class MessageHandler:
             return self._trouble(claimed, f"bad envelope: {error}")
         except OSError as error:
             return self._trouble(claimed, f"envelope cannot be read: {_os_reason(error)}")
+        refused = self._check_content(claimed, envelope)
+        if refused is not None:
+            return refused
         try:
-            content, content_mtime = _read_content(claimed.content_path)
-        except FileNotFoundError:
-            return self._trouble(claimed, f"content file {claimed.content_path} is missing",
-                                 envelope)
+            content = claimed.read_content()
+            content_mtime = claimed.content_mtime()
         except OSError as error:
             return self._fail(claimed, envelope,
                               f"content file {claimed.content_path} cannot be read:"
@@ -158,6 +166,22 @@ class MessageHandler:
         checkpoint("smarthost_accepted")  # tests: a kill here may cost a copy, never the mail
         return Handled(self._settle(claimed, envelope, outcome), stop_scan)
 
+    def _check_content(self, claimed: Claim, envelope: Envelope | None = None) -> Handled | None:
+        """Open and check the content file: None when it can be read, else what became of
+        the message (missing: held for a while; hostile or unreadable: failed)."""
+        try:
+            claimed.open_content()
+        except FileNotFoundError:
+            return self._trouble(claimed, f"content file {claimed.content_path} is missing",
+                                 envelope)
+        except HostileFile as error:
+            return self._fail(claimed, envelope, f"content file {error}", None)
+        except OSError as error:
+            return self._fail(claimed, envelope,
+                              f"content file {claimed.content_path} cannot be read:"
+                              f" {_os_reason(error)}", None)
+        return None
+
     def _route(self, envelope: Envelope) -> Route:
         selector = envelope.client_account_selector
         if envelope.forward_to_address:
@@ -173,14 +197,13 @@ class MessageHandler:
         The copies exist before the original goes, so a crash in between can at worst send
         the message again to the accepted recipients, never lose the refused ones.
         """
-        content_path = self.spool.content_path(claimed.message_id)
         split_ids: list[str] = []
         for group, permanent in ((sent.failed, True), (sent.deferred, False)):
             if not group:
                 continue
             addresses = tuple(address for address, _reply in group)
             copy = replace(envelope, to_local=(), to_remote=addresses)
-            new_id = self.spool.store_copy(content_path, copy, keep_mtime=True)
+            new_id = claimed.split_off(copy)
             split_ids.append(new_id)
             new_claim = claim(self.spool, new_id)
             if new_claim is None:
@@ -190,14 +213,11 @@ class MessageHandler:
             if permanent:
                 self._fail(new_claim, copy, reason, code)
             else:
-                content_mtime = os.stat(self.spool.content_path(new_id)).st_mtime
-                self._defer(new_claim, copy, content_mtime, reason, code)
+                self._defer(new_claim, copy, claimed.content_mtime(), reason, code)
         # The removal runs in the remover thread; this worker goes on to its next message.
         # Until then the envelope stays `.busy` and locked: nobody else takes it, and a
         # crash before it is gone sends it again (never loses it).
-        handed = Claim(claimed.spool, claimed.message_id, claimed.fd)
-        claimed.fd = -1  # the descriptor (and the lock) belong to the remover now
-        self.remover.hand_over(handed)
+        self.remover.hand_over(claimed.hand_off())  # its lock belongs to the remover now
         if sent.delivered:
             extra: dict[str, Any] = {"split_off": ",".join(split_ids)} if split_ids else {}
             self.log.info("message_forwarded", msg_id=claimed.message_id, outcome="sent",
@@ -245,7 +265,7 @@ class MessageHandler:
         now = time.monotonic()
         first = self._first_trouble.setdefault(message_id, now)
         try:
-            envelope_age = time.time() - os.fstat(claimed.fd).st_mtime
+            envelope_age = claimed.envelope_age()
         except OSError:
             envelope_age = 0.0
         grace = self.policy.content_grace
@@ -259,44 +279,6 @@ class MessageHandler:
 
 def _refusal_reason(group: tuple[tuple[str, Reply], ...]) -> str:
     return "; ".join(f"RCPT TO <{address}>: {reply.describe()}" for address, reply in group)
-
-
-def _follow_replaced_envelope(claimed: Claim) -> None:
-    """A filter that rewrote the `.busy` file by rename left our lock on the old inode:
-    lock the new file instead, so that appended reasons land in the file that moves on."""
-    try:
-        current = os.stat(claimed.envelope_path)
-    except FileNotFoundError:
-        return
-    if current.st_ino == os.fstat(claimed.fd).st_ino:
-        return
-    fd = os.open(claimed.envelope_path, _REOPEN_FLAGS)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return
-    os.close(claimed.fd)
-    claimed.fd = fd
-
-
-def _read_content(path: str) -> tuple[bytes, float]:
-    """The content file's bytes and mtime, in as few system calls as can be.
-
-    Python's `open().read()` costs ten per file (an isatty probe, seeks, three fstats);
-    this is open, fstat, one read of the whole file (asking one byte more than its size:
-    a short read is the end), close.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd)
-        content = os.read(fd, info.st_size + 1)
-        if len(content) > info.st_size:  # it grew meanwhile (or is no regular file)
-            while more := os.read(fd, 1 << 20):
-                content += more
-    finally:
-        os.close(fd)
-    return content, info.st_mtime
 
 
 def _os_reason(error: OSError) -> str:

@@ -2,6 +2,7 @@
 
 - `envelope`: the envelope model, `parse_envelope`/`format_envelope` (pure).
 - `names`: states (`State`) and file names (pure).
+- `files`: opening a spool file that may be hostile (only regular files with one link).
 - `store`: the `Spool` directory and durable, group-committable writes.
 - `claims`: claim/release/fail/unfail/remove, each one rename.
 - `scan`: what is due (mtime = due time), recovery of debris.
@@ -13,6 +14,7 @@ What the programs share beyond the spool (settings, logs, secrets, running progr
 
 from spool.claims import Claim, claim, read_envelope, recover_busy, remove_message, unfail
 from spool.envelope import Envelope, EnvelopeError, format_envelope, parse_envelope
+from spool.files import HostileFile
 from spool.names import State
 from spool.scan import ScanResult, entries, recover, scan_due
 from spool.store import MessageWriter, PendingMessage, Spool, SpoolError, check_spool_directory
@@ -21,6 +23,7 @@ __all__ = [
     "Claim",
     "Envelope",
     "EnvelopeError",
+    "HostileFile",
     "MessageWriter",
     "PendingMessage",
     "ScanResult",

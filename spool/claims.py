@@ -17,15 +17,17 @@ import fcntl
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 from spool.envelope import Envelope, EnvelopeError, parse_envelope, reason_lines, trailer_line
+from spool.files import HostileFile, open_regular, read_regular
 from spool.names import State
 from spool.store import Spool, fsync_directory
 from spool.testhooks import checkpoint
 
-_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+_ENVELOPE_ACCESS = os.O_RDWR | os.O_APPEND  # plus files.SAFE_FLAGS, always
+_MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 DEFERRAL_KEY = "X-Relay-Deferred"
 _READ_SIZE = 65536
 
@@ -38,19 +40,30 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-@dataclass
 class Claim:
-    """A message held by this process: its envelope is `.envelope.busy` and flocked."""
+    """A message held by this process: its envelope is `.envelope.busy` and flocked.
 
-    spool: Spool
-    message_id: str
-    fd: int
-    envelope_path: str = field(init=False)  # the `.envelope.busy` file
-    content_path: str = field(init=False)
+    The claim owns the envelope's descriptor (and its lock) and, once it was asked for,
+    the content's: both were checked to be regular files with one link when they were
+    opened, and everything is read through them, never again by name.
+    """
 
-    def __post_init__(self) -> None:
-        self.envelope_path = self.spool.envelope_file(self.message_id, State.BUSY)
-        self.content_path = self.spool.content_file(self.message_id)
+    def __init__(self, spool: Spool, message_id: str, fd: int) -> None:
+        self.spool = spool
+        self.message_id = message_id
+        self.fd = fd
+        self.envelope_path = spool.envelope_file(message_id, State.BUSY)
+        self.content_path = spool.content_file(message_id)
+        self._content_fd = -1
+        self._content_info: os.stat_result | None = None
+
+    def __repr__(self) -> str:
+        return f"Claim({self.message_id!r}, held={self.fd >= 0})"
+
+    @property
+    def held(self) -> bool:
+        """True until the claim is settled, handed off or closed."""
+        return self.fd >= 0
 
     def read_envelope(self) -> Envelope:
         """Parse the claimed envelope; EnvelopeError names the file, line and problem."""
@@ -62,6 +75,105 @@ class Claim:
             if len(chunk) < _READ_SIZE:  # a short read of a regular file: its end
                 break
         return parse_envelope(b"".join(chunks), path=self.envelope_path)
+
+    def envelope_age(self) -> float:
+        """Seconds since the claimed envelope was last modified."""
+        return time.time() - os.fstat(self.fd).st_mtime
+
+    # -- the content -------------------------------------------------------------------
+
+    def open_content(self) -> os.stat_result:
+        """Open the content file (once) and check it; its stat at the open.
+
+        FileNotFoundError when it is missing, HostileFile when it is not a regular file
+        with one link (the text says what it is), another OSError for an I/O fault.
+        """
+        if self._content_info is None:
+            fd, info = open_regular(self.content_path, os.O_RDONLY)
+            self._content_fd, self._content_info = fd, info
+        return self._content_info
+
+    def content_mtime(self) -> float:
+        """The content file's mtime (when the message arrived, for --max-age)."""
+        return self.open_content().st_mtime
+
+    def read_content(self) -> bytes:
+        """The whole content, read through the checked descriptor.
+
+        One pread asking one byte more than the size seen at the open: a short read is
+        the end. A file that grew meanwhile is read on to its end.
+        """
+        size = self.open_content().st_size
+        content = os.pread(self._content_fd, size + 1, 0)
+        if len(content) > size:
+            parts = [content]
+            offset = len(content)
+            while more := os.pread(self._content_fd, 1 << 20, offset):
+                parts.append(more)
+                offset += len(more)
+            content = b"".join(parts)
+        return content
+
+    def content_slices(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The content as consecutive slices of at most *size* bytes, to its end.
+
+        Each slice is read when it is asked for (one pread): a large message is never
+        held whole. Read through the checked descriptor, so a content file swapped by
+        name meanwhile changes nothing.
+        """
+        if size < 1:
+            raise ValueError("slice size must be 1 or more")
+        self.open_content()
+        offset = 0
+        while chunk := os.pread(self._content_fd, size, offset):
+            offset += len(chunk)
+            yield chunk
+
+    def follow_filter_changes(self) -> None:
+        """After a client filter: follow files it replaced by rename.
+
+        A filter that rewrote the `.busy` file by rename left our lock on the old inode:
+        lock the new file instead (checked as any spool file), so that appended reasons
+        land in the file that moves on. A replaced content file is opened afresh when it
+        is next read. HostileFile if the filter left something that is no regular file.
+        """
+        try:
+            current = os.stat(self.envelope_path, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+        if current is not None and current.st_ino != os.fstat(self.fd).st_ino:
+            fd, _info = open_regular(self.envelope_path, _ENVELOPE_ACCESS)
+            if _try_lock(fd):
+                os.close(self.fd)
+                self.fd = fd
+            else:
+                os.close(fd)
+        if self._content_info is not None:
+            try:
+                now = os.stat(self.content_path, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_ino, now.st_dev) != (self._content_info.st_ino,
+                                                         self._content_info.st_dev):
+                self._close_content()
+
+    def split_off(self, envelope: Envelope) -> str:
+        """Store a new waiting message: this content (its mtime kept) with *envelope*.
+
+        The copy is read through the claim's checked descriptor, in slices.
+        """
+        mtime = self.content_mtime()
+        return self.spool.store(self.content_slices(), envelope, content_mtime=mtime)
+
+    def hand_off(self) -> Claim:
+        """The same claim as a new object for another thread; this one holds nothing now.
+
+        The content's descriptor is closed: what is handed off can only be settled.
+        """
+        self._close_content()
+        handed = Claim(self.spool, self.message_id, self.fd)
+        self.fd = -1
+        return handed
 
     def _append(self, text: str, *, sync: bool) -> None:
         data = text.encode("utf-8")
@@ -76,7 +188,14 @@ class Claim:
     def _move(self, state: State) -> None:
         os.rename(self.envelope_path, self.spool.envelope_file(self.message_id, state))
 
+    def _close_content(self) -> None:
+        if self._content_fd >= 0:
+            os.close(self._content_fd)
+            self._content_fd = -1
+        self._content_info = None
+
     def _close(self) -> None:
+        self._close_content()
         if self.fd >= 0:
             os.close(self.fd)  # drops the flock
             self.fd = -1
@@ -127,15 +246,19 @@ class Claim:
 
 
 def claim(spool: Spool, message_id: str) -> Claim | None:
-    """Claim a waiting message, or None if it is gone or another worker has it."""
+    """Claim a waiting message, or None if it is gone or another worker has it.
+
+    An `.envelope` that is not a regular file with one link (a FIFO, a symlink, a hard
+    link, a device, a directory) is moved to `.envelope.bad` at once, as it is (nothing can
+    be appended to it), and HostileFile says what it was.
+    """
     ready = spool.envelope_file(message_id, State.READY)
     try:
-        fd = os.open(ready, _OPEN_FLAGS)
+        fd, _info = open_regular(ready, _ENVELOPE_ACCESS)
     except (FileNotFoundError, PermissionError):
         return None
-    except OSError as error:
-        if error.errno == 40:  # ELOOP: a symlink planted in the spool is never followed
-            return None
+    except HostileFile:
+        _refuse(spool, message_id, State.READY)
         raise
     try:
         if not _try_lock(fd):
@@ -159,6 +282,16 @@ def claim(spool: Spool, message_id: str) -> Claim | None:
     return Claim(spool, message_id, fd)
 
 
+def _refuse(spool: Spool, message_id: str, state: State) -> None:
+    """A hostile envelope in *state* goes to `.envelope.bad` by one rename, unopened.
+
+    rename(2) moves the name itself: a symlink stays a symlink and is never followed.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(spool.envelope_file(message_id, state),
+                  spool.envelope_file(message_id, State.BAD))
+
+
 def unfail(spool: Spool, message_id: str) -> bool:
     """`.envelope.bad` back to `.envelope` (resubmit); False if it was not there."""
     try:
@@ -173,9 +306,8 @@ def unfail(spool: Spool, message_id: str) -> bool:
 
 def read_envelope(spool: Spool, message_id: str, state: State) -> Envelope:
     """Parse an envelope in any state without claiming it."""
-    path = spool.envelope_path(message_id, state)
-    with open(path, "rb") as handle:
-        return parse_envelope(handle.read(), path=str(path))
+    path = spool.envelope_file(message_id, state)
+    return parse_envelope(read_regular(path, _MAX_ENVELOPE_BYTES), path=path)
 
 
 def fail_unclaimable(spool: Spool, message_id: str, reason: str) -> bool:
@@ -189,16 +321,19 @@ def fail_unclaimable(spool: Spool, message_id: str, reason: str) -> bool:
 
 def recover_busy(spool: Spool, message_id: str) -> bool:
     """Put a `.busy` whose lock is free (its worker died) back to `.envelope`."""
-    busy = spool.envelope_path(message_id, State.BUSY)
+    busy = spool.envelope_file(message_id, State.BUSY)
     try:
-        fd = os.open(busy, _OPEN_FLAGS)
+        fd, _info = open_regular(busy, _ENVELOPE_ACCESS)
     except (FileNotFoundError, PermissionError):
+        return False
+    except HostileFile:
+        _refuse(spool, message_id, State.BUSY)  # it would only be refused when claimed
         return False
     try:
         if not _try_lock(fd):
             return False
         try:
-            os.rename(busy, spool.envelope_path(message_id, State.READY))
+            os.rename(busy, spool.envelope_file(message_id, State.READY))
         except FileNotFoundError:
             return False
         return True
@@ -238,9 +373,19 @@ def archive_failed(spool: Spool, message_id: str, folder_name: str = "failed") -
     content = spool.content_path(message_id)
     if not _link_into(bad, folder / bad.name):
         return False
-    _link_into(content, folder / content.name)
+    if _plain_file(content):  # a FIFO, a link or a device at its name is no message's content
+        _link_into(content, folder / content.name)
     fsync_directory(folder)
     return remove_message(spool, message_id, State.BAD)
+
+
+def _plain_file(path: Path) -> bool:
+    """True for a regular file with one link (only hard-linked elsewhere, never read)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
 
 
 def _link_into(source: Path, target: Path) -> bool:

@@ -82,6 +82,7 @@ class RecoveryReport:
     new_removed: list[str] = field(default_factory=list)
     orphans_removed: list[str] = field(default_factory=list)
     temp_removed: list[str] = field(default_factory=list)
+    left_alone: list[str] = field(default_factory=list)  # debris that cannot be removed
 
 
 def _age(path: str | os.PathLike[str], now: float) -> float:
@@ -133,7 +134,11 @@ def recover(
         if found != {State.NEW}:
             continue
         if _age(spool.envelope_file(message_id, State.NEW), now) > new_max_age:
-            remove_message(spool, message_id, State.NEW)
+            try:
+                remove_message(spool, message_id, State.NEW)
+            except OSError:  # e.g. a directory planted at the name: never stops the rest
+                report.left_alone.append(message_id)
+                continue
             report.new_removed.append(message_id)
     for message_id in contents:
         # A content whose envelope was committed after the listing is young: never removed.
@@ -145,12 +150,18 @@ def recover(
                 os.unlink(path)
             except FileNotFoundError:
                 continue
+            except OSError:  # a directory named like a content file
+                report.left_alone.append(message_id)
+                continue
             report.orphans_removed.append(message_id)
     for path_text in temporary:
         if _age(path_text, now) > new_max_age:
             try:
                 os.unlink(path_text)
             except FileNotFoundError:
+                continue
+            except OSError:
+                report.left_alone.append(os.path.basename(path_text))
                 continue
             report.temp_removed.append(os.path.basename(path_text))
     return report

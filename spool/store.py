@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import cast
 
 from spool.envelope import Envelope, format_envelope
+from spool.files import HostileFile, open_regular
 from spool.names import TRIGGER_NAME, State, content_name, envelope_name
 from spool.testhooks import checkpoint
 
@@ -76,8 +77,11 @@ def fsync_directory(path: Path) -> None:
 
 
 def _fsync_path(path: Path, point: str) -> None:
-    """fsync a file written earlier (by path: its descriptor is long closed)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """fsync a file written earlier (by path: its descriptor is long closed).
+
+    Opened as any spool file: a FIFO or a link put in its place fails the message.
+    """
+    fd, _info = open_regular(str(path), os.O_RDONLY)
     try:
         checkpoint(point)
         os.fsync(fd)
@@ -161,6 +165,16 @@ def sync_pending(
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _remove_name(path: str) -> None:
+    """Remove whatever is at *path*: a file, a link (not its target), an empty directory."""
+    try:
+        os.unlink(path)
+    except IsADirectoryError:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
 
 
 class _IdGenerator:
@@ -312,14 +326,23 @@ class Spool:
             return self.store(chunks, envelope, content_mtime=mtime)
 
     def trigger_scan(self) -> None:
-        """Ask a running deliver to scan now (it watches this file)."""
-        path = self.path / TRIGGER_NAME
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        """Ask a running deliver to scan now (it watches this file).
+
+        Anything but a regular file with one link at the trigger's name (a FIFO, whose
+        open for writing would wait for a reader for ever; a link to another file, which
+        would be written into) is removed and a fresh file created in its place.
+        """
+        path = f"{self.directory}/{TRIGGER_NAME}"
+        try:
+            fd, _info = open_regular(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+        except HostileFile:
+            _remove_name(path)
+            fd, _info = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             os.write(fd, b"1")
+            os.utime(fd)
         finally:
             os.close(fd)
-        os.utime(path)
 
     def free_bytes(self) -> int:
         """Bytes available to this user on the spool's file system."""

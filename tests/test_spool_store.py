@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from spool import Envelope, Spool, SpoolError, State, check_spool_directory, parse_envelope
+from spool import (
+    Envelope,
+    HostileFile,
+    Spool,
+    SpoolError,
+    State,
+    check_spool_directory,
+    parse_envelope,
+)
 from spool.claims import claim
 from spool.names import parse_name
 from spool.scan import recover, scan_due
@@ -157,11 +165,15 @@ def test_symlink_at_envelope_name_is_not_followed(spool: Spool) -> None:
 
 
 def test_claim_does_not_follow_a_symlinked_envelope(spool: Spool) -> None:
-    """A symlink named like a waiting envelope is never opened or claimed."""
+    """A symlink named like a waiting envelope is never opened or claimed: it is moved to
+    `.envelope.bad` as a link, and HostileFile says where it pointed."""
     target = spool.path.parent / "target"
     target.write_bytes(b"X-MailRelay-Format: #2821.8\r\n")
     os.symlink(target, spool.envelope_path("planted", State.READY))
-    assert claim(spool, "planted") is None
+    with pytest.raises(HostileFile, match=f"a symbolic link to {target}"):
+        claim(spool, "planted")
+    assert spool.envelope_path("planted", State.BAD).is_symlink()
+    assert not spool.envelope_path("planted", State.READY).is_symlink()
     assert target.read_bytes() == b"X-MailRelay-Format: #2821.8\r\n"
 
 

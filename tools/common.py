@@ -2,13 +2,13 @@
 
 Opens the spool directory (through `spool.Spool`, which refuses an unsafe one) and the
 tools lock file `.relay-tools.lock` inside it; reads `.envelope.bad` files without
-changing them. Never writes message files itself: every change goes through `spool`.
+changing them, and only when they are regular files with one link (`spool.files`). Never
+writes message files itself: every change goes through `spool`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import re
@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from common.config import Option
-from spool import Spool, SpoolError
+from spool import HostileFile, Spool, SpoolError
+from spool.files import open_regular, read_regular
 from spool.names import TOOLS_LOCK_NAME, State
 
 DEFAULT_MAX_RETRIES = 5
@@ -68,18 +69,16 @@ def count_reasons(envelope_bytes: bytes) -> int:
 
 
 def read_bad_envelope(spool: Spool, message_id: str) -> bytes | None:
-    """The bytes of `<id>.envelope.bad`; None when it is gone or a symlink (never followed)."""
-    path = spool.envelope_path(message_id, State.BAD)
+    """The bytes of `<id>.envelope.bad`; None when it is gone.
+
+    HostileFile when it is not a regular file with one link (a FIFO, a symlink, a hard
+    link, a device, a directory): such a file is never read, followed or moved.
+    """
+    path = spool.envelope_file(message_id, State.BAD)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return read_regular(path, _MAX_ENVELOPE_BYTES)
     except FileNotFoundError:
         return None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return None  # a symlink planted in the spool is never followed, nor moved
-        raise
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read(_MAX_ENVELOPE_BYTES)
 
 
 @contextlib.contextmanager
@@ -89,9 +88,11 @@ def tools_lock(spool: Spool) -> Iterator[None]:
     deliver does not take this lock: it never touches `.bad` files, and every step a tool
     takes is a rename that a concurrent deliver cannot observe half-done.
     """
-    path = spool.path / TOOLS_LOCK_NAME
+    path = f"{spool.directory}/{TOOLS_LOCK_NAME}"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd, _info = open_regular(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except HostileFile as error:
+        raise SpoolError(f"cannot use the tools lock {error}; remove it") from None
     except OSError as error:
         raise SpoolError(f"cannot open the tools lock {path}: {error.strerror}") from None
     try:

@@ -13,6 +13,9 @@ the `failed/` subfolder with `--keep` (both through `spool`). A message whose se
 empty (a bounce itself) gets no notification, so bounces never loop.
 
 Never rewrites an existing file; creates only the notification's files and `failed/`.
+A `.envelope.bad` that is not a regular file with one link is never read nor moved (one
+line on stderr; it is no message, so it does not make the exit 75); a content file that is not is never read (the notification
+goes without the original headers) nor kept in `failed/`.
 A crash between storing a notification and removing the failed message means the
 sender may get the same notification twice, never none. Takes turns with
 relay-resubmit on the tools lock. Silent on success; exit 0, 64 usage, 75 when some
@@ -33,9 +36,19 @@ from typing import Any
 
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, load_settings
 from common.logs import setup_logging
-from spool import Envelope, EnvelopeError, Spool, SpoolError, State, entries, parse_envelope
+from spool import (
+    Envelope,
+    EnvelopeError,
+    HostileFile,
+    Spool,
+    SpoolError,
+    State,
+    entries,
+    parse_envelope,
+)
 from spool.claims import archive_failed, remove_message
 from spool.envelope import REASON_CODE_KEY, REASON_KEY, check_address
+from spool.files import read_regular
 from spool.names import TOOLS_LOCK_NAME
 from tools.common import (
     DRY_RUN_OPTION,
@@ -127,13 +140,11 @@ def _read_facts_textually(message_id: str, data: bytes) -> BadMessage:
 
 
 def original_headers(spool: Spool, message_id: str) -> bytes:
-    """The first bytes of the content (its headers), or nothing when the content is gone."""
+    """The first bytes of the content (its headers); nothing when it is gone or hostile."""
     try:
-        fd = os.open(spool.content_path(message_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        return read_regular(spool.content_file(message_id), _HEADER_READ_LIMIT)
+    except OSError:  # gone, or no regular file with one link (never read): no headers
         return b""
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read(_HEADER_READ_LIMIT)
 
 
 def arrival_time(spool: Spool, message_id: str) -> float | None:
@@ -273,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except MessageProblem as problem:
                     problems += 1
                     print(f"{PROGRAM}: {problem}", file=sys.stderr)
+                except HostileFile as error:  # no message: never read, never moved
+                    print(f"{PROGRAM}: {error}: no notification, remove it by hand",
+                          file=sys.stderr)
                 except OSError as error:
                     problems += 1
                     where = error.filename or message_id

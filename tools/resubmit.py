@@ -10,17 +10,22 @@ retries. Never changes a file's contents, never touches content files, `.envelop
 on the tools lock, and a rename that lost a race is simply skipped.
 
 Silent on success (cron mails any output); `--verbose` logs each message moved,
-`--dry-run` prints what it would move. Exit 0, 64 for usage, 78 for an unusable spool.
+`--dry-run` prints what it would move. A `.envelope.bad` that is not a regular file
+with one link (a FIFO, a symlink, a hard link, a device, a directory) is never read nor
+moved: one line on stderr (which cron mails) names it and what it is; it is no message,
+so the run still exits 0. Exit 0, 64 for usage, 75 for an I/O error, 78 for an unusable
+spool.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
 from common.config import SPOOL_DIR_OPTION, ConfigError, load_settings
 from common.logs import setup_logging
-from spool import SpoolError, State, entries, unfail
+from spool import HostileFile, SpoolError, State, entries, unfail
 from spool.store import fsync_directory
 from tools.common import (
     DRY_RUN_OPTION,
@@ -60,7 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for entry in sorted(entries(spool), key=lambda item: item.message_id):
                 if entry.state is not State.BAD:
                     continue
-                data = read_bad_envelope(spool, entry.message_id)
+                try:
+                    data = read_bad_envelope(spool, entry.message_id)
+                except HostileFile as error:
+                    # Never resubmitted: deliver would only refuse it again.
+                    print(f"{PROGRAM}: {error}: not resubmitted, remove it by hand",
+                          file=sys.stderr)
+                    continue
                 if data is None:
                     continue  # gone since the listing: a person or notify took it
                 failures = count_reasons(data)
