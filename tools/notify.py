@@ -14,8 +14,9 @@ empty (a bounce itself) gets no notification, so bounces never loop.
 
 Never rewrites an existing file; creates only the notification's files and `failed/`.
 A `.envelope.bad` that is not a regular file with one link is never read nor moved (one
-line on stderr; it is no message, so it does not make the exit 75); a content file that is not is never read (the notification
-goes without the original headers) nor kept in `failed/`.
+line on stderr; it is no message, so it does not make the exit 75); a content file that
+is not is never read (the notification goes without the original headers) nor kept in
+`failed/`.
 A crash between storing a notification and removing the failed message means the
 sender may get the same notification twice, never none. Takes turns with
 relay-resubmit on the tools lock. Silent on success; exit 0, 64 usage, 75 when some
