@@ -18,7 +18,16 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import big_message, big_spool, drain, durable_intake, end_to_end, idle
+from bench import (
+    big_message,
+    big_spool,
+    connection_burst,
+    drain,
+    durable_intake,
+    end_to_end,
+    idle,
+    peer_intake,
+)
 from bench.common import BenchError, Context, Row, Sizes, relay_available
 from common import eventloop
 
@@ -26,6 +35,8 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], list[Row]], tuple[str, ...]]] = 
     # In this order: the benchmarks that delete many files (deliver does) come after the
     # intake ones, see Context.spool.
     "intake": (durable_intake.run, ("relay-intake",)),
+    "peers": (peer_intake.run, ("relay-intake",)),
+    "burst": (connection_burst.run, ("relay-intake",)),
     "e2e": (end_to_end.run, ("relay-intake", "relay-deliver")),
     "drain": (drain.run, ("relay-deliver",)),
     "bigspool": (big_spool.run, ("relay-deliver",)),

@@ -51,6 +51,9 @@ class Sizes:
     big_message_size: int = 50 * 1024 * 1024
     idle_seconds: float = 3.0
     warmup_messages: int = 2000  # one untimed run first: see docs/performance.md, "warm-up"
+    peers_messages: int = 5000
+    sequential_messages: int = 1000
+    burst_connections: int = 1000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -65,6 +68,9 @@ class Sizes:
             big_message_size=5 * 1024 * 1024,
             idle_seconds=1.0,
             warmup_messages=200,
+            peers_messages=300,
+            sequential_messages=100,
+            burst_connections=200,
         )
 
 
@@ -437,11 +443,16 @@ class BenchError(Exception):
     """A benchmark could not be measured (a process failed, a count did not add up)."""
 
 
-def wait_for_port(port: int, process: Process, timeout: float = 20.0) -> None:
-    """Wait until something accepts connections on 127.0.0.1:*port* (and read its greeting)."""
+def wait_for_port(port: int, process: Process | None, timeout: float = 20.0,
+                  name: str = "") -> None:
+    """Wait until something accepts connections on 127.0.0.1:*port* (and read its greeting).
+
+    *process* (when bench started the server itself) must stay alive meanwhile.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        process.check_alive()
+        if process is not None:
+            process.check_alive()
         try:
             with socket.create_connection((HOST, port), timeout=2) as connection:
                 connection.recv(512)  # the 220 greeting: the server is really serving
@@ -449,7 +460,8 @@ def wait_for_port(port: int, process: Process, timeout: float = 20.0) -> None:
                 return
         except OSError:
             time.sleep(0.05)
-    raise BenchError(f"{process.name()} did not listen on {port} within {timeout:.0f} s")
+    raise BenchError(f"{process.name() if process else name} did not listen on {port}"
+                     f" within {timeout:.0f} s")
 
 
 def helper(module: str, *args: str) -> list[str]:
