@@ -1,4 +1,5 @@
-"""Shared fixtures: a private spool directory, a controllable SMTP sink, a small disk."""
+"""Shared fixtures: a private spool directory, a controllable SMTP sink, a small disk, the
+test CA. Shared helpers (no fixtures) are in the support package beside this file."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from sink import Sink
+from support.sink import Sink
 
 from spool import Spool
 
@@ -52,3 +54,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A throwaway certificate authority; support.tls makes certificates, keys and contexts
+    from it."""
+    return trustme.CA()

@@ -14,16 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-from sink import Sink
-from system import program_env, spool_files
-from test_intake_server import IntakeThread, RawClient, accepted
-from test_reliability_deliver import Script, ScriptedSmarthost
-from test_reliability_intake import IntakeProcess, deliver_once
+from support.intake import IntakeProcess, IntakeThread, RawClient
+from support.programs import BIN, deliver_once, program_env
+from support.sink import Sink
+from support.smarthost import Script, ScriptedSmarthost
+from support.spool import accepted, spool_files
 
 from spool import Envelope, Spool, State, entries, read_envelope
 from spool.scan import SpoolEntry
 
-BIN = Path(sys.executable).parent
 _OUR_NAME = re.compile(r"^emailrelay\.\d+\.\d+\.\d+\.(content|envelope(\.bad)?)$")
 
 

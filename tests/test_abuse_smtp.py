@@ -13,17 +13,17 @@ from __future__ import annotations
 import base64
 import re
 import smtplib
-import ssl
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import trustme
-from system import spool_files
-from test_intake_server import IntakeThread, RawClient, accepted, non_loopback_address
-from test_reliability_deliver import Script, ScriptedSmarthost
-from test_reliability_intake import IntakeProcess, deliver_once
+from support.intake import IntakeProcess, IntakeThread, RawClient, non_loopback_address
+from support.programs import deliver_once
+from support.smarthost import Script, ScriptedSmarthost
+from support.spool import accepted, spool_files
+from support.tls import client_context, server_context, server_files
 
 from spool import Envelope, Spool
 
@@ -141,17 +141,9 @@ RELAY_TRICKS = {
 }
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 def tls_args(ca: trustme.CA, tmp_path: Path) -> list[str]:
-    cert = ca.issue_cert("intake.test")
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
+    cert_path, key_path = server_files(ca, tmp_path, "intake.test")
     return ["--server-tls-certificate", str(cert_path), "--server-tls-key", str(key_path),
             "--server-tls-required"]
 
@@ -180,10 +172,8 @@ def session(ca: trustme.CA, host: str, port: int, source: str | None = None,
     """A client on TLS (as --server-tls-required wants), authenticated as alice if *login*."""
     client = smtplib.SMTP(host, port, local_hostname="client.test", timeout=10,
                           source_address=(source, 0) if source else None)
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
     client._host = "intake.test"  # the name the certificate is for
-    client.starttls(context=context)
+    client.starttls(context=client_context(ca))
     client.ehlo()
     if login:
         client.login("alice", "s3cret")
@@ -319,15 +309,13 @@ def test_passwords_never_appear_in_the_logs_even_verbose(spool_dir: Path, tmp_pa
 
 @pytest.mark.parametrize("accepted_login", [True, False])
 def test_deliver_never_logs_its_smarthost_password(spool_dir: Path, tmp_path: Path,
-                                                   accepted_login: bool) -> None:
+                                                   ca: trustme.CA, accepted_login: bool) -> None:
     """relay-deliver --verbose logging in to the smarthost (accepted, or refused with 535):
     the password is on the wire, never in deliver's log."""
     auth = tmp_path / "client.auth"
     auth.write_text(f"client plain alice {PASSWORD}\n")
     auth.chmod(0o600)
-    ca = trustme.CA()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("smarthost.test").configure_cert(context)
+    context = server_context(ca, "smarthost.test")
     Spool(spool_dir).store(b"Subject: x\r\n\r\nx\r\n", Envelope(
         sender="a@example.org", to_remote=("b@example.com",)))
     reply = b"235 2.7.0 ok" if accepted_login else b"535 5.7.8 bad credentials"

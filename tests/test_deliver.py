@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import trustme
-from aiosmtpd.smtp import AuthResult, LoginPassword
-from sink import Behaviour, Sink, free_port
+from support import tls
+from support.sink import Behaviour, Sink, authenticator, client_auth_file, free_port
 
 from deliver.main import main
 from spool import Envelope, Spool, State, entries, read_envelope
@@ -338,28 +338,9 @@ def test_forward_to_address_overrides_the_smarthost(spool: Spool, sink: Sink) ->
 
 
 @pytest.fixture
-def certificate(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
+def certificate(ca: trustme.CA, tmp_path: Path) -> tuple[ssl.SSLContext, str]:
     """A server TLS context for 127.0.0.1 and the file of the CA that signed it."""
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    return server, str(ca_file)
-
-
-def authenticator(_server: Any, _session: Any, _envelope: Any, _mechanism: str,
-                  auth_data: Any) -> AuthResult:
-    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-        b"relay", b"s3cret pw")
-    return AuthResult(success=ok, handled=False)
-
-
-def secrets_file(tmp_path: Path, password: str = "s3cret+20pw") -> str:
-    path = tmp_path / "client.auth"
-    path.write_text(f"# smarthost account\nclient plain relay {password}\n")
-    path.chmod(0o600)
-    return str(path)
+    return tls.server_context(ca, "127.0.0.1"), str(tls.ca_file(ca, tmp_path))
 
 
 def test_starttls_and_auth(tmp_path: Path, spool: Spool,
@@ -371,7 +352,7 @@ def test_starttls_and_auth(tmp_path: Path, spool: Spool,
         store(spool)
         assert run_once(spool, sink.address, "--client-tls", "--client-tls-required",
                         "--client-tls-verify", ca_file,
-                        "--client-auth", secrets_file(tmp_path)) == 0
+                        "--client-auth", client_auth_file(tmp_path)) == 0
         assert [m.data for m in sink.messages] == [body(0)]
 
 
@@ -383,7 +364,7 @@ def test_wrong_password_defers(tmp_path: Path, spool: Spool,
               auth_required=True, auth_require_tls=True) as sink:
         store(spool)
         assert run_once(spool, sink.address, "--client-tls", "--client-tls-verify", ca_file,
-                        "--client-auth", secrets_file(tmp_path, "wrong")) == 75
+                        "--client-auth", client_auth_file(tmp_path, "wrong")) == 75
         assert sink.messages == []
     assert "authenticating" in only(spool, State.READY).trailer
 
@@ -398,7 +379,7 @@ def test_implicit_tls(tmp_path: Path, spool: Spool,
         store(spool)
         assert run_once(spool, sink.address, "--client-tls-connection",
                         "--client-tls-verify", ca_file,
-                        "--client-auth", secrets_file(tmp_path)) == 0
+                        "--client-auth", client_auth_file(tmp_path)) == 0
         assert [m.data for m in sink.messages] == [body(0)]
 
 

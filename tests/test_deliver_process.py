@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sink import Behaviour, Sink
+from support.sink import Behaviour, Sink
 
 from spool import Envelope, Spool, State, entries
 

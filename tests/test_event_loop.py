@@ -7,6 +7,7 @@ another with PIPELINING, to relay-intake, and relay-deliver forwards with STARTT
 
 from __future__ import annotations
 
+import signal
 import smtplib
 import ssl
 import subprocess
@@ -15,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import trustme
-from sink import Sink
-from system import program_env
-from test_deliver import authenticator, secrets_file
-from test_intake_process import IntakeProcess
-from test_intake_server import MESSAGE, RawClient, body_after_received
-from test_reliability_intake import DELIVER
+from support.intake import MESSAGE, IntakeProcess, RawClient
+from support.programs import DELIVER, program_env
+from support.sink import Sink, authenticator, client_auth_file
+from support.spool import strip_received
+from support.tls import ca_file, client_context, server_files
 
 from common import eventloop
 from common.config import ConfigError
@@ -42,33 +42,18 @@ def test_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     assert eventloop.resolve("auto") == "uvloop"
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def _server_files(ca: trustme.CA, directory: Path) -> tuple[Path, Path]:
-    cert = ca.issue_cert("intake.test", "127.0.0.1")
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return cert_path, key_path
-
-
 @pytest.mark.parametrize("loop", LOOPS)
 def test_chain_on_each_event_loop(loop: str, ca: trustme.CA, tmp_path: Path,
                                   spool_dir: Path) -> None:
     """client -STARTTLS-> intake -> deliver -STARTTLS, verified, AUTH-> sink: same bytes."""
-    cert_path, key_path = _server_files(ca, tmp_path)
+    cert_path, key_path = server_files(ca, tmp_path, "intake.test", "127.0.0.1")
     intake = IntakeProcess(spool_dir, "--server-tls-certificate", str(cert_path),
                            "--server-tls-key", str(key_path), "--event-loop", loop)
     try:
         with smtplib.SMTP("127.0.0.1", intake.port, local_hostname="client.test",
                           timeout=10) as client:
-            context = ssl.create_default_context()
-            ca.configure_trust(context)
             client._host = "intake.test"  # the name the certificate is for
-            client.starttls(context=context)
+            client.starttls(context=client_context(ca))
             client.sendmail("a@example.org", ["b@example.com"], MESSAGE)
         raw = RawClient(intake.port)  # a pipelined group: its replies come together
         raw.command(b"EHLO client.test")
@@ -79,23 +64,22 @@ def test_chain_on_each_event_loop(loop: str, ca: trustme.CA, tmp_path: Path,
     finally:
         # The raw client stays connected: SIGTERM must say 421 to it and close at once.
         stopping = time.monotonic()
-        intake_log = intake.finish(15)
+        intake_log = intake.finish(signal.SIGTERM)
     assert time.monotonic() - stopping < 5, intake_log
     assert raw.reply().startswith("421") and raw.closed()
-    assert f"event_loop={loop}" in intake_log and intake.process.returncode == 0
+    assert f'"event_loop": "{loop}"' in intake_log and intake.process.returncode == 0
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert_path, key_path)
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     with Sink(tls_context=server_context, require_starttls=True, authenticator=authenticator,
               auth_required=True, auth_require_tls=True) as sink:
         done = subprocess.run(
             [DELIVER, "--once", "--spool-dir", str(spool_dir), "--event-loop", loop,
              "--forward-to", sink.address, "--client-tls", "--client-tls-required",
-             "--client-tls-verify", str(tmp_path / "ca.pem"),
-             "--client-auth", secrets_file(tmp_path), "--log-format", "json"],
+             "--client-tls-verify", str(ca_file(ca, tmp_path)),
+             "--client-auth", client_auth_file(tmp_path), "--log-format", "json"],
             capture_output=True, text=True, timeout=60, env=program_env())
         assert done.returncode == 0, done.stderr
         assert f'"event_loop": "{loop}"' in done.stderr
         # smtplib dot-stuffed its copy; the raw client sent "..a line" as it is.
-        assert {body_after_received(m.data) for m in sink.messages} == {
+        assert {strip_received(m.data) for m in sink.messages} == {
             MESSAGE, MESSAGE.replace(b"\n..", b"\n.")}

@@ -11,29 +11,20 @@ from pathlib import Path
 
 import pytest
 import trustme
-from test_intake_server import MESSAGE, IntakeThread, RawClient, accepted
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
+from support import tls
+from support.intake import MESSAGE, IntakeThread, RawClient
+from support.spool import accepted
 
 
 @pytest.fixture
 def tls_files(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
     """A server certificate for intake.test and its key, as PEM files."""
-    server_cert = ca.issue_cert("intake.test")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    server_cert.cert_chain_pems[0].write_to_path(str(cert))
-    server_cert.private_key_pem.write_to_path(str(key))
-    return cert, key
+    return tls.server_files(ca, tmp_path, "intake.test")
 
 
 @pytest.fixture
 def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
+    return tls.client_context(ca)
 
 
 def secrets_file(tmp_path: Path, *extra: str) -> Path:

@@ -16,7 +16,8 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_intake_server import MESSAGE, IntakeThread, RawClient, accepted, body_after_received
+from support.intake import MESSAGE, IntakeThread, RawClient
+from support.spool import accepted, strip_received
 
 from intake.data import LINE_LIMIT, DataCollector, DataProblem, read_data
 from intake.server import IntakeSMTP
@@ -205,7 +206,7 @@ def test_pipelined_group_with_rset_and_quit_gets_every_reply(spool_dir: Path) ->
         assert raw.closed()
         ((envelope, content),) = accepted(spool_dir)
         assert envelope.to_remote == ("b@example.com",)
-        assert body_after_received(content) == MESSAGE.replace(b"\n..", b"\n.")
+        assert strip_received(content) == MESSAGE.replace(b"\n..", b"\n.")
 
 
 def test_client_that_sends_data_before_the_354_is_served(spool_dir: Path) -> None:
@@ -230,7 +231,7 @@ def test_data_dripped_a_byte_at_a_time(spool_dir: Path) -> None:
             raw.send(bytes([byte]))
         assert raw.reply()[:3] == "250"
         ((_, content),) = accepted(spool_dir)
-        assert body_after_received(content) == MESSAGE.replace(b"\n..", b"\n.")
+        assert strip_received(content) == MESSAGE.replace(b"\n..", b"\n.")
 
 
 def test_big_message_arrives_byte_for_byte(spool_dir: Path) -> None:
@@ -242,4 +243,4 @@ def test_big_message_arrives_byte_for_byte(spool_dir: Path) -> None:
     with IntakeThread(spool_dir) as intake, intake.smtp() as client:
         client.sendmail("a@example.org", ["b@example.com"], message)
     ((_, content),) = accepted(spool_dir)
-    assert body_after_received(content) == message
+    assert strip_received(content) == message

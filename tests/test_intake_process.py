@@ -13,41 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sink import free_port
-from system import BIN, program_env
-from test_intake_server import MESSAGE, RawClient, accepted, message_files
-
-INTAKE = str(BIN / "relay-intake")
-
-
-class IntakeProcess:
-    """relay-intake in a subprocess on a free port."""
-
-    def __init__(self, spool_dir: Path, *args: str, **env: str) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [INTAKE, "--spool-dir", str(spool_dir), "--port", str(self.port),
-             "--domain", "intake.test", *args],
-            env=program_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        self.stderr = ""
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(self.finish())
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("relay-intake did not start listening")
-
-    def finish(self, sig: int | None = None) -> str:
-        if sig is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-        _, err = self.process.communicate(timeout=30)
-        self.stderr = err.decode("utf-8", "replace")
-        return self.stderr
+from support.intake import MESSAGE, IntakeProcess, RawClient
+from support.programs import INTAKE, program_env
+from support.sink import free_port
+from support.spool import accepted, spool_files
 
 
 @pytest.fixture
@@ -55,9 +24,7 @@ def processes() -> Iterator[list[IntakeProcess]]:
     started: list[IntakeProcess] = []
     yield started
     for item in started:
-        if item.process.poll() is None:
-            item.process.kill()
-            item.process.wait()
+        item.close()
 
 
 def test_sigterm_finishes_the_open_transaction_then_exits_0(
@@ -183,14 +150,14 @@ def test_storage_failure_answers_4xx_and_leaves_nothing(
         sync: str) -> None:
     """An injected storage error, in either --sync mode: 452 (no space) or 451, never 5xx;
     no files are left."""
-    intake = IntakeProcess(spool_dir, RELAY_TEST_FAIL_AT=fault, RELAY_SYNC=sync)
+    intake = IntakeProcess(spool_dir, env={"RELAY_TEST_FAIL_AT": fault, "RELAY_SYNC": sync})
     processes.append(intake)
     with smtplib.SMTP("127.0.0.1", intake.port, local_hostname="c.test", timeout=10) as client:
         for _ in range(2):
             with pytest.raises(smtplib.SMTPDataError) as error:
                 client.sendmail("a@example.org", ["b@example.com"], MESSAGE)
             assert error.value.smtp_code == code
-    assert message_files(spool_dir) == []
+    assert spool_files(spool_dir) == []
     err = intake.finish(signal.SIGTERM)
     assert intake.process.returncode == 0
     assert "store_failed" in err
@@ -202,7 +169,7 @@ def test_storage_failure_answers_4xx_and_leaves_nothing(
 def test_crash_points(spool_dir: Path, processes: list[IntakeProcess], point: str,
                       stored: bool) -> None:
     """SIGKILL at a step: before the commit no .envelope exists; at the reply it is complete."""
-    intake = IntakeProcess(spool_dir, RELAY_TEST_CRASH_AT=point)
+    intake = IntakeProcess(spool_dir, env={"RELAY_TEST_CRASH_AT": point})
     processes.append(intake)
     with smtplib.SMTP("127.0.0.1", intake.port, local_hostname="c.test", timeout=10) as client, \
             pytest.raises(smtplib.SMTPServerDisconnected):

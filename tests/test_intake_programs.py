@@ -6,14 +6,8 @@ import smtplib
 from pathlib import Path
 
 import pytest
-from test_intake_server import (
-    MESSAGE,
-    IntakeThread,
-    RawClient,
-    accepted,
-    body_after_received,
-    message_files,
-)
+from support.intake import MESSAGE, IntakeThread, RawClient
+from support.spool import accepted, spool_files, strip_received
 
 from common.programs import ProgramResult
 from intake.filters import FilterAction, interpret_filter
@@ -42,7 +36,7 @@ def test_filter_accepts_and_may_edit_the_new_files(spool_dir: Path, tmp_path: Pa
     with IntakeThread(spool_dir, "--filter", str(addsig), "--filter", str(second)) as intake:
         send(intake)
     ((_envelope, content),) = accepted(spool_dir)
-    assert body_after_received(content) == MESSAGE + b"-- \r\nsent through relay\r\n"
+    assert strip_received(content) == MESSAGE + b"-- \r\nsent through relay\r\n"
     first_line, second_line = seen.read_text().splitlines()
     content_path, envelope_path = first_line.split()
     assert content_path.endswith(".content") and envelope_path.endswith(".envelope.new")
@@ -64,7 +58,7 @@ def test_filter_rejects_with_its_reply_and_files_go(spool_dir: Path, tmp_path: P
             send(intake)
         assert error.value.smtp_code == expected[0]
         assert expected[1] in error.value.smtp_error.decode()
-        assert message_files(spool_dir) == []
+        assert spool_files(spool_dir) == []
 
 
 @pytest.mark.parametrize("code", [100, 102])
@@ -75,7 +69,7 @@ def test_filter_took_the_message(spool_dir: Path, tmp_path: Path, code: int) -> 
     taker = script(tmp_path, "taker", f'cp "$1" {keep}/\nexit {code}\n')
     with IntakeThread(spool_dir, "--filter", str(taker)) as intake:
         send(intake)
-    assert message_files(spool_dir) == []
+    assert spool_files(spool_dir) == []
     assert len(list(keep.iterdir())) == 1
     assert (spool_dir / TRIGGER_NAME).exists() == (code == 102)
 
@@ -96,7 +90,7 @@ def test_broken_or_hung_filter_answers_451(spool_dir: Path, tmp_path: Path, body
         with pytest.raises(smtplib.SMTPDataError) as error:
             send(intake)
         assert error.value.smtp_code == 451
-        assert message_files(spool_dir) == []
+        assert spool_files(spool_dir) == []
 
 
 def test_filter_exit_codes_table() -> None:
@@ -159,7 +153,7 @@ def test_verifier_100_drops_the_connection(spool_dir: Path, tmp_path: Path) -> N
         raw.command(b"MAIL FROM:<a@example.org>")
         assert raw.command(b"RCPT TO:<drop@example.com>").startswith("421")
         assert raw.closed()
-        assert message_files(spool_dir) == []
+        assert spool_files(spool_dir) == []
         with intake.smtp() as client:
             client.sendmail("a@example.org", ["remote@example.com"], MESSAGE)
     assert len(accepted(spool_dir)) == 1

@@ -1,155 +1,19 @@
-"""relay-intake on 127.0.0.1 driven by smtplib and raw sockets: the happy path and bad input.
-
-Also the helpers the other test_intake*.py files use: `IntakeThread` runs the real
-`intake.main.run` (the code behind the console script) in a thread with a free port, and
-`RawClient` speaks SMTP byte by byte.
-"""
+"""relay-intake on 127.0.0.1 driven by smtplib and raw sockets: the happy path and bad input."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import smtplib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sink import free_port
+from support.intake import MESSAGE, IntakeThread, RawClient, non_loopback_address
+from support.spool import accepted, spool_files, strip_received
 
-from intake.main import prepare, run
 from intake.policy import address_problem, helo_problem, is_loopback
-from intake.server import IntakeServer
-from spool import Envelope, parse_envelope
-
-MESSAGE = (
-    b"From: a@example.org\r\nTo: b@example.com\r\nSubject: test\r\n\r\n"
-    b"Hello,\r\n..a line that starts with a dot\r\n\tand one with a tab\r\n"
-)
-
-
-class IntakeThread:
-    """The real relay-intake (intake.main.run) serving in a background thread."""
-
-    def __init__(self, spool_dir: Path, *args: str) -> None:
-        self.spool_dir = spool_dir
-        self.port = free_port()
-        argv = ["--spool-dir", str(spool_dir), "--port", str(self.port),
-                "--domain", "intake.test", *args]
-        self.config, self.spool, self.log = prepare(argv)
-        self.server: IntakeServer | None = None
-        self._stop: Callable[[], None] | None = None
-        self._ready = threading.Event()
-        self.exit_code: int | None = None
-        self._thread = threading.Thread(target=self._main, daemon=True)
-
-    def _on_ready(self, server: IntakeServer, stop: Callable[[], None]) -> None:
-        self.server, self._stop = server, stop
-        self._ready.set()
-
-    def _main(self) -> None:
-        try:
-            self.exit_code = asyncio.run(run(self.config, self.spool, self.log,
-                                             install_signals=False, on_ready=self._on_ready))
-        finally:
-            self._ready.set()
-
-    def __enter__(self) -> IntakeThread:
-        self._thread.start()
-        assert self._ready.wait(10) and self.server is not None, "intake did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stop is not None:
-            self._stop()
-        self._thread.join(30)
-        assert not self._thread.is_alive()
-
-    def smtp(self, timeout: float = 10) -> smtplib.SMTP:
-        return smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test",
-                            timeout=timeout)
-
-
-class RawClient:
-    """A socket that sends bytes and reads whole SMTP replies."""
-
-    def __init__(self, port: int, host: str = "127.0.0.1", greeting: bool = True,
-                 source: str | None = None) -> None:
-        self.sock = socket.create_connection((host, port), timeout=10,
-                                             source_address=(source, 0) if source else None)
-        self.buffer = b""
-        self.greeting = self.reply() if greeting else ""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> str:
-        """One complete reply (all its lines), e.g. '250-a\\n250 b'; '' at end of stream."""
-        lines: list[str] = []
-        while True:
-            while b"\r\n" not in self.buffer:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return "\n".join(lines)
-                self.buffer += chunk
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            lines.append(line.decode("utf-8", "replace"))
-            if len(line) < 4 or line[3:4] != b"-":
-                return "\n".join(lines)
-
-    def command(self, line: bytes) -> str:
-        self.send(line + b"\r\n")
-        return self.reply()
-
-    def start_data(self) -> None:
-        """EHLO, MAIL FROM:<a@example.org>, RCPT TO:<b@example.com>, DATA: ready for content."""
-        self.command(b"EHLO client.test")
-        self.command(b"MAIL FROM:<a@example.org>")
-        self.command(b"RCPT TO:<b@example.com>")
-        assert self.command(b"DATA")[:3] == "354"
-
-    def closed(self, timeout: float = 5) -> bool:
-        """True when the server closes the connection (any pending replies are skipped)."""
-        self.sock.settimeout(timeout)
-        try:
-            while self.sock.recv(65536):
-                pass
-        except (TimeoutError, OSError) as error:
-            return not isinstance(error, TimeoutError)
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def accepted(spool_dir: Path) -> list[tuple[Envelope, bytes]]:
-    """Every accepted message (envelope parsed, content bytes), oldest first."""
-    found = []
-    def order(path: Path) -> tuple[int, int]:
-        # mtimes tick coarsely (a few ms): two quick messages can share one, so the
-        # sequence number at the end of intake's ids breaks the tie.
-        sequence = path.name.removesuffix(".envelope").rsplit(".", 1)[-1]
-        return path.stat().st_mtime_ns, int(sequence) if sequence.isdigit() else 0
-
-    for path in sorted(spool_dir.glob("*.envelope"), key=order):
-        content = spool_dir / (path.name.removesuffix(".envelope") + ".content")
-        found.append((parse_envelope(path.read_bytes(), path=str(path)), content.read_bytes()))
-    return found
-
-
-def message_files(spool_dir: Path) -> list[str]:
-    return sorted(name for name in os.listdir(spool_dir) if not name.startswith("."))
-
-
-def body_after_received(content: bytes) -> bytes:
-    """The content without relay's (folded) Received line, which must come first."""
-    assert content.startswith(b"Received: from "), content[:80]
-    end = content.index(b"\r\n") + 2
-    while content[end:end + 1] in (b" ", b"\t"):
-        end = content.index(b"\r\n", end) + 2
-    return content[end:]
 
 
 def assert_still_serving(intake: IntakeThread) -> None:
@@ -181,7 +45,7 @@ def test_happy_path_stores_envelope_and_exact_content(intake: IntakeThread) -> N
     assert envelope.body_type == "7bit"
     assert envelope.authentication == ""
     assert not envelope.utf8_mailbox_names
-    assert body_after_received(content) == MESSAGE
+    assert strip_received(content) == MESSAGE
     first = content.split(b"\r\n\r\n")[0]
     assert b"from client.test ([127.0.0.1])" in first and b"by intake.test with ESMTP;" in first
     assert not list(intake.spool_dir.glob("*.new"))
@@ -197,7 +61,7 @@ def test_body_8bitmime_smtputf8_and_null_sender_are_recorded(intake: IntakeThrea
                         mail_options=["SMTPUTF8", "BODY=8BITMIME"])
     (first, first_content), (second, _) = accepted(intake.spool_dir)
     assert first.sender == "" and first.body_type == "8bit"
-    assert body_after_received(first_content) == eight_bit
+    assert strip_received(first_content) == eight_bit
     assert second.utf8_mailbox_names and second.sender == "j\u00f6rg@example.org"
     assert second.to_remote == ("m\u00fcller@example.com",)
 
@@ -226,7 +90,7 @@ def test_pipelined_transactions_are_each_answered(intake: IntakeThread) -> None:
     assert raw.reply().startswith("221")
     ((envelope, content),) = accepted(intake.spool_dir)
     assert envelope.to_remote == ("b@example.com", "c@example.com")
-    assert body_after_received(content) == MESSAGE.replace(b"\n..", b"\n.")  # unstuffed
+    assert strip_received(content) == MESSAGE.replace(b"\n..", b"\n.")  # unstuffed
 
 
 @pytest.mark.parametrize("address", [b"<a\x00b@example.com>", b"<a\x01b@example.com>",
@@ -241,7 +105,7 @@ def test_control_characters_in_addresses_are_refused(intake: IntakeThread, addre
     assert raw.command(b"RCPT TO:" + address)[:3] in ("553", "501")
     assert raw.command(b"DATA")[:3] == "503"
     raw.close()
-    assert message_files(intake.spool_dir) == []
+    assert spool_files(intake.spool_dir) == []
     assert_still_serving(intake)
 
 
@@ -276,7 +140,7 @@ def test_long_data_line_and_long_command_are_refused(intake: IntakeThread) -> No
     assert raw.reply()[0] == "5"
     assert raw.command(b"NOOP")[:3] == "250"
     raw.close()
-    assert message_files(intake.spool_dir) == []
+    assert spool_files(intake.spool_dir) == []
     assert_still_serving(intake)
 
 
@@ -293,7 +157,7 @@ def test_size_limits_declared_and_undeclared(spool_dir: Path) -> None:
         raw.send(b"Subject: big\r\n\r\n" + (b"z" * 70 + b"\r\n") * 4000 + b".\r\n")
         assert raw.reply()[:3] == "552"
         assert raw.command(b"NOOP")[:3] == "250"
-        assert message_files(spool_dir) == []
+        assert spool_files(spool_dir) == []
         assert_still_serving(intake)
 
 
@@ -317,7 +181,7 @@ def test_early_talker_is_refused(spool_dir: Path) -> None:
                  b"DATA\r\nSubject: early\r\n\r\nhi\r\n.\r\nQUIT\r\n")
         assert raw.reply().startswith("554 ")
         assert raw.closed()
-        assert message_files(spool_dir) == []
+        assert spool_files(spool_dir) == []
         polite = RawClient(intake.port)
         assert polite.greeting.startswith("220 intake.test")
         assert_still_serving(intake)
@@ -339,7 +203,7 @@ def test_bare_lf_or_cr_end_of_data_never_splits_a_message(intake: IntakeThread,
     # Only real CRLF lines are unstuffed: ".\nMAIL..." after a CRLF loses its dot, as it should.
     unstuffed = b"\r\n".join(line[1:] if line.startswith(b".") else line
                               for line in smuggled.split(b"\r\n"))
-    assert body_after_received(content) == unstuffed
+    assert strip_received(content) == unstuffed
 
 
 def test_connection_limits_answer_421(spool_dir: Path) -> None:
@@ -390,17 +254,6 @@ def test_slow_but_steady_data_is_not_idle(spool_dir: Path) -> None:
         assert raw.reply()[:3] == "250"
 
 
-def non_loopback_address() -> str | None:
-    """An address of this host that is not loopback (None when it has none)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))
-            address = str(probe.getsockname()[0])
-        except OSError:
-            return None
-    return None if is_loopback(address) or address == "0.0.0.0" else address
-
-
 def test_non_loopback_clients_refused_unless_remote_clients(spool_dir: Path) -> None:
     """A client from a non-loopback address gets 554 and a closed connection by default."""
     address = non_loopback_address()
@@ -441,7 +294,7 @@ def test_disk_nearly_full_refuses_mail_452(spool_dir: Path) -> None:
     with IntakeThread(spool_dir, "--min-free-space", "100000G") as intake, intake.smtp() as client:
         client.ehlo()
         assert client.mail("a@example.org")[0] == 452
-    assert message_files(spool_dir) == []
+    assert spool_files(spool_dir) == []
 
 
 def test_mail_from_auth_parameter_is_kept(spool_dir: Path) -> None:
@@ -475,10 +328,10 @@ def test_concurrent_sessions_all_stored(intake: IntakeThread) -> None:
         thread.join(60)
     stored = accepted(intake.spool_dir)
     assert len(stored) == 100
-    bodies = {body_after_received(content) for _, content in stored}
+    bodies = {strip_received(content) for _, content in stored}
     assert len(bodies) == 100
-    assert message_files(intake.spool_dir) == sorted(
-        name for name in message_files(intake.spool_dir) if not name.endswith(".new"))
+    assert spool_files(intake.spool_dir) == sorted(
+        name for name in spool_files(intake.spool_dir) if not name.endswith(".new"))
 
 
 def test_policy_functions() -> None:

@@ -3,11 +3,6 @@ and a full disk. "250" must mean "durable": every message a client saw 250 for i
 delivered byte-identical, and nothing a client did not see 250 for is delivered, except
 when the kill came after the commit (rename done) and before the reply (a duplicate once
 the client retries, which is inherent to SMTP; see docs/reliability.md).
-
-Also the helpers the other test_reliability*/test_abuse* files use: `IntakeProcess` runs the
-real `relay-intake` console script as a child process (the fault hooks of
-`spool.testhooks` are read from its environment), and `deliver_once` runs `relay-deliver
---once`.
 """
 
 from __future__ import annotations
@@ -16,22 +11,17 @@ import contextlib
 import os
 import signal
 import smtplib
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from sink import Sink, free_port
-from system import program_env, spool_files, strip_received
-from test_intake_server import IntakeThread, accepted
+from support.intake import IntakeProcess, IntakeThread
+from support.programs import deliver_once
+from support.sink import Sink
+from support.spool import accepted, fill, spool_files, strip_received
 
 from spool import Spool, recover
-
-BIN = Path(sys.executable).parent
-INTAKE = str(BIN / "relay-intake")
-DELIVER = str(BIN / "relay-deliver")
 
 # Every checkpoint between the first DATA byte and the 250, in the order they are passed.
 CRASH_POINTS = (
@@ -57,65 +47,6 @@ def message(token: str, size: int = 0) -> bytes:
     return (f"From: a@example.org\r\nTo: b@example.com\r\nSubject: {token}\r\n"
             f"X-Token: {token}\r\n\r\nbody of {token}\r\n.a line starting with a dot\r\n"
             ).encode() + (b"y" * 70 + b"\r\n") * (size // 72)
-
-
-class IntakeProcess:
-    """relay-intake as a child process on 127.0.0.1:<free port>, its stderr in a file."""
-
-    def __init__(self, spool_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 interface: str = "127.0.0.1") -> None:
-        self.spool_dir = spool_dir
-        self.port = free_port()
-        self.host = interface
-        self.log_path = spool_dir.parent / f"intake-{time.monotonic_ns()}.log"
-        self._log_file = open(self.log_path, "wb")  # closed in stop()
-        self.process = subprocess.Popen(
-            [INTAKE, "--spool-dir", str(spool_dir), "--port", str(self.port), "--interface",
-             interface, "--domain", "intake.test", "--log-format", "json", *args],
-            stdout=subprocess.DEVNULL, stderr=self._log_file, env=program_env(**(env or {})),
-        )
-        self.wait_for_log("intake_started")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} in the intake log:\n{self.log()}")
-            time.sleep(0.02)
-
-    def smtp(self, timeout: float = 10) -> smtplib.SMTP:
-        return smtplib.SMTP(self.host, self.port, local_hostname="client.test", timeout=timeout)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM (if still running) and the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._log_file.close()
-
-    def __enter__(self) -> IntakeProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self._log_file.close()
-
-
-def deliver_once(spool_dir: Path, forward_to: str, *args: str,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`relay-deliver --once` (the console script) with short timeouts."""
-    command = [DELIVER, "--once", "--spool-dir", str(spool_dir), "--forward-to", forward_to,
-               "--retry-first", "30", "--connection-timeout", "3", "--response-timeout", "3",
-               "--data-timeout", "5", "--content-grace", "0", "--log-format", "json", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60,
-                          env=program_env(**(env or {})))
 
 
 def offer(intake: IntakeProcess, token: str, size: int = 0) -> int | None:
@@ -239,15 +170,6 @@ def test_failing_fsync_or_write_answers_4xx_and_keeps_nothing(spool_dir: Path, f
 
 
 # -- a full disk: a spool on a small tmpfs ------------------------------------------------
-
-
-def fill(path: Path, leave: int) -> None:
-    """Fill *path*'s file system with one file until about *leave* bytes are free."""
-    path.unlink(missing_ok=True)
-    info = os.statvfs(path.parent)
-    free = info.f_bavail * info.f_frsize
-    with open(path, "wb") as handle:
-        handle.write(b"\0" * max(free - leave, 0))
 
 
 def test_full_disk_refuses_at_mail_and_after_the_dot_then_recovers(small_disk: Path,

@@ -12,8 +12,9 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from sink import Behaviour, Sink
-from system import System, spool_files, wait_until
+from support.sink import Behaviour, Sink
+from support.spool import spool_files
+from support.system import System, wait_until
 
 
 @pytest.fixture

@@ -26,8 +26,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
-from sink import free_port
-from system import System, spool_files, wait_until
+from support.sink import free_port
+from support.spool import spool_files
+from support.system import System, wait_until
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]
 

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sink import Sink, free_port
-from system import BIN, System, program_env, spool_files, strip_received, wait_until
+from support.programs import BIN, program_env
+from support.sink import Sink, free_port
+from support.spool import spool_files, strip_received
+from support.system import System, wait_until
 
 
 def make_message(number: int) -> bytes:

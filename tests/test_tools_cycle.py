@@ -6,8 +6,9 @@ import email
 import email.policy
 from pathlib import Path
 
-from sink import Sink
-from test_tools_support import run_tool, spool_names
+from support.programs import run_tool
+from support.sink import Sink
+from support.spool import spool_files
 
 from spool import parse_envelope
 
@@ -19,7 +20,7 @@ def deliver_once(spool_dir: Path, sink: Sink) -> None:
 
 
 def bad_envelopes(spool_dir: Path) -> list[str]:
-    return [name for name in spool_names(spool_dir) if name.endswith(".envelope.bad")]
+    return [name for name in spool_files(spool_dir) if name.endswith(".envelope.bad")]
 
 
 def test_refused_mail_is_retried_then_bounced_through_deliver(spool_dir: Path,
@@ -56,4 +57,4 @@ def test_refused_mail_is_retried_then_bounced_through_deliver(spool_dir: Path,
     status = list(dsn.iter_parts())[1].get_payload()[1]
     assert status["Final-Recipient"] == "rfc822; alice@example.org"
     assert status["Status"] == "5.1.1"
-    assert spool_names(spool_dir) == []
+    assert spool_files(spool_dir) == []

@@ -8,14 +8,9 @@ import os
 from email.message import EmailMessage
 from pathlib import Path
 
-from test_tools_support import (
-    CONTENT,
-    emailrelay_envelope,
-    failures_of,
-    run_tool,
-    spool_names,
-    write_bad,
-)
+from support.programs import run_tool
+from support.spool import spool_files
+from support.tools import CONTENT, emailrelay_envelope, failures_of, write_bad
 
 from spool import State, parse_envelope
 
@@ -29,7 +24,7 @@ def notify(spool_dir: Path, *args: str, **kwargs: object) -> tuple[int, bytes, b
 def stored_dsns(spool_dir: Path) -> list[tuple[str, bytes]]:
     """(id, content) of every waiting message in the spool."""
     found = []
-    for name in spool_names(spool_dir):
+    for name in spool_files(spool_dir):
         if name.endswith(State.READY.suffix):
             message_id = name[: -len(State.READY.suffix)]
             found.append((message_id, (spool_dir / f"{message_id}.content").read_bytes()))
@@ -49,7 +44,7 @@ def test_dsn_stored_with_null_sender_and_failed_message_removed(spool_dir: Path)
     code, stdout, stderr = notify(spool_dir)
     assert (code, stdout, stderr) == (0, b"", b"")  # silent on success
     (dsn_id, data), = stored_dsns(spool_dir)
-    assert spool_names(spool_dir) == [f"{dsn_id}.content", f"{dsn_id}.envelope"]
+    assert spool_files(spool_dir) == [f"{dsn_id}.content", f"{dsn_id}.envelope"]
     envelope = parse_envelope((spool_dir / f"{dsn_id}.envelope").read_bytes())
     assert envelope.sender == ""
     assert envelope.to_remote == ("bob@example.com",)
@@ -77,21 +72,21 @@ def test_only_messages_past_max_retries_unless_all(spool_dir: Path) -> None:
     """4 failures of 5 are left for resubmit; --all notifies about them too (4xx -> 4.0.0)."""
     write_bad(spool_dir, "m1", emailrelay_envelope(failures=[("451 try later", "451")] * 4))
     assert notify(spool_dir)[0] == 0
-    assert spool_names(spool_dir) == ["m1.content", "m1.envelope.bad"]
+    assert spool_files(spool_dir) == ["m1.content", "m1.envelope.bad"]
     assert notify(spool_dir, "--max-retries", "4")[0] == 0
     (_, data), = stored_dsns(spool_dir)
     assert list(parse(data).iter_parts())[1].get_payload()[1]["Status"] == "4.0.0"
     write_bad(spool_dir, "m2", emailrelay_envelope(failures=failures_of(1)))
     assert notify(spool_dir, "--all")[0] == 0
     assert len(stored_dsns(spool_dir)) == 2
-    assert not any(name.endswith(".bad") for name in spool_names(spool_dir))
+    assert not any(name.endswith(".bad") for name in spool_files(spool_dir))
 
 
 def test_no_notification_for_null_sender(spool_dir: Path) -> None:
     """A failed bounce (sender <>) is removed without any notification: no bounce loops."""
     write_bad(spool_dir, "bounce", emailrelay_envelope(sender="", failures=failures_of(5)))
     assert notify(spool_dir)[0] == 0
-    assert spool_names(spool_dir) == []
+    assert spool_files(spool_dir) == []
 
 
 def test_keep_moves_failed_message_to_failed_folder(spool_dir: Path) -> None:
@@ -114,12 +109,12 @@ def test_dry_run_changes_nothing(spool_dir: Path) -> None:
     """--dry-run says what it would do and leaves the spool as it was."""
     write_bad(spool_dir, "m1", emailrelay_envelope(failures=failures_of(5)))
     write_bad(spool_dir, "b1", emailrelay_envelope(sender="", failures=failures_of(5)))
-    before = spool_names(spool_dir)
+    before = spool_files(spool_dir)
     code, stdout, _ = notify(spool_dir, "--dry-run")
     assert code == 0
     assert b"would notify bob@example.com about m1" in stdout
     assert b"would remove b1 (null sender" in stdout
-    assert spool_names(spool_dir) == before
+    assert spool_files(spool_dir) == before
 
 
 def test_envelope_our_parser_refuses_is_still_notified(spool_dir: Path) -> None:
@@ -181,7 +176,7 @@ def test_procmail_delivers_locally(spool_dir: Path, tmp_path: Path) -> None:
     delivered = (tmp_path / "bin" / "input").read_bytes()
     assert b"\r\n" not in delivered  # a local mailbox gets Unix line ends
     assert parse(delivered).get_content_type() == "multipart/report"
-    assert spool_names(spool_dir) == []
+    assert spool_files(spool_dir) == []
 
 
 def test_procmail_failure_or_unsafe_user_keeps_the_message(spool_dir: Path,
@@ -191,7 +186,7 @@ def test_procmail_failure_or_unsafe_user_keeps_the_message(spool_dir: Path,
     write_bad(spool_dir, "m1", emailrelay_envelope(failures=failures_of(5)))
     code, _, stderr = notify(spool_dir, "--procmail", env=env)
     assert code == os.EX_TEMPFAIL and b"exited 75" in stderr
-    assert spool_names(spool_dir) == ["m1.content", "m1.envelope.bad"]
+    assert spool_files(spool_dir) == ["m1.content", "m1.envelope.bad"]
     (tmp_path / "bin" / "args").unlink()
     os.unlink(spool_dir / "m1.envelope.bad")
     write_bad(spool_dir, "m1", emailrelay_envelope(sender="-oevil@example.com",
@@ -199,7 +194,7 @@ def test_procmail_failure_or_unsafe_user_keeps_the_message(spool_dir: Path,
     code, _, stderr = notify(spool_dir, "--procmail", env=env)
     assert code == os.EX_TEMPFAIL and b"no local user name" in stderr
     assert not (tmp_path / "bin" / "args").exists()  # procmail never ran
-    assert spool_names(spool_dir) == ["m1.content", "m1.envelope.bad"]
+    assert spool_files(spool_dir) == ["m1.content", "m1.envelope.bad"]
 
 
 def test_configuration_errors_exit_78(spool_dir: Path, tmp_path: Path) -> None:
@@ -217,5 +212,5 @@ def test_missing_content_still_notifies(spool_dir: Path) -> None:
     os.unlink(spool_dir / "m1.content")
     assert notify(spool_dir)[0] == 0
     (_, data), = stored_dsns(spool_dir)
-    assert not any(name.startswith("m1.") for name in spool_names(spool_dir))
+    assert not any(name.startswith("m1.") for name in spool_files(spool_dir))
     assert list(parse(data).iter_parts())[2].get_content_type() == "text/rfc822-headers"

@@ -7,15 +7,9 @@ import subprocess
 import threading
 from pathlib import Path
 
-from test_tools_support import (
-    BIN,
-    CONTENT,
-    emailrelay_envelope,
-    failures_of,
-    run_tool,
-    spool_names,
-    write_bad,
-)
+from support.programs import BIN, run_tool
+from support.spool import spool_files
+from support.tools import CONTENT, emailrelay_envelope, failures_of, write_bad
 
 from spool import Spool, State, claim, entries
 
@@ -44,7 +38,7 @@ def test_reason_code_lines_do_not_count(spool_dir: Path) -> None:
     write_bad(spool_dir, "m1", envelope)
     result = run_tool("relay-resubmit", "--spool-dir", str(spool_dir), "--max-retries", "2")
     assert result.returncode == 0
-    assert spool_names(spool_dir) == ["m1.content", "m1.envelope"]
+    assert spool_files(spool_dir) == ["m1.content", "m1.envelope"]
 
 
 def test_files_the_parser_would_refuse_are_still_resubmitted(spool_dir: Path) -> None:
@@ -55,7 +49,7 @@ def test_files_the_parser_would_refuse_are_still_resubmitted(spool_dir: Path) ->
     write_bad(spool_dir, "worn", b"garbage\n" + b"X-MailRelay-Reason: x\n" * 5)
     result = run_tool("relay-resubmit", "--spool-dir", str(spool_dir))
     assert result.returncode == 0, result.stderr
-    assert spool_names(spool_dir) == [
+    assert spool_files(spool_dir) == [
         "junk.content", "junk.envelope", "old.content", "old.envelope",
         "worn.content", "worn.envelope.bad",
     ]
@@ -129,7 +123,7 @@ def test_two_resubmits_racing_move_each_message_exactly_once(spool_dir: Path) ->
         moved += [line.split(b'"msg_id": "')[1].split(b'"')[0].decode()
                   for line in stderr.splitlines() if b"message_resubmitted" in line]
     assert sorted(moved) == sorted(ids)  # each exactly once
-    assert spool_names(spool_dir) == sorted(
+    assert spool_files(spool_dir) == sorted(
         [f"{i}.content" for i in ids] + [f"{i}.envelope" for i in ids])
     for message_id in ids:
         assert (spool_dir / f"{message_id}.content").read_bytes() == message_id.encode()
@@ -164,7 +158,7 @@ def test_resubmit_while_a_deliverer_claims_and_fails(spool_dir: Path) -> None:
         worker.join()
     assert claims_made > 0
     for message_id in ids:
-        envelopes = [name for name in spool_names(spool_dir)
+        envelopes = [name for name in spool_files(spool_dir)
                      if name.startswith(message_id + ".envelope")]
         assert len(envelopes) == 1, envelopes  # exactly one state per message
         assert envelopes[0] in (f"{message_id}.envelope", f"{message_id}.envelope.bad")

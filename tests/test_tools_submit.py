@@ -8,7 +8,8 @@ import pwd
 from pathlib import Path
 
 import pytest
-from test_tools_support import run_tool, spool_names
+from support.programs import run_tool
+from support.spool import spool_files
 
 from spool import Envelope, parse_envelope
 from tools import submit
@@ -18,7 +19,7 @@ USER = pwd.getpwuid(os.getuid()).pw_name
 
 def stored(spool_dir: Path) -> tuple[Envelope, bytes]:
     """The one message in the spool: its envelope and content."""
-    names = spool_names(spool_dir)
+    names = spool_files(spool_dir)
     assert len(names) == 2 and names[1].endswith(".envelope"), names
     message_id = names[1][: -len(".envelope")]
     envelope = parse_envelope((spool_dir / names[1]).read_bytes())
@@ -138,7 +139,7 @@ def test_long_lines_and_one_byte_reads_keep_bytes(spool_dir: Path) -> None:
                              b"Subject: x\n\n" + long_line + b"\r\nend\r\n") == 0
     _, content = stored(spool_dir)
     assert content.endswith(b"\r\n\r\n" + long_line + b"\r\nend\r\n")
-    for name in spool_names(spool_dir):
+    for name in spool_files(spool_dir):
         os.unlink(spool_dir / name)
     trickle = b"Subject: y\r\n\r\nab\r\ncd\re\n.x\n"
     assert submit.main(["--spool-dir", str(spool_dir), "a@example.org"],
@@ -189,14 +190,14 @@ def test_refusals_with_a_one_line_reason(spool_dir: Path, args: list[str], code:
                       stdin=b"Subject: x\n\nbody\n")
     assert result.returncode == code
     assert says in result.stderr
-    assert spool_names(spool_dir) == []
+    assert spool_files(spool_dir) == []
 
 
 def test_control_characters_in_header_recipients_exit_65(spool_dir: Path) -> None:
     """With -t, a To address holding a NUL is refused as bad data (65), nothing stored."""
     code = submit_in_process(spool_dir, ["-t"], b"To: a\x00b@example.org\n\nx\n")
     assert code == os.EX_DATAERR
-    assert spool_names(spool_dir) == []
+    assert spool_files(spool_dir) == []
 
 
 def test_spool_problems_exit_78_or_73(spool_dir: Path, tmp_path: Path) -> None:
@@ -223,7 +224,7 @@ def test_spool_dir_from_env_and_config(spool_dir: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     envelope, _ = stored(spool_dir)
     assert envelope.to_remote == ("a@conf.test",)
-    for name in spool_names(spool_dir):
+    for name in spool_files(spool_dir):
         os.unlink(spool_dir / name)
     result = run_tool("relay-submit", "b@example.org", env={"RELAY_SPOOL_DIR": str(spool_dir)},
                       stdin=b"x\n")

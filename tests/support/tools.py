@@ -1,17 +1,13 @@
-"""Shared helpers for the tools' tests: E-MailRelay style spool files and running the tools.
-
-No tests here; the test_tools_* modules import these helpers.
+"""Failed messages as E-MailRelay 2.x leaves them, for the tools' tests: its envelope
+format with failure reasons, a typical content, and a writer that drops the pair into a
+spool directory (content first, then `.envelope.bad`, mode 0600); writes nowhere else.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-BIN = Path(sys.executable).parent
 
 
 def emailrelay_envelope(
@@ -70,19 +66,3 @@ def write_bad(spool_dir: Path, message_id: str, envelope: bytes,
         path = spool_dir / name
         path.write_bytes(data)
         os.chmod(path, 0o600)
-
-
-def run_tool(name: str, *args: str, env: dict[str, str] | None = None,
-             stdin: bytes | None = None, cwd: Path | None = None,
-             timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
-    """Run a console script (`relay-resubmit` ...) from the virtualenv as a subprocess."""
-    full_env = {key: value for key, value in os.environ.items()
-                if not key.startswith("RELAY_")}
-    full_env.update(env or {})
-    return subprocess.run([str(BIN / name), *args], input=stdin, capture_output=True,
-                          env=full_env, cwd=cwd, timeout=timeout, check=False)
-
-
-def spool_names(spool_dir: Path) -> list[str]:
-    """The message files of a spool (dot files such as the lock left out), sorted."""
-    return sorted(name for name in os.listdir(spool_dir) if not name.startswith("."))

@@ -2,7 +2,8 @@
 
 Runs in its own thread on 127.0.0.1 (ephemeral port). It records every message it
 accepts, and can answer 4xx/5xx per recipient or per stage, hang up after the dot, or
-stall before replying.
+stall before replying. `authenticator` and `client_auth_file` are one account, for
+the sink's AUTH and relay-deliver's --client-auth.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 def free_port() -> int:
@@ -156,3 +158,20 @@ class Sink:
             time.sleep(0.02)
         with self.lock:
             raise AssertionError(f"sink got {len(self.messages)} messages, wanted {count}")
+
+
+def authenticator(_server: Any, _session: Any, _envelope: Any, _mechanism: str,
+                  auth_data: Any) -> AuthResult:
+    """The sink's AUTH check (Sink(authenticator=...)): user "relay", password "s3cret pw"."""
+    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+        b"relay", b"s3cret pw")
+    return AuthResult(success=ok, handled=False)
+
+
+def client_auth_file(directory: Path, password: str = "s3cret+20pw") -> str:
+    """A --client-auth secrets file (mode 0600) for the account `authenticator` accepts;
+    the default password is "s3cret pw" in xtext."""
+    path = directory / "client.auth"
+    path.write_text(f"# smarthost account\nclient plain relay {password}\n")
+    path.chmod(0o600)
+    return str(path)

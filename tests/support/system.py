@@ -1,31 +1,23 @@
-"""Helpers for end-to-end tests: run the shipped supervisord.conf in a private folder.
+"""End-to-end runs: the shipped supervisord.conf (and relay.toml) in a private folder, with
+intake on a free port; and `wait_until`, for polling what such a system does.
 
-The folder is short (/tmp/rl-XXXX) because a unix socket path is limited to ~100 bytes.
+Writes only in that folder, which `System.stop()` removes. The folder is short
+(/tmp/rl-XXXX) because a unix socket path is limited to ~100 bytes.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import smtplib
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from sink import free_port
+from support.programs import BIN, program_env
+from support.sink import free_port
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def program_env(**extra: str) -> dict[str, str]:
-    """The environment for relay programs: the venv's bin first, no stray RELAY_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
-    env.update(extra)
-    return env
+REPO = Path(__file__).resolve().parents[2]
 
 
 class System:
@@ -106,11 +98,6 @@ class System:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def spool_files(spool: Path) -> list[str]:
-    """Message files in a spool (hidden trigger/lock files left out)."""
-    return sorted(name for name in os.listdir(spool) if not name.startswith("."))
-
-
 def wait_until(predicate: object, timeout: float = 20.0, interval: float = 0.05) -> bool:
     """Poll *predicate* (a callable) until it is true or *timeout* passes."""
     assert callable(predicate)
@@ -120,12 +107,3 @@ def wait_until(predicate: object, timeout: float = 20.0, interval: float = 0.05)
             return True
         time.sleep(interval)
     return bool(predicate())
-
-
-def strip_received(data: bytes) -> bytes:
-    """Message bytes without the first (relay's) Received header, folded lines included."""
-    assert data.startswith(b"Received:"), data[:80]
-    end = data.index(b"\r\n") + 2
-    while data[end : end + 1] in (b" ", b"\t"):
-        end = data.index(b"\r\n", end) + 2
-    return data[end:]

@@ -1,0 +1,52 @@
+"""A spool directory as the tests see it: the messages intake accepted, the names of its
+message files, content without relay's Received line, and a disk filled up.
+
+Reads spool files only through spool's own parser; writes nothing in a spool (`fill`
+writes one filler file beside it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from spool import Envelope, parse_envelope
+
+
+def accepted(spool_dir: Path) -> list[tuple[Envelope, bytes]]:
+    """Every accepted message (envelope parsed, content bytes), oldest first."""
+    found = []
+    def order(path: Path) -> tuple[int, int]:
+        # mtimes tick coarsely (a few ms): two quick messages can share one, so the
+        # sequence number at the end of intake's ids breaks the tie.
+        sequence = path.name.removesuffix(".envelope").rsplit(".", 1)[-1]
+        return path.stat().st_mtime_ns, int(sequence) if sequence.isdigit() else 0
+
+    for path in sorted(spool_dir.glob("*.envelope"), key=order):
+        content = spool_dir / (path.name.removesuffix(".envelope") + ".content")
+        found.append((parse_envelope(path.read_bytes(), path=str(path)), content.read_bytes()))
+    return found
+
+
+def spool_files(spool: Path) -> list[str]:
+    """Message files in a spool (hidden trigger/lock files left out), sorted."""
+    return sorted(name for name in os.listdir(spool) if not name.startswith("."))
+
+
+def strip_received(data: bytes) -> bytes:
+    """Message bytes without relay's Received line, which must come first (folded lines
+    included)."""
+    assert data.startswith(b"Received: from "), data[:80]
+    end = data.index(b"\r\n") + 2
+    while data[end : end + 1] in (b" ", b"\t"):
+        end = data.index(b"\r\n", end) + 2
+    return data[end:]
+
+
+def fill(path: Path, leave: int) -> None:
+    """Fill *path*'s file system with one file until about *leave* bytes are free."""
+    path.unlink(missing_ok=True)
+    info = os.statvfs(path.parent)
+    free = info.f_bavail * info.f_frsize
+    with open(path, "wb") as handle:
+        handle.write(b"\0" * max(free - leave, 0))
