@@ -184,8 +184,8 @@ def test_path_shortcut_examples(arg: str) -> None:
 
 def test_paths_the_parser_chokes_on_get_553(spool_dir: Path) -> None:
     """Paths on which the standard library's parser fails are malformed, not local errors."""
-    with IntakeThread(spool_dir) as intake:
-        raw = RawClient(intake.port)
+    # Closed before intake stops: a session left in a transaction holds the stop 20 s.
+    with IntakeThread(spool_dir) as intake, RawClient(intake.port) as raw:
         raw.command(b"EHLO client.test")
         assert raw.command(b"MAIL FROM:<")[:3] == "553"
         assert raw.command(b"MAIL FROM:+@[")[:3] == "553"
@@ -211,8 +211,8 @@ def test_pipelined_group_with_rset_and_quit_gets_every_reply(spool_dir: Path) ->
 
 def test_client_that_sends_data_before_the_354_is_served(spool_dir: Path) -> None:
     """A client that does not wait for the 354 (against RFC 2920) still gets every reply."""
-    with IntakeThread(spool_dir) as intake:
-        raw = RawClient(intake.port)
+    # Closed before intake stops: a session left in a transaction holds the stop 20 s.
+    with IntakeThread(spool_dir) as intake, RawClient(intake.port) as raw:
         raw.command(b"EHLO client.test")
         raw.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
                  + MESSAGE + b".\r\n")
