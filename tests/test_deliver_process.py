@@ -6,70 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from support.deliver import FAST, Deliver, body, files, store, wait_until_empty
+from support.programs import DELIVER
 from support.sink import Behaviour, Sink
 
-from spool import Envelope, Spool, State, entries
-
-DELIVER = str(Path(sys.executable).with_name("relay-deliver"))
-FAST = ["--retry-first", "30", "--response-timeout", "2", "--connection-timeout", "2",
-        "--log-format", "json"]
-
-
-def body(number: int) -> bytes:
-    return f"Subject: process test {number}\r\n\r\nbody {number}\r\n".encode()
-
-
-def store(spool: Spool, number: int) -> str:
-    return spool.store(body(number), Envelope(sender="a@example.com", to_remote=("b@x.test",)))
-
-
-def files(spool: Spool) -> list[str]:
-    return sorted(os.listdir(spool.path))
-
-
-def wait_until_empty(spool: Spool, timeout: float = 10) -> None:
-    """The spool empties soon after the last message_forwarded (removal is asynchronous)."""
-    deadline = time.monotonic() + timeout
-    while files(spool) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert files(spool) == []
-
-
-class Deliver:
-    """relay-deliver running in the background, its stderr in a file."""
-
-    def __init__(self, spool: Spool, forward_to: str, *extra: str) -> None:
-        self.log_path = spool.path.parent / f"deliver-{time.monotonic_ns()}.log"
-        self.log_file = open(self.log_path, "wb")  # closed in stop()
-        self.process = subprocess.Popen(
-            [DELIVER, "--spool-dir", str(spool.path), "--forward-to", forward_to, *FAST, *extra],
-            stdout=subprocess.DEVNULL, stderr=self.log_file,
-        )
-        self.wait_for_log("deliver_started")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} in the log:\n{self.log()}")
-            time.sleep(0.02)
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self.log_file.close()
+from spool import Spool, State, entries
 
 
 @pytest.fixture
@@ -78,10 +23,7 @@ def running() -> Iterator[list[Deliver]]:
     started: list[Deliver] = []
     yield started
     for deliver in started:
-        if deliver.process.poll() is None:
-            deliver.process.kill()
-            deliver.process.wait()
-        deliver.log_file.close()
+        deliver.close()
 
 
 def test_once_exit_codes(spool: Spool, sink: Sink) -> None:

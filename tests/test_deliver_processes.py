@@ -17,8 +17,9 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from sink import Sink
-from test_deliver_process import DELIVER, FAST, Deliver, body, files, store, wait_until_empty
+from support.deliver import FAST, Deliver, body, files, store, wait_until_empty
+from support.programs import DELIVER
+from support.sink import Sink
 
 from common.workers import combined_exit_code
 from spool import Spool
@@ -31,13 +32,10 @@ def running() -> Iterator[list[Deliver]]:
     yield started
     for deliver in started:
         workers = children_of(deliver.process.pid)
-        if deliver.process.poll() is None:
-            deliver.process.kill()
-            deliver.process.wait()
+        deliver.close()
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        deliver.log_file.close()
 
 
 def children_of(pid: int) -> list[int]:

@@ -10,7 +10,8 @@ from pathlib import Path
 from aiosmtplib.email import quote_address
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_intake_server import IntakeThread, RawClient, accepted
+from support.intake import IntakeThread, RawClient
+from support.spool import accepted
 
 from intake.policy import path_problem
 

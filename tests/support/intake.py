@@ -74,7 +74,8 @@ class IntakeThread:
 
 
 class IntakeProcess:
-    """relay-intake as a child process on *interface*:<free port>, its JSON log in a file.
+    """relay-intake as a child process on *interface*:<free port> (started in *cwd* if
+    given), its JSON log in a file beside the spool directory.
 
     Ready once it logged intake_started. `stop()` sends SIGTERM and returns the exit status;
     `finish(sig)` sends *sig* (if given) and returns the log; `close()` (or leaving the
@@ -82,16 +83,18 @@ class IntakeProcess:
     """
 
     def __init__(self, spool_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 interface: str = "127.0.0.1") -> None:
-        self.spool_dir = spool_dir
+                 interface: str = "127.0.0.1", cwd: Path | None = None) -> None:
+        self.spool_dir = spool_dir  # as given: relative to *cwd* when that is given
         self.port = free_port()
         self.host = interface
-        self.log_path = spool_dir.parent / f"intake-{time.monotonic_ns()}.log"
+        where = (cwd or Path.cwd()) / spool_dir
+        self.log_path = where.resolve().parent / f"intake-{time.monotonic_ns()}.log"
         self._log_file = open(self.log_path, "wb")  # closed in stop(), finish(), close()
         self.process = subprocess.Popen(
             [INTAKE, "--spool-dir", str(spool_dir), "--port", str(self.port), "--interface",
              interface, "--domain", "intake.test", "--log-format", "json", *args],
             stdout=subprocess.DEVNULL, stderr=self._log_file, env=program_env(**(env or {})),
+            cwd=cwd,
         )
         try:
             self.wait_for_log("intake_started")
