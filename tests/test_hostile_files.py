@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sink import Sink
-from test_deliver_process import Deliver
-from test_tools_support import CONTENT, emailrelay_envelope, failures_of, run_tool, write_bad
+from support.deliver import Deliver
+from support.programs import run_tool
+from support.sink import Sink
+from support.tools import CONTENT, emailrelay_envelope, failures_of, write_bad
 
 from spool import Envelope, HostileFile, Spool, State, claim, parse_envelope
 from spool.files import open_regular
@@ -77,10 +78,7 @@ def deliver_for(spool: Spool, sink: Sink) -> Iterator[Callable[..., Deliver]]:
 
     yield start
     for deliver in started:
-        if deliver.process.poll() is None:
-            deliver.process.kill()
-            deliver.process.wait()
-        deliver.log_file.close()
+        deliver.close()
 
 
 def failures_logged(deliver: Deliver) -> list[dict[str, object]]:
