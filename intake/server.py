@@ -31,9 +31,10 @@ from intake.commit import GroupCommitter
 from intake.data import DataCollector, DataProblem, read_data
 from intake.filters import FilterAction, VerifierOutcome, run_filters, verify_address
 from intake.filters import VerifierVerdict as Verdict
+from intake.limits import AuthFailures, ConnectionLimits, in_networks
+from intake.pace import Pace
 from intake.policy import (
     MAX_AUTH_FAILURES,
-    ConnectionLimits,
     SpaceCheck,
     address_problem,
     client_ip,
@@ -63,6 +64,8 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_PATH = re.compile(
     rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?: +([^ \t(][^\t(]*))?"
 )
+AUTH_BLOCKED_REPLY = ("454 4.7.0 Temporary authentication failure: too many failed attempts "
+                      "from your address, try again later")
 _mail_log = logging.getLogger("mail.log")  # aiosmtpd's logger: the dialogue with --verbose
 
 
@@ -74,7 +77,10 @@ class IntakeServer:
         self.spool = spool
         self.log = log
         self.committer = GroupCommitter(spool, sync=config.sync)
-        self.limits = ConnectionLimits(config.max_connections, config.max_connections_per_client)
+        self.limits = ConnectionLimits(config.max_connections, config.reserved_connections,
+                                       config.max_connections_per_client,
+                                       config.max_connections_per_network)
+        self.auth_failures = AuthFailures(config.auth_failure_limit, config.auth_failure_window)
         self.space = SpaceCheck(spool, config.min_free_space)
         self.sessions: set[IntakeSMTP] = set()
         self.stopping = False
@@ -164,7 +170,7 @@ class IntakeSMTP(SMTP):
             timeout=config.idle_timeout,
             auth_required=config.authenticator is not None,
             auth_require_tls=not config.auth_insecure,
-            authenticator=config.authenticator or _refuse_all,
+            authenticator=self._check_credentials,
             loop=asyncio.get_running_loop(),
         )
         # aiosmtpd keeps this dict on the class and grows it on every EHLO: keep our own.
@@ -176,13 +182,17 @@ class IntakeSMTP(SMTP):
         self.client_port = 0
         self.refusal: str | None = None
         self.counted = False
+        self.exempt = False  # from the per-address and per-network limits (limits.py)
         self.trusted_keyword: str | None = None
         self.auth_mechanism = ""
         self.auth_name = ""
         self.auth_failures = 0
-        self.busy = False
+        self._auth_checked = False  # the last AUTH had its credentials checked
+        self._auth_blocked = False  # the last AUTH was refused unchecked (address blocked)
+        self._busy = False
         self.close_after_reply = False
-        self._last_activity = self.loop.time()
+        self.pace = Pace(config.idle_timeout, config.min_data_rate, self.loop.time())
+        self._session_timer: asyncio.TimerHandle | None = None
         self._mail_arg = ""
         self._may_hold_reply = False  # a MAIL, RCPT or RSET reply may wait for the next
         self._held_replies: list[bytes] = []
@@ -196,36 +206,75 @@ class IntakeSMTP(SMTP):
         if self._original_transport is None and self.transport is None:  # not STARTTLS
             peer = transport.get_extra_info("peername")
             self.client_ip, self.client_port = client_ip(peer), client_port(peer)
-            self.refusal = self.server.limits.admit(self.client_ip)
-            self.counted = self.refusal is None
+            self.admit()
             self.server.sessions.add(self)
-            authenticator = self.server.config.authenticator
-            if authenticator is not None:
-                self.trusted_keyword = authenticator.trusted_keyword(self.client_ip)
+            if self.server.config.session_timeout > 0:
+                self._session_timer = self.loop.call_later(self.server.config.session_timeout,
+                                                           self._session_expired)
         super().connection_made(transport)
+
+    def admit(self) -> None:
+        """Classify the client (trusted, exempt) and count it against the limits."""
+        config = self.server.config
+        if self.counted:
+            self.server.limits.release(self.client_ip, exempt=self.exempt)
+        if config.authenticator is not None:
+            self.trusted_keyword = config.authenticator.trusted_keyword(self.client_ip)
+        self.exempt = (self.trusted_keyword is not None
+                       or in_networks(self.client_ip, config.exempt_networks))
+        self.refusal = self.server.limits.admit(self.client_ip, exempt=self.exempt)
+        self.counted = self.refusal is None
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.counted:
-            self.server.limits.release(self.client_ip)
+            self.server.limits.release(self.client_ip, exempt=self.exempt)
             self.counted = False
+        if self._session_timer is not None:
+            self._session_timer.cancel()
         self.server.sessions.discard(self)
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
-        self._last_activity = self.loop.time()
+        self.pace.received(len(data), self.loop.time())
         super().data_received(data)
 
+    @property
+    def busy(self) -> bool:
+        """True while relay itself works for this client (storing, a filter, the verifier)."""
+        return self._busy
+
+    @busy.setter
+    def busy(self, value: bool) -> None:
+        self._busy = value
+        self.pace.hold(self.loop.time(), value)
+
     def _timeout_cb(self) -> None:
-        # aiosmtpd restarts its timer on commands only; relay's idle timeout counts any
-        # bytes (a long DATA is not idle) and never fires while the server itself works.
-        idle = self.loop.time() - self._last_activity
-        if self.transport is not None and (self.busy or idle < self._timeout_duration):
-            remaining = self._timeout_duration if self.busy else self._timeout_duration - idle
-            self._timeout_handle = self.loop.call_later(max(remaining, 0.05), self._timeout_cb)
+        # aiosmtpd restarts its timer on commands only; relay's counts any bytes, with a
+        # minimum rate (intake.pace), and never runs while the server itself works.
+        now = self.loop.time()
+        remaining = self.pace.remaining(now)
+        if self.transport is not None and remaining > 0:
+            delay = min(max(remaining, 0.05), self._timeout_duration)
+            self._timeout_handle = self.loop.call_later(delay, self._timeout_cb)
             return
-        self.server.log.info("client_dropped", client=self.client_ip, reason="idle timeout")
-        self.close_with("421 4.4.2 Idle timeout, closing connection")
+        if self.pace.silent_for(now) >= self.pace.allowance:
+            self.server.log.info("client_dropped", client=self.client_ip, reason="idle timeout")
+            self.close_with("421 4.4.2 Idle timeout, closing connection")
+        else:
+            self.server.log.info("client_dropped", client=self.client_ip,
+                                 reason="slower than --min-data-rate")
+            self.close_with("421 4.4.2 Too slow: data rate under the minimum, closing connection")
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    def _session_expired(self) -> None:
+        if self.transport is None:
+            return
+        if self.busy:  # never while relay stores or filters: the reply to that comes first
+            self._session_timer = self.loop.call_later(0.1, self._session_expired)
+            return
+        self.server.log.info("client_dropped", client=self.client_ip,
+                             reason="session time limit")
+        self.close_with("421 4.4.2 Session time limit reached, closing connection")
 
     @property
     def in_transaction(self) -> bool:
@@ -269,6 +318,7 @@ class IntakeSMTP(SMTP):
             self._held_replies.clear()
         else:
             self._writer.write(response + b"\r\n")
+        self.pace.new_request(self.loop.time())
         await self._writer.drain()
         if closing:
             self.close_after_reply = False
@@ -395,7 +445,12 @@ class IntakeSMTP(SMTP):
             return
         assert self.session is not None
         already = bool(self.session.authenticated)
-        await super().smtp_AUTH(arg)
+        self._auth_checked = self._auth_blocked = False
+        if not already and self.server.auth_failures.blocked(self.client_ip, self.loop.time()):
+            self._auth_blocked = True
+            await self.push(AUTH_BLOCKED_REPLY)
+        else:
+            await super().smtp_AUTH(arg)
         if already:
             return
         if self.session.authenticated:
@@ -405,9 +460,21 @@ class IntakeSMTP(SMTP):
             self.server.log.info("client_authenticated", client=self.client_ip,
                                  mechanism=self.auth_mechanism, user=self.auth_name)
             return
-        self.auth_failures += 1
-        self.server.log.warning("auth_failed", client=self.client_ip, failures=self.auth_failures)
-        if self.auth_failures >= MAX_AUTH_FAILURES:
+        self.auth_failures += 1  # every refused AUTH is a strike on this connection
+        if not self._auth_blocked:
+            self.server.log.warning("auth_failed", client=self.client_ip,
+                                    failures=self.auth_failures)
+        if self._auth_checked and self.server.auth_failures.failed(self.client_ip,
+                                                                   self.loop.time()):
+            config = self.server.config
+            self.server.log.warning(
+                "auth_blocked", client=self.client_ip, failures=config.auth_failure_limit,
+                window=config.auth_failure_window,
+                reason="too many failed AUTH attempts from this address")
+            self.close_after_reply = True
+            await self.push("421 4.7.0 Too many failed authentication attempts from your "
+                            "address, closing connection")
+        elif self.auth_failures >= MAX_AUTH_FAILURES:
             self.close_after_reply = True
             await self.push("421 4.7.0 Too many failed authentication attempts")
 
@@ -421,14 +488,27 @@ class IntakeSMTP(SMTP):
         response = await self.challenge_auth(challenge)
         if response is MISSING:
             return AuthResult(success=False, handled=True)
+        if self.server.auth_failures.blocked(self.client_ip, self.loop.time()):
+            self._auth_blocked = True
+            return AuthResult(success=False, handled=False, message=AUTH_BLOCKED_REPLY)
+        self._auth_checked = True
         user = authenticator.check_cram_md5(challenge, response)
         if user is None:  # handled=False: aiosmtpd answers 535 (the default sends nothing)
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=LoginPassword(user.encode("utf-8"), b""))
 
 
-def _refuse_all(*_args: Any) -> AuthResult:
-    return AuthResult(success=False, handled=False)
+    def _check_credentials(self, *args: Any) -> AuthResult:
+        """aiosmtpd's authenticator for PLAIN and LOGIN: never checks for a blocked address."""
+        authenticator = self.server.config.authenticator
+        if authenticator is None:
+            return AuthResult(success=False, handled=False)
+        if self.server.auth_failures.blocked(self.client_ip, self.loop.time()):
+            self._auth_blocked = True  # another connection reached the limit meanwhile
+            return AuthResult(success=False, handled=False, message=AUTH_BLOCKED_REPLY)
+        self._auth_checked = True
+        result: AuthResult = authenticator(*args)
+        return result
 
 
 class IntakeHandler:

@@ -18,11 +18,13 @@ from common import eventloop
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path
 from common.secrets import SecretsError, SecretsFile
 from intake.auth import Authenticator
+from intake.limits import Network, parse_networks
 
 PROGRAM = "relay-intake"
 DESCRIPTION = "relay's SMTP intake: stores each message durably in the spool before 250."
 DEFAULT_SIZE = 32 * 1024 * 1024
 MIN_FREE_FLOOR = 64 * 1024 * 1024
+DEFAULT_EXEMPT = parse_networks(["127.0.0.0/8", "::1/128"])
 
 OPTIONS: tuple[Option, ...] = (
     SPOOL_DIR_OPTION,
@@ -40,8 +42,27 @@ OPTIONS: tuple[Option, ...] = (
            metavar="N"),
     Option("max-connections-per-client", "concurrent connections from one client address",
            20, "int", metavar="N"),
-    Option("idle-timeout", "seconds without any bytes from a client before it is dropped",
-           300.0, "duration", metavar="DURATION"),
+    Option("reserved-connections", "of --max-connections, this many are kept for exempt "
+           "clients (--exempt-networks and 'server none' ones; default: a tenth)", None, "int",
+           metavar="N"),
+    Option("max-connections-per-network", "concurrent connections from one client network "
+           "(an IPv4 /24, an IPv6 /64)", 50, "int", metavar="N"),
+    Option("exempt-networks", "clients never held to the per-address and per-network limits, "
+           "who may use the reserved connections ('none': no network)",
+           ["127.0.0.0/8", "::1/128"], "list", metavar="NETWORK"),
+    Option("idle-timeout", "seconds a client may take for one command, or for DATA at less "
+           "than --min-data-rate, before it is dropped", 300.0, "duration", metavar="DURATION"),
+    Option("min-data-rate", "bytes a second a client must keep up to take longer than "
+           "--idle-timeout over one request; 0: a plain idle timeout", 500, "size",
+           metavar="BYTES"),
+    Option("session-timeout", "seconds a connection may last in all; 0: no limit", 1800.0,
+           "duration", metavar="DURATION"),
+    Option("auth-failure-limit", "failed AUTH attempts from one address within "
+           "--auth-failure-window before AUTH is refused (454) for that long; 0: no limit",
+           10, "int", metavar="N"),
+    Option("auth-failure-window", "seconds over which failed AUTH attempts are counted, and "
+           "for which an address over the limit is refused", 600.0, "duration",
+           metavar="DURATION"),
     Option("greeting-delay", "seconds to wait before the greeting; a client that talks first "
            "is refused (554). 0 refuses only what already arrived", 0.0, "duration",
            metavar="DURATION"),
@@ -87,7 +108,14 @@ class IntakeConfig:
     max_recipients: int = 100
     max_connections: int = 200
     max_connections_per_client: int = 20
+    reserved_connections: int = 20
+    max_connections_per_network: int = 50
+    exempt_networks: tuple[Network, ...] = DEFAULT_EXEMPT
     idle_timeout: float = 300.0
+    min_data_rate: int = 500
+    session_timeout: float = 1800.0
+    auth_failure_limit: int = 10
+    auth_failure_window: float = 600.0
     greeting_delay: float = 0.0
     filters: list[str] = field(default_factory=list)
     filter_timeout: float = 60.0
@@ -132,13 +160,25 @@ def _tls_context(certificate: str, key: str | None) -> ssl.SSLContext:
 
 def build_config(settings: argparse.Namespace) -> IntakeConfig:
     """Check the merged settings; raises ConfigError naming the option at fault."""
-    positive = ("idle_timeout", "filter_timeout", "stop_timeout")
+    positive = ("idle_timeout", "filter_timeout", "stop_timeout", "auth_failure_window")
     for name in positive:
         if getattr(settings, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be more than 0")
-    for name in ("size", "max_connections", "max_connections_per_client", "greeting_delay"):
+    for name in ("size", "max_connections", "max_connections_per_client", "greeting_delay",
+                 "max_connections_per_network", "min_data_rate", "session_timeout",
+                 "auth_failure_limit"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    reserved = settings.reserved_connections
+    if reserved is None:
+        reserved = settings.max_connections // 10
+    elif reserved < 0 or (settings.max_connections and reserved >= settings.max_connections):
+        raise ConfigError("--reserved-connections must be at least 0 and less than "
+                          "--max-connections")
+    try:
+        exempt = parse_networks(n for n in settings.exempt_networks if n.lower() != "none")
+    except ValueError as error:
+        raise ConfigError(f"--exempt-networks: {error}") from None
     if settings.max_recipients < 1:
         raise ConfigError("--max-recipients must be at least 1")
     if not 0 <= settings.port < 65536:
@@ -174,7 +214,14 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         max_recipients=settings.max_recipients,
         max_connections=settings.max_connections,
         max_connections_per_client=settings.max_connections_per_client,
+        reserved_connections=reserved,
+        max_connections_per_network=settings.max_connections_per_network,
+        exempt_networks=exempt,
         idle_timeout=settings.idle_timeout,
+        min_data_rate=settings.min_data_rate,
+        session_timeout=settings.session_timeout,
+        auth_failure_limit=settings.auth_failure_limit,
+        auth_failure_window=settings.auth_failure_window,
         greeting_delay=settings.greeting_delay,
         filters=[_program(path, "filter") for path in settings.filter],
         filter_timeout=settings.filter_timeout,

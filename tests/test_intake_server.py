@@ -207,8 +207,9 @@ def test_bare_lf_or_cr_end_of_data_never_splits_a_message(intake: IntakeThread,
 
 
 def test_connection_limits_answer_421(spool_dir: Path) -> None:
-    """Over --max-connections-per-client or --max-connections: 421 and closed."""
-    with IntakeThread(spool_dir, "--max-connections", "3",
+    """Over --max-connections-per-client or --max-connections: 421 and closed (for clients
+    that are not exempt: here not even loopback is)."""
+    with IntakeThread(spool_dir, "--max-connections", "3", "--exempt-networks", "none",
                       "--max-connections-per-client", "2") as intake:
         first, second = RawClient(intake.port), RawClient(intake.port)
         third = RawClient(intake.port)
@@ -242,8 +243,9 @@ def test_idle_client_is_dropped_while_others_are_served(spool_dir: Path) -> None
 
 
 def test_slow_but_steady_data_is_not_idle(spool_dir: Path) -> None:
-    """Bytes arriving during DATA keep a session alive past the idle timeout."""
-    with IntakeThread(spool_dir, "--idle-timeout", "0.5") as intake:
+    """With --min-data-rate 0, any bytes arriving during DATA keep a session alive past the
+    idle timeout (a pure idle timeout; the rate is tested in test_intake_limits.py)."""
+    with IntakeThread(spool_dir, "--idle-timeout", "0.5", "--min-data-rate", "0") as intake:
         raw = RawClient(intake.port)
         raw.start_data()
         raw.send(b"Subject: slow\r\n\r\n")
