@@ -26,6 +26,7 @@ from bench import (
     durable_intake,
     end_to_end,
     idle,
+    peer_forward,
     peer_intake,
 )
 from bench.common import BenchError, Context, Row, Sizes, relay_available
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], list[Row]], tuple[str, ...]]] = 
     "intake": (durable_intake.run, ("relay-intake",)),
     "peers": (peer_intake.run, ("relay-intake",)),
     "burst": (connection_burst.run, ("relay-intake",)),
+    "forward": (peer_forward.run, ("relay-intake", "relay-deliver")),
     "e2e": (end_to_end.run, ("relay-intake", "relay-deliver")),
     "drain": (drain.run, ("relay-deliver",)),
     "bigspool": (big_spool.run, ("relay-deliver",)),

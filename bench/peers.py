@@ -140,15 +140,21 @@ class EmailRelay(System):
     name = "E-MailRelay"
     durable = False
 
-    def __init__(self, ctx: Context, program: str) -> None:
+    def __init__(self, ctx: Context, program: str, *, forward_port: int | None = None) -> None:
+        """--as-server; with *forward_port*, also forwarding there after each client's
+        disconnection and every second (`--forward-on-disconnect --poll 1`)."""
         super().__init__()
         self.spool = ctx.spool("peers-emailrelay")
         logs = ctx.scratch("peers-emailrelay-logs")
         self.port = free_port()
+        forward = ([] if forward_port is None else
+                   ["--forward-to", f"{HOST}:{forward_port}", "--forward-on-disconnect",
+                    "--poll", "1"])
         self.process = Process(
             [program, "--as-server", "--no-daemon", "--no-syslog", "--port", str(self.port),
              "--interface", HOST, "--spool-dir", str(self.spool), "--domain", "emailrelay.bench",
-             "--log-file", str(logs / "emailrelay.log"), "--pid-file", str(logs / "pid")],
+             "--log-file", str(logs / "emailrelay.log"), "--pid-file", str(logs / "pid"),
+             *forward],
             logs / "emailrelay.stderr")
         wait_for_port(self.port, self.process)
 
@@ -195,14 +201,21 @@ class Postfix(System):
         for directory in (self.config, self.queue, data):
             directory.mkdir()
         shutil.chown(data, "postfix")
+        self.data = data
         self.log = self.base / "maillog"
         self.port = free_port()
+        self.process_limit = process_limit
+        self._configure(relay_port)
+        self._postfix("check")
+        self._start()
+
+    def _configure(self, relay_port: int | None) -> None:
         hold = "" if relay_port else "smtpd_client_restrictions = check_client_access static:HOLD\n"
         relayhost = f"[{HOST}]:{relay_port}" if relay_port else f"[{HOST}]:9"
         (self.config / "main.cf").write_text(
             "compatibility_level = 3.6\n"
             f"queue_directory = {self.queue}\n"
-            f"data_directory = {data}\n"
+            f"data_directory = {self.data}\n"
             "mail_owner = postfix\nsetgid_group = postdrop\n"
             "myhostname = postfix.bench\nmydomain = bench\nmyorigin = $myhostname\n"
             "mydestination =\nlocal_recipient_maps =\nalias_maps =\nalias_database =\n"
@@ -211,22 +224,40 @@ class Postfix(System):
             "smtpd_relay_restrictions = permit_mynetworks, reject\n"
             f"{hold}"
             f"maillog_file = {self.log}\n"
-            f"default_process_limit = {process_limit}\n"
+            f"default_process_limit = {self.process_limit}\n"
             "smtp_dns_support_level = disabled\nbiff = no\n"
         )
         (self.config / "master.cf").write_text(
             f"{HOST}:{self.port} inet n - n - - smtpd\n" + POSTFIX_SERVICES)
-        self._postfix("check")
+
+    def _start(self) -> None:
         self._postfix("start")
         deadline = time.monotonic() + 30
         self.master = 0
         while time.monotonic() < deadline and not self.master:
             with contextlib.suppress(OSError, ValueError):
                 self.master = int((self.queue / "pid" / "master.pid").read_text().split()[0])
+            if not os.path.exists(f"/proc/{self.master}"):
+                self.master = 0
             time.sleep(0.05)
         if not self.master:
             raise BenchError(f"postfix did not start; see {self.log}")
         wait_for_port(self.port, None, timeout=30, name="postfix")
+
+    def release_to(self, relay_port: int) -> float:
+        """Restart forwarding to *relay_port*, release every held message and flush the
+        queue; returns when the release began (time.monotonic)."""
+        self.stop()
+        self._configure(relay_port)
+        self._start()
+        started = time.monotonic()
+        for command in (["postsuper", "-c", str(self.config), "-H", "ALL"],
+                        ["postqueue", "-c", str(self.config), "-f"]):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                  check=False)
+            if done.returncode != 0:
+                raise BenchError(f"{command[0]} failed: {done.stderr.strip()[-300:]}")
+        return started
 
     def _postfix(self, command: str) -> None:
         done = subprocess.run([self.program, "-c", str(self.config), command],
