@@ -1,8 +1,9 @@
 """Handling one waiting message: claim, client filters, forward, act on the outcome.
 
-Reads the claimed envelope and the content file; changes their state only through
-`spool` (claim, release, fail, store_copy), and gives a sent message's claim to
-`deliver.remover`, whose thread removes it. Writes one log line per message.
+Reads the claimed envelope and content through the `spool.Claim` (never a descriptor; its
+paths only go to client filters and into reasons); changes their state only through the claim's transitions (defer,
+give_back, fail, split_off), and hands a sent message's claim off to `deliver.remover`,
+whose thread removes it. Writes one log line per message.
 Never raises for anything a message or the smarthost does: a bad envelope, a missing or
 unreadable content file or an unexpected error ends in `.bad` or a retry, never in a
 crashed worker.
@@ -101,12 +102,11 @@ class MessageHandler:
         except Exception as error:  # a bug or an I/O fault: keep the message, keep going
             self.log.exception("delivery_error", msg_id=message_id, reason=repr(error))
             if claimed.held:
-                claimed.release(not_before=time.time() + self.policy.retry_first,
-                                reason=f"internal error: {error!r}")
+                claimed.defer(f"internal error: {error!r}", time.time() + self.policy.retry_first)
             return Handled(Result.DEFERRED)
         finally:
             if claimed.held:  # cancelled at shutdown: back to `.envelope` untouched
-                claimed.close()
+                claimed.give_back()
 
     async def _handle_claimed(self, connection: SmarthostConnection, claimed: Claim) -> Handled:
         message_id = claimed.message_id
@@ -123,7 +123,7 @@ class MessageHandler:
             except HostileFile as error:
                 return self._fail(claimed, None, f"after the client filter: {error}", None)
             if decision.verdict is FilterVerdict.SKIP:
-                claimed.close()
+                claimed.give_back()
                 self.holds[message_id] = time.monotonic() + 1.0
                 self.log.info("message_skipped", msg_id=message_id, outcome="skipped",
                               reason=f"client filter {decision.program} exit 100")
@@ -237,7 +237,7 @@ class MessageHandler:
             )
         attempts = 1 + sum(1 for key, _v in trailer_fields(envelope.trailer) if key == DEFERRAL_KEY)
         delay = next_attempt(attempts, self.policy.retry_first, self.policy.retry_max)
-        claimed.release(not_before=now + delay, reason=reason)
+        claimed.defer(reason, now + delay)
         self.log.warning("delivery_deferred", msg_id=claimed.message_id, outcome="deferred",
                          reason=reason, attempts=attempts, retry_in=round(delay, 1),
                          **{"from": envelope.sender, "to": ",".join(envelope.to_remote)})
@@ -270,7 +270,7 @@ class MessageHandler:
             envelope_age = 0.0
         grace = self.policy.content_grace
         if now - first < grace and envelope_age < grace:
-            claimed.close()
+            claimed.give_back()
             self.holds[message_id] = now + min(1.0, max(grace / 4, 0.05))
             self.log.debug("message_waiting", msg_id=message_id, reason=reason)
             return Handled(Result.HELD)

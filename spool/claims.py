@@ -1,4 +1,4 @@
-"""State changes of accepted messages: claim, release, fail, unfail, remove, recover.
+"""State changes of accepted messages: claim, defer, give back, fail, remove, unfail, recover.
 
 Every change of state is one rename. A worker claims a message by taking an flock on its
 `.envelope` and then renaming it to `.envelope.busy`; the lock (held on the file, so it
@@ -6,7 +6,10 @@ follows the rename) is what tells a live claim from one left by a dead worker. L
 rename race is normal and answered with None. Appended lines (reasons, relay's own
 bookkeeping) go to the end of the envelope, which is never rewritten.
 
-Reads and writes envelope files only; content files are only removed (with their message).
+A `Claim` is all deliver needs: it reads the envelope and the content through descriptors
+checked by `spool.files` (deliver never sees one), and ends in one named transition. Reads
+and appends to envelope files; reads content files, and only removes them (with their
+message); creates new messages only through `Spool.store` (`Claim.split_off`).
 """
 
 from __future__ import annotations
@@ -51,25 +54,25 @@ class Claim:
     def __init__(self, spool: Spool, message_id: str, fd: int) -> None:
         self.spool = spool
         self.message_id = message_id
-        self.fd = fd
+        self._fd = fd
         self.envelope_path = spool.envelope_file(message_id, State.BUSY)
         self.content_path = spool.content_file(message_id)
         self._content_fd = -1
         self._content_info: os.stat_result | None = None
 
     def __repr__(self) -> str:
-        return f"Claim({self.message_id!r}, held={self.fd >= 0})"
+        return f"Claim({self.message_id!r}, held={self._fd >= 0})"
 
     @property
     def held(self) -> bool:
         """True until the claim is settled, handed off or closed."""
-        return self.fd >= 0
+        return self._fd >= 0
 
     def read_envelope(self) -> Envelope:
         """Parse the claimed envelope; EnvelopeError names the file, line and problem."""
         chunks: list[bytes] = []
         offset = 0
-        while chunk := os.pread(self.fd, _READ_SIZE, offset):
+        while chunk := os.pread(self._fd, _READ_SIZE, offset):
             chunks.append(chunk)
             offset += len(chunk)
             if len(chunk) < _READ_SIZE:  # a short read of a regular file: its end
@@ -78,7 +81,7 @@ class Claim:
 
     def envelope_age(self) -> float:
         """Seconds since the claimed envelope was last modified."""
-        return time.time() - os.fstat(self.fd).st_mtime
+        return time.time() - os.fstat(self._fd).st_mtime
 
     # -- the content -------------------------------------------------------------------
 
@@ -92,6 +95,10 @@ class Claim:
             fd, info = open_regular(self.content_path, os.O_RDONLY)
             self._content_fd, self._content_info = fd, info
         return self._content_info
+
+    def content_size(self) -> int:
+        """The content file's size at the open (what SIZE= announces)."""
+        return self.open_content().st_size
 
     def content_mtime(self) -> float:
         """The content file's mtime (when the message arrived, for --max-age)."""
@@ -141,11 +148,11 @@ class Claim:
             current = os.stat(self.envelope_path, follow_symlinks=False)
         except FileNotFoundError:
             current = None
-        if current is not None and current.st_ino != os.fstat(self.fd).st_ino:
+        if current is not None and current.st_ino != os.fstat(self._fd).st_ino:
             fd, _info = open_regular(self.envelope_path, _ENVELOPE_ACCESS)
             if _try_lock(fd):
-                os.close(self.fd)
-                self.fd = fd
+                os.close(self._fd)
+                self._fd = fd
             else:
                 os.close(fd)
         if self._content_info is not None:
@@ -171,19 +178,19 @@ class Claim:
         The content's descriptor is closed: what is handed off can only be settled.
         """
         self._close_content()
-        handed = Claim(self.spool, self.message_id, self.fd)
-        self.fd = -1
+        handed = Claim(self.spool, self.message_id, self._fd)
+        self._fd = -1
         return handed
 
     def _append(self, text: str, *, sync: bool) -> None:
         data = text.encode("utf-8")
-        size = os.fstat(self.fd).st_size
-        if size and os.pread(self.fd, 1, size - 1) != b"\n":
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
             data = b"\r\n" + data  # a hand-written envelope without a final line break
         while data:
-            data = data[os.write(self.fd, data) :]
+            data = data[os.write(self._fd, data) :]
         if sync:
-            os.fsync(self.fd)
+            os.fsync(self._fd)
 
     def _move(self, state: State) -> None:
         os.rename(self.envelope_path, self.spool.envelope_file(self.message_id, state))
@@ -196,32 +203,41 @@ class Claim:
 
     def _close(self) -> None:
         self._close_content()
-        if self.fd >= 0:
-            os.close(self.fd)  # drops the flock
-            self.fd = -1
+        if self._fd >= 0:
+            os.close(self._fd)  # drops the flock
+            self._fd = -1
 
-    def release(self, *, not_before: float | None = None, reason: str | None = None) -> None:
-        """Back to `.envelope`. With *not_before*, not due again until then (kept in mtime)."""
+    # -- the transitions: each ends the claim (the descriptors are closed, the lock goes) --
+
+    def defer(self, reason: str, not_before: float) -> None:
+        """Deferred: back to `.envelope` with a deferral line, not due until *not_before*
+        (kept in the mtime, so a restarted deliver respects the backoff unread)."""
         try:
-            if reason is not None:
-                self._append(trailer_line(DEFERRAL_KEY, f"{int(time.time())} {reason}"), sync=False)
-            if not_before is not None:
-                os.utime(self.fd, (time.time(), not_before))
+            self._append(trailer_line(DEFERRAL_KEY, f"{int(time.time())} {reason}"), sync=False)
+            os.utime(self._fd, (time.time(), not_before))
+            self._move(State.READY)
+        finally:
+            self._close()
+
+    def give_back(self) -> None:
+        """No decision (held for a moment, cancelled at shutdown): back to `.envelope` as it
+        was, due at once."""
+        try:
             self._move(State.READY)
         finally:
             self._close()
 
     def fail(self, reason: str, code: int | str | None) -> None:
-        """Append Reason and ReasonCode (as E-MailRelay does) and move to `.envelope.bad`."""
+        """Failed: append Reason and ReasonCode (as E-MailRelay does), move to `.envelope.bad`."""
         try:
             self._append(reason_lines(reason, code), sync=True)
-            os.utime(self.fd)
+            os.utime(self._fd)
             self._move(State.BAD)
         finally:
             self._close()
 
     def remove(self) -> None:
-        """The message is done: remove the envelope first, then the content."""
+        """Sent: remove the envelope first, then the content."""
         try:
             checkpoint("remove_claim")  # tests: a crash or a fault with the 250 already in
             os.unlink(self.envelope_path)
@@ -231,19 +247,20 @@ class Claim:
             self._close()
 
     def close(self) -> None:
-        """Give up the claim without a decision: back to `.envelope` as it was."""
-        if self.fd >= 0:
-            try:
-                self._move(State.READY)
-            finally:
-                self._close()
+        """Close the descriptors (the lock goes); renames nothing.
+
+        After the transitions above this does nothing. Instead of one, it leaves a `.busy`
+        whose lock is free, which `recover_busy` (deliver's recovery) puts back.
+        """
+        self._close()
 
     def __enter__(self) -> Claim:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
-
+        """Leaving a `with` block without a transition gives the message back."""
+        if self.held:
+            self.give_back()
 
 def claim(spool: Spool, message_id: str) -> Claim | None:
     """Claim a waiting message, or None if it is gone or another worker has it.
@@ -308,15 +325,6 @@ def read_envelope(spool: Spool, message_id: str, state: State) -> Envelope:
     """Parse an envelope in any state without claiming it."""
     path = spool.envelope_file(message_id, state)
     return parse_envelope(read_regular(path, _MAX_ENVELOPE_BYTES), path=path)
-
-
-def fail_unclaimable(spool: Spool, message_id: str, reason: str) -> bool:
-    """Fail a `.envelope` that cannot be claimed normally (e.g. unreadable). False if gone."""
-    claimed = claim(spool, message_id)
-    if claimed is None:
-        return False
-    claimed.fail(reason, None)
-    return True
 
 
 def recover_busy(spool: Spool, message_id: str) -> bool:
@@ -406,7 +414,6 @@ __all__ = [
     "EnvelopeError",
     "archive_failed",
     "claim",
-    "fail_unclaimable",
     "read_envelope",
     "recover_busy",
     "remove_message",

@@ -99,10 +99,6 @@ class Envelope:
         """This envelope with a failure reason and code appended after End."""
         return replace(self, trailer=self.trailer + reason_lines(reason, code))
 
-    def with_trailer_line(self, key: str, value: str) -> Envelope:
-        """This envelope with one `key: value` line appended after End."""
-        return replace(self, trailer=self.trailer + trailer_line(key, value))
-
 
 def printable(text: str) -> str:
     """*text* made safe for one envelope line: controls become spaces, runs are squeezed."""

@@ -21,7 +21,6 @@ import ctypes
 import errno
 import itertools
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -315,16 +314,6 @@ class Spool:
             raise error
         return pending.message_id
 
-    def store_copy(self, source: Path, envelope: Envelope, *, keep_mtime: bool = False) -> str:
-        """Store a new message whose content is a copy of the file *source*.
-
-        With *keep_mtime* the copy's content file keeps *source*'s mtime.
-        """
-        with open(source, "rb") as handle:
-            mtime = os.fstat(handle.fileno()).st_mtime if keep_mtime else None
-            chunks = iter(lambda: handle.read(1 << 20), b"")
-            return self.store(chunks, envelope, content_mtime=mtime)
-
     def trigger_scan(self) -> None:
         """Ask a running deliver to scan now (it watches this file).
 
@@ -349,9 +338,6 @@ class Spool:
         info = os.statvfs(self.path)
         return info.f_bavail * info.f_frsize
 
-    def copy_content(self, message_id: str, destination: Path) -> None:
-        """Copy a message's content to *destination* (used by tools that keep failed mail)."""
-        shutil.copyfile(self.content_path(message_id), destination)
 
 
 class MessageWriter:

@@ -1,4 +1,5 @@
-"""State changes: claim, release (with backoff), fail, unfail, remove, recover_busy, races.
+"""State changes: claim, defer (with backoff), give back, fail, close, unfail, remove,
+recover_busy, races; reading the content through the claim.
 
 Real spool directories and real child processes: a claim held by a process that is then
 killed with SIGKILL, and two processes racing for the same 1000 messages.
@@ -26,7 +27,7 @@ from spool import (
     scan_due,
     unfail,
 )
-from spool.claims import DEFERRAL_KEY, fail_unclaimable
+from spool.claims import DEFERRAL_KEY
 from spool.envelope import trailer_fields
 
 ENVELOPE = Envelope(sender="a@example.com", to_remote=("b@example.net",))
@@ -45,17 +46,65 @@ def test_claim_moves_to_busy_and_a_second_claim_fails(spool: Spool) -> None:
     assert held.read_envelope() == ENVELOPE
     assert claim(spool, message_id) is None
     assert claim(spool, "no-such-message") is None
-    held.close()
+    held.give_back()
     assert _state_of(spool, message_id) == [State.READY]
 
 
-def test_release_with_not_before_hides_it_from_scan_until_then(spool: Spool) -> None:
-    """release(not_before=t) keeps the message out of scan_due until t (its mtime)."""
+def test_close_closes_without_renaming_and_the_recovery_puts_it_back(spool: Spool) -> None:
+    """close() only drops the descriptors and the lock: the `.busy` stays (renamed by no
+    one) until recover_busy, which now finds its lock free, puts it back."""
+    message_id = spool.store(b"body\r\n", ENVELOPE)
+    held = claim(spool, message_id)
+    assert held is not None
+    assert recover_busy(spool, message_id) is False  # locked: a live claim
+    held.close()
+    assert not held.held
+    assert _state_of(spool, message_id) == [State.BUSY]
+    assert recover_busy(spool, message_id) is True
+    assert scan_due(spool).due == [message_id]
+
+
+def test_content_is_read_whole_or_in_slices_through_the_claim(spool: Spool) -> None:
+    """read_content and content_slices give the stored bytes (slices of at most the size
+    asked, the last one shorter), the same after the name was swapped for other bytes."""
+    content = bytes(range(256)) * 4099  # 1,049,344 bytes: not a multiple of the slice
+    message_id = spool.store(content, ENVELOPE)
+    held = claim(spool, message_id)
+    assert held is not None
+    assert held.content_size() == len(content)
+    slices = list(held.content_slices(65536))
+    assert all(len(piece) == 65536 for piece in slices[:-1]) and 0 < len(slices[-1]) <= 65536
+    assert b"".join(slices) == content
+    swapped = spool.path / "swapped"
+    swapped.write_bytes(b"not the message\r\n")
+    os.rename(swapped, spool.content_path(message_id))  # the checked descriptor is kept
+    assert held.read_content() == content
+    assert b"".join(held.content_slices(1 << 20)) == content
+    held.give_back()
+
+
+def test_split_off_copies_the_content_with_its_mtime(spool: Spool) -> None:
+    """split_off stores a new waiting message with this content, its mtime kept."""
+    message_id = spool.store(b"body\r\n" * 1000, ENVELOPE)
+    old = time.time() - 3600
+    os.utime(spool.content_path(message_id), (old, old))
+    held = claim(spool, message_id)
+    assert held is not None
+    other = Envelope(sender="a@example.com", to_remote=("c@example.org",))
+    copy_id = held.split_off(other)
+    held.give_back()
+    assert spool.content_path(copy_id).read_bytes() == b"body\r\n" * 1000
+    assert os.stat(spool.content_path(copy_id)).st_mtime == pytest.approx(old, abs=0.01)
+    assert read_envelope(spool, copy_id, State.READY) == other
+
+
+def test_defer_hides_it_from_scan_until_not_before(spool: Spool) -> None:
+    """defer(reason, t) keeps the message out of scan_due until t (its mtime)."""
     message_id = spool.store(b"body\r\n", ENVELOPE)
     held = claim(spool, message_id)
     assert held is not None
     later = time.time() + 600
-    held.release(not_before=later, reason="451 try again")
+    held.defer("451 try again", later)
     assert _state_of(spool, message_id) == [State.READY]
     path = spool.envelope_path(message_id, State.READY)
     assert os.stat(path).st_mtime == pytest.approx(later, abs=0.01)
@@ -73,12 +122,12 @@ def _trailer(envelope: Envelope) -> list[tuple[str, str]]:
     return trailer_fields(envelope.trailer)
 
 
-def test_release_without_not_before_is_due_at_once(spool: Spool) -> None:
-    """A plain release puts the message back as due, with no line appended."""
+def test_give_back_is_due_at_once(spool: Spool) -> None:
+    """give_back puts the message back as due, with no line appended."""
     message_id = spool.store(b"body\r\n", ENVELOPE)
     held = claim(spool, message_id)
     assert held is not None
-    held.release()
+    held.give_back()
     assert scan_due(spool).due == [message_id]
     assert read_envelope(spool, message_id, State.READY) == ENVELOPE
 
@@ -115,7 +164,7 @@ def test_reasons_after_a_hand_written_envelope_without_final_line_break(spool: S
     ready.write_bytes(ready.read_bytes().removesuffix(b"\r\n"))
     held = claim(spool, message_id)
     assert held is not None
-    held.release(reason="451 try later")
+    held.defer("451 try later", time.time())
     again = claim(spool, message_id)
     assert again is not None
     again.fail("550 no such user", 550)
@@ -141,17 +190,6 @@ def test_remove_message_in_any_state(spool: Spool) -> None:
     held.fail("no", 550)
     remove_message(spool, message_id, State.BAD)
     assert os.listdir(spool.path) == []
-
-
-def test_fail_unclaimable_fails_an_unreadable_envelope(spool: Spool) -> None:
-    """A garbage .envelope can still be moved to .bad with a reason appended."""
-    spool.content_path("hand").write_bytes(b"x")
-    spool.envelope_path("hand", State.READY).write_bytes(b"garbage\r\n")
-    assert fail_unclaimable(spool, "hand", "cannot parse") is True
-    assert spool.envelope_path("hand", State.BAD).read_bytes() == (
-        b"garbage\r\nX-MailRelay-Reason: cannot parse\r\nX-MailRelay-ReasonCode: \r\n"
-    )
-    assert fail_unclaimable(spool, "hand", "again") is False
 
 
 _CHILD_HOLD = """
@@ -235,18 +273,23 @@ def test_two_processes_racing_claim_each_message_exactly_once(spool: Spool) -> N
 
 
 def test_claim_state_files_do_not_leak_descriptors(spool: Spool) -> None:
-    """Claim, release, fail and remove all close the envelope's descriptor (the flock goes)."""
+    """Claim, give back, fail and remove all close the claim's descriptors (the flock goes),
+    the content's too once it was read."""
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
         message_id = spool.store(b"body\r\n", ENVELOPE)
         held = claim(spool, message_id)
         assert held is not None
-        held.release()
+        assert held.read_content() == b"body\r\n"
+        held.give_back()
         held = claim(spool, message_id)
         assert held is not None
+        held.open_content()
         held.fail("x", None)
         unfail(spool, message_id)
         held = claim(spool, message_id)
         assert held is not None
-        held.remove()
+        held.open_content()
+        held.hand_off().remove()
+        assert not held.held
     assert len(os.listdir("/proc/self/fd")) == before

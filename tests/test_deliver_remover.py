@@ -75,7 +75,7 @@ def test_a_failed_removal_is_logged_and_the_next_ones_still_go(spool: Spool) -> 
     assert remover.left_behind == []  # the envelope is gone: nothing waits
     assert [event for event, _fields in log.lines] == ["removal_failed"]
     assert log.lines[0][1]["msg_id"] == first.message_id
-    assert first.fd == -1  # closed: no lock is kept for a claim that failed
+    assert not first.held  # closed: no lock is kept for a claim that failed
     assert os.listdir(spool.path) == [f"{first.message_id}.content"]
 
 
@@ -92,7 +92,7 @@ def test_a_failed_removal_that_keeps_the_envelope_leaves_it_recoverable(spool: S
     remover.close()
     assert remover.failures == 1 and remover.left_behind == [held.message_id]
     assert log.lines[0][1]["envelope_kept"] is True
-    assert held.fd == -1
+    assert not held.held
     os.rmdir(busy)
 
 
@@ -102,7 +102,7 @@ def test_a_full_queue_makes_the_caller_remove_its_own(spool: Spool) -> None:
     remover = Remover(Recorder(), max_queued=0)
     for held in claimed(spool, 20):
         remover.hand_over(held)
-        assert held.fd == -1
+        assert not held.held
         assert not any(n.startswith(held.message_id) for n in os.listdir(spool.path))
     assert [t for t in threading.enumerate() if t.name == "relay-remover"] == []
     assert remover.removed == 20
