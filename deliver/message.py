@@ -1,9 +1,9 @@
 """Handling one waiting message: claim, client filters, forward, act on the outcome.
 
 Reads the claimed envelope and content through the `spool.Claim` (never a descriptor; its
-paths only go to client filters and into reasons); changes their state only through the claim's transitions (defer,
-give_back, fail, split_off), and hands a sent message's claim off to `deliver.remover`,
-whose thread removes it. Writes one log line per message.
+paths only go to client filters and into reasons); changes their state only through the
+claim's transitions (defer, give_back, fail, split_off), and hands a sent message's claim
+off to `deliver.remover`, whose thread removes it. Writes one log line per message.
 Never raises for anything a message or the smarthost does: a bad envelope, a missing or
 unreadable content file or an unexpected error ends in `.bad` or a retry, never in a
 crashed worker.
