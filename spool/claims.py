@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from spool.envelope import Envelope, EnvelopeError, parse_envelope, reason_lines, trailer_line
-from spool.files import HostileFile, open_regular, read_regular
+from spool.files import HostileFile, check_regular, open_regular, read_regular
 from spool.names import State
 from spool.store import Spool, fsync_directory
 from spool.testhooks import checkpoint
@@ -142,7 +142,8 @@ class Claim:
         A filter that rewrote the `.busy` file by rename left our lock on the old inode:
         lock the new file instead (checked as any spool file), so that appended reasons
         land in the file that moves on. A replaced content file is opened afresh when it
-        is next read. HostileFile if the filter left something that is no regular file.
+        is next read; one edited in place is checked again (its size, its mtime, its
+        links). HostileFile if the filter left something that is no regular file.
         """
         try:
             current = os.stat(self.envelope_path, follow_symlinks=False)
@@ -163,6 +164,8 @@ class Claim:
             if now is None or (now.st_ino, now.st_dev) != (self._content_info.st_ino,
                                                          self._content_info.st_dev):
                 self._close_content()
+            else:  # edited in place: its size and mtime now, and no second link since
+                self._content_info = check_regular(self._content_fd, self.content_path)
 
     def split_off(self, envelope: Envelope) -> str:
         """Store a new waiting message: this content (its mtime kept) with *envelope*.

@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from spool import (
     Envelope,
+    HostileFile,
     Spool,
     State,
     claim,
@@ -80,6 +82,28 @@ def test_content_is_read_whole_or_in_slices_through_the_claim(spool: Spool) -> N
     os.rename(swapped, spool.content_path(message_id))  # the checked descriptor is kept
     assert held.read_content() == content
     assert b"".join(held.content_slices(1 << 20)) == content
+    held.give_back()
+
+
+def test_after_a_filter_a_replaced_or_edited_content_is_read_anew(spool: Spool,
+                                                                   tmp_path: Path) -> None:
+    """follow_filter_changes: a content a filter replaced by rename is opened afresh, one it
+    rewrote in place is read as it is now, one it hard-linked elsewhere is refused."""
+    message_id = spool.store(b"original\r\n", ENVELOPE)
+    held = claim(spool, message_id)
+    assert held is not None
+    assert held.read_content() == b"original\r\n"
+    replacement = spool.path / "filtered"
+    replacement.write_bytes(b"replaced by the filter\r\n")
+    os.rename(replacement, spool.content_path(message_id))
+    held.follow_filter_changes()
+    assert held.read_content() == b"replaced by the filter\r\n"
+    spool.content_path(message_id).write_bytes(b"edited\r\n")  # in place: same inode
+    held.follow_filter_changes()
+    assert held.read_content() == b"edited\r\n" and held.content_size() == 8
+    os.link(spool.content_path(message_id), tmp_path / "elsewhere")
+    with pytest.raises(HostileFile, match="a hard link"):
+        held.follow_filter_changes()
     held.give_back()
 
 
