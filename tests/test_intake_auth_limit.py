@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_intake_server import IntakeThread, RawClient
+from support.intake import IntakeThread, RawClient
 
 from intake.limits import AuthFailures
 

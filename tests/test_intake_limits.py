@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_intake_server import IntakeThread, RawClient, accepted
+from support.intake import IntakeThread, RawClient
+from support.spool import accepted
 
 from intake.limits import ConnectionLimits, in_networks, network_of, parse_networks
 from intake.pace import Pace
