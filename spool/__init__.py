@@ -4,7 +4,8 @@
 - `names`: states (`State`) and file names (pure).
 - `files`: opening a spool file that may be hostile (only regular files with one link).
 - `store`: the `Spool` directory and durable, group-committable writes.
-- `claims`: claim, then defer/give_back/fail/remove/split_off; unfail; each one rename.
+- `claims`: claim, then defer/give_back/fail/remove/split_off/hold/make_due; unhold;
+  unfail; each one rename.
 - `scan`: what is due (mtime = due time), recovery of debris.
 - `testhooks`: named fault points for the crash tests.
 

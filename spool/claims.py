@@ -1,4 +1,5 @@
-"""State changes of accepted messages: claim, defer, give back, fail, remove, unfail, recover.
+"""State changes of accepted messages: claim, defer, give back, fail, hold, remove, unfail,
+unhold, recover.
 
 Every change of state is one rename. A worker claims a message by taking an flock on its
 `.envelope` and then renaming it to `.envelope.busy`; the lock (held on the file, so it
@@ -239,6 +240,22 @@ class Claim:
         finally:
             self._close()
 
+    def make_due(self, when: float | None = None) -> None:
+        """Back to `.envelope`, due at *when* (now): relay-queue flush cuts a backoff short."""
+        try:
+            now = time.time()
+            os.utime(self._fd, (now, now if when is None else when))
+            self._move(State.READY)
+        finally:
+            self._close()
+
+    def hold(self) -> None:
+        """Put the claimed message aside: `.envelope.held` (relay-queue hold), due time kept."""
+        try:
+            self._move(State.HELD)
+        finally:
+            self._close()
+
     def remove(self) -> None:
         """Sent: remove the envelope first, then the content."""
         try:
@@ -317,6 +334,21 @@ def unfail(spool: Spool, message_id: str) -> bool:
     try:
         os.rename(
             spool.envelope_path(message_id, State.BAD),
+            spool.envelope_path(message_id, State.READY),
+        )
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def unhold(spool: Spool, message_id: str) -> bool:
+    """`.envelope.held` back to `.envelope` (relay-queue release); False if it was not there.
+
+    The mtime (the due time) is what it was when the message was held.
+    """
+    try:
+        os.rename(
+            spool.envelope_path(message_id, State.HELD),
             spool.envelope_path(message_id, State.READY),
         )
     except FileNotFoundError:
@@ -421,4 +453,5 @@ __all__ = [
     "recover_busy",
     "remove_message",
     "unfail",
+    "unhold",
 ]

@@ -15,6 +15,10 @@ class State(Enum):
     READY = ".envelope"  # accepted, waiting to be forwarded
     BUSY = ".envelope.busy"  # claimed by one deliver worker
     BAD = ".envelope.bad"  # failed; reasons appended inside
+    # put aside by an administrator (relay-queue hold): deliver, resubmit and notify skip
+    # it, and E-MailRelay's programs, which look for names ending in `.envelope` or
+    # `.envelope.bad`, do not see it at all
+    HELD = ".envelope.held"
 
     @property
     def suffix(self) -> str:

@@ -36,6 +36,7 @@ from common.config import SPOOL_DIR_OPTION, ConfigError, Option, load_settings
 from spool import Envelope, SpoolError
 from spool.store import MessageWriter, Spool
 from tools.common import fail, local_domain
+from tools.queue import mailq_lines
 
 PROGRAM = "relay-submit"
 EX_DATAERR = os.EX_DATAERR  # 65
@@ -43,7 +44,7 @@ EX_DATAERR = os.EX_DATAERR  # 65
 # sendmail's (and Postfix's sendmail's) short options; ':' marks those taking a value.
 SHORT_OPTIONS = "46A:B:b:C:cd:e:F:f:GIh:iL:mN:nO:o:p:R:r:stUV:vX:x"
 LONG_OPTIONS = ["spool-dir=", "config=", "domain=", "help"]
-SUPPORTED_MODES = ("m",)  # -bm: read a message and deliver it (the default)
+SUPPORTED_MODES = ("m", "p")  # -bm: read a message and deliver it (the default); -bp: mailq
 
 SETTINGS = (
     SPOOL_DIR_OPTION,
@@ -62,6 +63,7 @@ Reads a message on stdin and stores it in relay's spool, like sendmail.
   --spool-dir DIR the spool directory [env RELAY_SPOOL_DIR]
   --domain NAME   domain for the default sender and Message-ID [env RELAY_DOMAIN]
   --config FILE   shared config file, section [submit] [env RELAY_CONFIG]
+  -bp             print the queue in sendmail's format instead (what mailq prints)
 Other sendmail flags (-oXXX, -odi, -bm, -v, -N, -R, -V, -X, -C, -B, -L, -h, -O, -U, -G)
 are accepted and ignored.
 """
@@ -92,6 +94,7 @@ class Request:
     recipients: list[str] = field(default_factory=list)
     settings_argv: list[str] = field(default_factory=list)
     help: bool = False
+    list_queue: bool = False  # -bp: print the queue (mailq) instead of reading a message
 
 
 def parse_command_line(argv: Sequence[str]) -> Request:
@@ -117,7 +120,8 @@ def parse_command_line(argv: Sequence[str]) -> Request:
             request.full_name = value
         elif flag == "-b":
             if value not in SUPPORTED_MODES:
-                raise UsageError(f"-b{value} is not supported (only -bm)")
+                raise UsageError(f"-b{value} is not supported (only -bm and -bp)")
+            request.list_queue = value == "p"
         elif flag == "-I":
             raise UsageError("-I (newaliases) is not supported")
         elif flag == "--help":
@@ -368,6 +372,8 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
         domain = local_domain(settings.domain)
     except (ConfigError, ValueError) as error:
         return fail(PROGRAM, str(error), os.EX_CONFIG)
+    if request.list_queue:
+        return _list_queue(settings.spool_dir)
     try:
         spool = writable_spool(settings.spool_dir)
         store(spool, request, domain, stdin or sys.stdin.buffer)
@@ -379,6 +385,17 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
         code = os.EX_CANTCREAT if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) \
             else os.EX_TEMPFAIL
         return fail(PROGRAM, f"cannot store the message: {error.strerror or error}", code)
+    return os.EX_OK
+
+
+def _list_queue(directory: str) -> int:
+    """-bp: the queue in sendmail's format (what `mailq` prints)."""
+    try:
+        sys.stdout.write(mailq_lines(directory))
+    except SpoolError as error:
+        return fail(PROGRAM, str(error), os.EX_CONFIG)
+    except OSError as error:
+        return fail(PROGRAM, f"{error.filename or directory}: {error.strerror}", os.EX_IOERR)
     return os.EX_OK
 
 
