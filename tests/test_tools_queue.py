@@ -347,3 +347,12 @@ def test_works_on_a_spool_emailrelay_wrote(emailrelay_spool: tuple[Path, int]) -
     assert other not in listing(spool_dir)
     assert queue(spool_dir, "release", held).returncode == 0
     assert listing(spool_dir)[held]["state"] == "ready"
+
+
+def test_a_fifo_for_an_envelope_is_listed_never_read(spool_dir: Path) -> None:
+    """A FIFO named like an envelope: listed as not a message, never opened for reading."""
+    os.mkfifo(spool_dir / "trap.envelope", 0o600)
+    found = listing(spool_dir)
+    assert "not a message" in str(found["trap"]["last_reason"])
+    shown = queue(spool_dir, "show", "trap")
+    assert shown.returncode == os.EX_DATAERR and b"is a FIFO" in shown.stderr

@@ -27,11 +27,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from common.config import ENV_PREFIX, ConfigError, read_config_file
-from deliver.outcome import parse_duration
+from common.config import (
+    DEFAULT_SPOOL_DIR,
+    ENV_PREFIX,
+    ConfigError,
+    parse_duration,
+    read_config_file,
+)
 from spool import EnvelopeError, Spool, SpoolError, State, entries, parse_envelope
 from spool.envelope import printable
-from tools.common import DEFAULT_SPOOL_DIR, local_domain, open_spool, tools_lock
+from spool.files import HostileFile
+from tools.common import local_domain, open_spool, tools_lock
 from tools.dsn import header_block
 from tools.notify import original_headers
 from tools.queue_actions import (
@@ -116,8 +122,9 @@ def spool_directory(flag: str | None, config: str | None,
     environ = dict(os.environ) if environ is None else environ
     if flag:
         return flag
-    if environ.get(ENV_PREFIX + "SPOOL_DIR"):
-        return environ[ENV_PREFIX + "SPOOL_DIR"]
+    from_environment = environ.get(ENV_PREFIX + "SPOOL_DIR")
+    if from_environment:
+        return from_environment
     config = config or environ.get(ENV_PREFIX + "CONFIG")
     if config:
         value = read_config_file(config).get("spool-dir")
@@ -155,7 +162,10 @@ def cmd_show(spool: Spool, message_id: str) -> int:
         raise ActionError(f"{message_id}: no such message in {spool.path}", os.EX_NOINPUT)
     state = next(s for s in (State.BUSY, State.READY, State.HELD, State.BAD, State.NEW)
                  if s in found)
-    data = read_envelope_bytes(spool, message_id, state)
+    try:
+        data = read_envelope_bytes(spool, message_id, state)
+    except HostileFile as error:
+        raise ActionError(f"{message_id}: not a message: {error}", os.EX_DATAERR) from None
     if data is None:
         raise ActionError(f"{message_id}: gone meanwhile", os.EX_NOINPUT)
     try:

@@ -11,7 +11,6 @@ interface.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from datetime import datetime
 from spool import EnvelopeError, Spool, State, entries, parse_envelope
 from spool.claims import DEFERRAL_KEY
 from spool.envelope import REASON_KEY, printable
+from spool.files import HostileFile, read_regular
 from spool.names import parse_name
 
 _MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
@@ -63,18 +63,14 @@ class QueueEntry:
 
 
 def read_envelope_bytes(spool: Spool, message_id: str, state: State) -> bytes | None:
-    """The envelope's bytes in *state*; None when it is gone or a symlink (never followed)."""
+    """The envelope's bytes in *state*; None when it is gone.
+
+    HostileFile (never read, never followed) when it is not a regular file with one link.
+    """
     try:
-        fd = os.open(spool.envelope_path(message_id, state),
-                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        return read_regular(spool.envelope_file(message_id, state), _MAX_ENVELOPE_BYTES)
     except FileNotFoundError:
         return None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return None
-        raise
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read(_MAX_ENVELOPE_BYTES)
 
 
 def _textual_fields(data: bytes) -> tuple[str, tuple[str, ...]]:
@@ -148,7 +144,11 @@ def looks_like_a_spool(spool: Spool) -> str | None:
 
 def describe(spool: Spool, message_id: str, state: State, mtime: float) -> QueueEntry | None:
     """The entry for one envelope; None when it went away meanwhile."""
-    data = read_envelope_bytes(spool, message_id, state)
+    try:
+        data = read_envelope_bytes(spool, message_id, state)
+    except HostileFile as error:
+        return QueueEntry(message_id, STATE_NAMES[state], None, None, "", (), 0, None,
+                          f"not a message: {error}")
     if data is None:
         return None
     attempts, last_reason = _history(data)
