@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from common import eventloop
@@ -67,11 +68,13 @@ def build(config: DeliverConfig, concurrency: int | None = None) -> tuple[Schedu
     return scheduler, spool
 
 
-async def _run(scheduler: Scheduler) -> RunStats:
+async def _run(scheduler: Scheduler, started: Callable[[], None]) -> RunStats:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, scheduler.stop)
     loop.add_signal_handler(signal.SIGINT, scheduler.stop)
     loop.add_signal_handler(signal.SIGUSR1, scheduler.request_scan)
+    # Said only now: a SIGTERM sent on seeing this line is handled, never the default kill.
+    started()
     try:
         return await scheduler.run()
     finally:
@@ -120,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(config: DeliverConfig, scheduler: Scheduler, spool: Spool, log: Any) -> int:
     """Run one scheduler until stopped (or, --once, done); its exit code."""
-    log.info("deliver_started", spool=str(spool.path), forward_to=config.forward_to,
-             concurrency=scheduler.concurrency, once=config.once, event_loop=config.event_loop)
-    stats = eventloop.run(_run(scheduler), config.event_loop)
+
+    def started() -> None:
+        log.info("deliver_started", spool=str(spool.path), forward_to=config.forward_to,
+                 concurrency=scheduler.concurrency, once=config.once,
+                 event_loop=config.event_loop)
+
+    stats = eventloop.run(_run(scheduler, started), config.event_loop)
     extra = {"removals_failed": stats.removals_failed} if stats.removals_failed else {}
     log.info("deliver_stopped", sent=stats.sent, deferred=stats.deferred, failed=stats.failed,
              waiting=stats.waiting_at_end, connections=stats.connections, **extra)
