@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from common.config import ConfigError, split_host_port
+from common.filterspec import FilterRunner, Spec
 from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
 from deliver.forward import Route, SmarthostConnection
 from deliver.outcome import Deferred, Failed, Reply, Sent, classify, next_attempt
@@ -52,8 +53,9 @@ class Policy:
     """The delivery settings that concern one message."""
 
     default_route: Route
-    client_filters: tuple[str, ...] = ()
+    client_filters: tuple[Spec, ...] = ()
     filter_timeout: float = 60.0
+    filter_runner: FilterRunner = field(default_factory=FilterRunner)
     retry_first: float = 60.0
     retry_max: float = 3600.0
     max_age: float = 5 * 86400.0
@@ -116,21 +118,29 @@ class MessageHandler:
             refused = self._check_content(claimed)
             if refused is not None:
                 return refused
-            decision = await run_filters(list(self.policy.client_filters), claimed.content_path,
-                                         claimed.envelope_path, self.policy.filter_timeout)
+            decision = await run_filters(self.policy.client_filters, claimed.content_path,
+                                         claimed.envelope_path, self.policy.filter_timeout,
+                                         self.policy.filter_runner)
             try:
                 claimed.follow_filter_changes()
             except HostileFile as error:
                 return self._fail(claimed, None, f"after the client filter: {error}", None)
+            stop_scan = decision.stop_scan
             if decision.verdict is FilterVerdict.SKIP:
                 claimed.give_back()
                 self.holds[message_id] = time.monotonic() + 1.0
                 self.log.info("message_skipped", msg_id=message_id, outcome="skipped",
-                              reason=f"client filter {decision.program} exit 100")
-                return Handled(Result.HELD)
+                              reason=f"client filter {decision.program} abandoned it")
+                return Handled(Result.HELD, stop_scan)
             if decision.verdict is FilterVerdict.FAIL:
-                return self._fail(claimed, None, decision.reason, REJECT_CODE)
-            stop_scan = decision.verdict is FilterVerdict.FORWARD_THEN_STOP
+                return Handled(self._fail(claimed, None, decision.reason, REJECT_CODE).result,
+                               stop_scan)
+            if decision.verdict is FilterVerdict.DEFER:
+                delay = self.policy.retry_first
+                claimed.release(not_before=time.time() + delay, reason=decision.reason)
+                self.log.warning("delivery_deferred", msg_id=message_id, outcome="deferred",
+                                 reason=decision.reason, retry_in=round(delay, 1))
+                return Handled(Result.DEFERRED, stop_scan)
         try:
             envelope = claimed.read_envelope()
         except EnvelopeError as error:

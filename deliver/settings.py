@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from common import eventloop
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path, split_host_port
+from common.filterspec import Spec, parse_filter
 from common.secrets import SecretsError, SecretsFile
 
 PROGRAM = "relay-deliver"
@@ -34,7 +35,8 @@ OPTIONS: tuple[Option, ...] = (
            " --processes)", 4, "int", metavar="N"),
     Option("processes", "worker processes sharing the spool (each claims messages as they"
            " come; 1: no separate workers)", 1, "int", metavar="N"),
-    Option("client-filter", "program run on each message before it is sent", [], "list",
+    Option("client-filter", "program (or built-in: exit:N, net:HOST:PORT, spam:HOST:PORT, "
+           "spam-edit:HOST:PORT) run on each message before it is sent", [], "list",
            metavar="PROGRAM"),
     Option("filter-timeout", "seconds a client filter may run", 60.0, "duration",
            metavar="DURATION"),
@@ -81,7 +83,7 @@ class DeliverConfig:
     poll: float
     concurrency: int
     processes: int
-    client_filters: tuple[str, ...]
+    client_filters: tuple[Spec, ...]
     filter_timeout: float
     client_auth: SecretsFile | None
     client_tls: bool
@@ -137,7 +139,8 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         poll=settings.poll,
         concurrency=settings.concurrency,
         processes=settings.processes,
-        client_filters=tuple(settings.client_filter or ()),
+        client_filters=tuple(spec for text in settings.client_filter or ()
+                             for spec in parse_filter(text, "client-filter")),
         filter_timeout=settings.filter_timeout,
         client_auth=client_auth,
         client_tls=settings.client_tls,

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import itertools
 import os
+import stat
 import sys
 
 import structlog
@@ -162,3 +163,21 @@ class GroupCommitter:
             log.error("storage_process_died", outcome="restarting",
                       reason=f"exit status {process.returncode}")
             await self.start()
+
+
+async def abandoned_commit(committer: GroupCommitter, pending: PendingMessage) -> bool:
+    """After a filter's exit 100/102: commit the message if it left both files, as
+    E-MailRelay makes "a token effort" to; otherwise remove whatever is left. True if kept."""
+    try:
+        present = all(stat.S_ISREG(os.lstat(path).st_mode)
+                      for path in (pending.content_path, pending.new_path))
+    except OSError:
+        present = False
+    if present:
+        try:
+            await committer.commit(pending)
+            return True
+        except OSError as error:
+            log.warning("abandoned_commit_failed", msg_id=pending.message_id, reason=str(error))
+    pending.discard()
+    return False

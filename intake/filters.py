@@ -1,20 +1,31 @@
 """Server filters (`--filter`) and the address verifier (`--address-verifier`).
 
-E-MailRelay's protocols (docs/intake.md): what each exit code means is decided here,
-in pure functions over `common.programs.ProgramResult`; the programs are run by
-`common.programs.run_program` (no shell, stdin /dev/null, PATH=/usr/bin:/bin, a timeout,
-then SIGKILL to the process group). A filter may read and edit the message's content file
-and its `.envelope.new`; this module itself reads and writes no files.
+E-MailRelay 2.6.1's protocols, decided here in pure functions over what a filter or
+verifier reported (`common.programs.ProgramResult`); the specs (a program, or a built-in
+such as `exit:`, `net:`, `spam:`, `account:`) are run by `common.filterspec` and
+`common.programs` (no shell, stdin /dev/null, E-MailRelay's minimal environment, a
+timeout, then SIGKILL to the process group). A filter may read and edit the message's
+content file and its `.envelope.new`; this module itself reads and writes no files.
+
+Filter exits (server side): 0 and 101 accept; 103 accepts and asks deliver to rescan;
+100 abandons (the message is committed if the filter left its files, and the client gets
+250 either way), 102 abandons and rescans; 1-99, 104 (with a rescan), every other code,
+a crash and a timeout refuse with the filter's `<<...>>` reply (code 452 when it gives
+none). Verifier exits: 0 local (two lines: full name, mailbox), 1 remote (two lines: any,
+address), 3 refused for now (450), 100 drop the connection, anything else refused (550).
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from common.programs import ProgramResult, printable_reply, run_program
+from common.accounts import account_verify, net_verifier_result, parse_account_spec
+from common.filterspec import FilterRunner, Spec, describe
+from common.netclient import LineClient
+from common.programs import ProgramResult, parse_output, printable_reply, run_program
 
 
 class FilterAction(enum.Enum):
@@ -22,7 +33,7 @@ class FilterAction(enum.Enum):
 
     ACCEPT = "accept"  # commit, answer 250
     REJECT = "reject"  # remove the files, answer the reply
-    TAKEN = "taken"  # the filter took the message: answer 250, commit nothing
+    ABANDON = "abandon"  # answer 250; commit the files if the filter left them
 
 
 @dataclass(frozen=True)
@@ -38,44 +49,45 @@ class FilterOutcome:
 ACCEPTED = FilterOutcome(FilterAction.ACCEPT)
 
 
+def _enhanced(code: int, text: str) -> str:
+    """The reply line: *text* keeps its own enhanced status code, else one is added."""
+    first = text.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and all(part.isdigit() for part in parts) and parts[0] in "245":
+        return f"{code} {text}"
+    return f"{code} {'4' if code < 500 else '5'}.7.1 {text}"
+
+
 def interpret_filter(result: ProgramResult, program: str) -> FilterOutcome:
-    """One filter's exit code, as the table in docs/intake.md has it."""
+    """One filter's exit, as E-MailRelay 2.6.1 reads a server filter's exit code."""
     code = result.exit_code
     if code is None:
-        # A hung filter is a local fault, not the message's: temporary, so the client retries.
-        return FilterOutcome(
-            FilterAction.REJECT, "451 4.3.0 Message filter timed out", reason=f"{program}: timeout"
-        )
+        return FilterOutcome(FilterAction.REJECT, "452 4.3.0 Message filter timed out",
+                             reason=f"{program}: timeout")
     if code in (0, 101):
         return ACCEPTED
     if code == 103:
         return FilterOutcome(FilterAction.ACCEPT, trigger_scan=True)
     if code in (100, 102):
-        return FilterOutcome(FilterAction.TAKEN, trigger_scan=code == 102)
-    if 1 <= code <= 99:
-        reply_code, text = result.reply(452)
-        enhanced = "4.7.1" if reply_code < 500 else "5.7.1"
-        return FilterOutcome(
-            FilterAction.REJECT, f"{reply_code} {enhanced} {text}", reason=f"{program}: exit {code}"
-        )
-    # A crash (signal), exit 127 (cannot run) or any undefined code: a broken filter is a
-    # local fault, answered 451 like any local processing error.
-    stderr = printable_reply(result.stderr)[:200]
-    return FilterOutcome(
-        FilterAction.REJECT,
-        "451 4.3.0 Message filter failed",
-        reason=f"{program}: exit {code} {stderr}".strip(),
-    )
+        return FilterOutcome(FilterAction.ABANDON, trigger_scan=code == 102)
+    output = parse_output(result.stdout)
+    reply_code = output.code if 400 <= output.code < 600 else 452
+    reason = output.reason
+    if not 1 <= code <= 104:
+        stderr = printable_reply(result.stderr)[:200]
+        reason = f"{reason} (exit {code}{': ' + stderr if stderr else ''})"
+    return FilterOutcome(FilterAction.REJECT, _enhanced(reply_code, output.response),
+                         trigger_scan=code == 104, reason=f"{program}: {reason}")
 
 
-async def run_filters(
-    programs: Sequence[str], content: Path, envelope: Path, timeout: float
-) -> FilterOutcome:
-    """Run each filter in order until one rejects or takes the message."""
+async def run_filters(specs: Sequence[Spec], content: str, envelope: str, timeout: float,
+                      runner: FilterRunner | None = None) -> FilterOutcome:
+    """Run each filter in order until one refuses or abandons the message."""
+    runner = runner or FilterRunner()
     trigger = False
-    for program in programs:
-        result = await run_program([program, str(content), str(envelope)], timeout)
-        outcome = interpret_filter(result, program)
+    for spec in specs:
+        result = await runner.run(spec, content, envelope, timeout)
+        outcome = interpret_filter(result, spec.name)
         trigger = trigger or outcome.trigger_scan
         if outcome.action is not FilterAction.ACCEPT:
             return FilterOutcome(outcome.action, outcome.reply, trigger, outcome.reason)
@@ -98,45 +110,76 @@ class VerifierOutcome:
     verdict: VerifierVerdict
     address: str = ""
     reply: str = ""
+    reason: str = ""
 
 
 def interpret_verifier(result: ProgramResult, recipient: str) -> VerifierOutcome:
-    """The verifier's exit code and output (line 1 text, line 2 mailbox or address)."""
-    lines = result.lines
-    first = printable_reply(lines[0]) if lines else ""
-    second = lines[1].strip() if len(lines) > 1 else ""
+    """The verifier's exit code and output, read as E-MailRelay 2.6.1 reads them."""
     code = result.exit_code
-    if code in (0, 1) and second != printable_reply(second):
-        code = -1  # an address with controls would forge an envelope line: a broken verifier
-    if code == 0:
-        return VerifierOutcome(VerifierVerdict.LOCAL, second or recipient)
-    if code == 1:
-        return VerifierOutcome(VerifierVerdict.REMOTE, second or recipient)
-    if code == 2:
-        return VerifierOutcome(
-            VerifierVerdict.REJECT, reply=f"550 5.1.1 {first or 'Mailbox unavailable'}"
-        )
-    if code == 3:
-        return VerifierOutcome(
-            VerifierVerdict.REJECT, reply=f"450 4.1.1 {first or 'Mailbox temporarily unavailable'}"
-        )
+    if code is None:
+        return VerifierOutcome(VerifierVerdict.REJECT, reply="450 4.3.0 timeout",
+                               reason="timeout")
     if code == 100:
-        return VerifierOutcome(VerifierVerdict.DROP, reply="421 4.7.0 Closing connection")
-    # Timeout, crash or an undefined code: a local fault, so a temporary refusal.
-    return VerifierOutcome(VerifierVerdict.REJECT, reply="450 4.3.0 Address verifier failed")
+        return VerifierOutcome(VerifierVerdict.DROP, reply="421 4.7.0 Closing connection",
+                               reason="address verifier abort")
+    text = result.stdout.rstrip(" \n\t").replace("\r\n", "\n").replace("\r", "")
+    lines = text.split("\n") if text else []
+    first = printable_reply(lines[0]) if lines else ""
+    second = printable_reply(lines[1]) if len(lines) > 1 else ""
+    if code in (0, 1) and len(lines) >= 2 and second and second == lines[1].strip():
+        verdict = VerifierVerdict.LOCAL if code == 0 else VerifierVerdict.REMOTE
+        return VerifierOutcome(verdict, second)
+    if code == 127 and result.stderr.startswith("cannot run"):
+        return VerifierOutcome(VerifierVerdict.REJECT, reply="550 5.1.1 error",
+                               reason="exec error")
+    response = first if lines else "mailbox unavailable"
+    reason = second if len(lines) > 1 else f"exit code {code}"
+    if code == 3:
+        return VerifierOutcome(VerifierVerdict.REJECT, reply=f"450 4.1.1 {response}",
+                               reason=reason)
+    return VerifierOutcome(VerifierVerdict.REJECT, reply=f"550 5.1.1 {response}", reason=reason)
 
 
-async def verify_address(
-    program: str,
-    recipient: str,
-    *,
-    sender: str,
-    client: str,
-    domain: str,
-    mechanism: str,
-    auth_name: str,
-    timeout: float,
-) -> VerifierOutcome:
-    """Run the verifier for one RCPT TO (E-MailRelay's six arguments)."""
-    argv = [program, recipient, sender, client, domain, mechanism, auth_name]
-    return interpret_verifier(await run_program(argv, timeout), recipient)
+def client_display(ip: str, port: int) -> str:
+    """The client's address as E-MailRelay shows it to verifiers: `1.2.3.4:25`, `::1.25`."""
+    try:
+        version = ipaddress.ip_address(ip.split("%", 1)[0]).version
+    except ValueError:
+        version = 4
+    return f"{ip}{'.' if version == 6 else ':'}{port}"
+
+
+def verifier_mechanism(mechanism: str) -> str:
+    """The AUTH mechanism as verifiers see it: lower case, `none` when not authenticated."""
+    return mechanism.lower() if mechanism else "none"
+
+
+class Verifier:
+    """Runs one `--address-verifier` spec (a program, `net:` or `account:`)."""
+
+    def __init__(self, spec: Spec, domain: str, timeout: float) -> None:
+        self.spec, self.domain, self.timeout = spec, domain, timeout
+        self._account = parse_account_spec(spec.value) if spec.kind == "account" else None
+        self._client = LineClient(spec.value) if spec.kind == "net" else None
+
+    async def verify(self, recipient: str, *, sender: str, client: str, mechanism: str,
+                     auth_name: str) -> VerifierOutcome:
+        """E-MailRelay's six arguments: recipient, sender, client, domain, mechanism, name."""
+        arguments = [recipient, sender, client, self.domain, verifier_mechanism(mechanism),
+                     auth_name]
+        if self._account is not None:
+            return interpret_verifier(account_verify(self._account, recipient, self.domain),
+                                      recipient)
+        if self._client is not None:
+            try:
+                line = await self._client.request("|".join(arguments), self.timeout)
+            except (OSError, ValueError) as error:
+                return VerifierOutcome(VerifierVerdict.REJECT, reply="450 4.3.0 cannot verify",
+                                       reason=f"network verifier: {describe(error)}")
+            return interpret_verifier(net_verifier_result(line), recipient)
+        result = await run_program([self.spec.value, *arguments], self.timeout)
+        return interpret_verifier(result, recipient)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()

@@ -27,9 +27,9 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from common.xtext import XtextError, xtext_decode
-from intake.commit import GroupCommitter
+from intake.commit import GroupCommitter, abandoned_commit
 from intake.data import DataCollector, DataProblem, read_data
-from intake.filters import FilterAction, VerifierOutcome, run_filters, verify_address
+from intake.filters import FilterAction, VerifierOutcome, client_display, run_filters
 from intake.filters import VerifierVerdict as Verdict
 from intake.limits import AuthFailures, ConnectionLimits, in_networks
 from intake.pace import Pace
@@ -611,15 +611,12 @@ class IntakeHandler:
         assert self.config.address_verifier is not None
         smtp.busy = True
         try:
-            return await verify_address(
-                self.config.address_verifier,
+            return await self.config.address_verifier.verify(
                 address,
                 sender=_sender(envelope.mail_from),
-                client=f"{smtp.client_ip}:{smtp.client_port}",
-                domain=self.config.domain,
-                mechanism=smtp.auth_mechanism or "NONE",
+                client=client_display(smtp.client_ip, smtp.client_port),
+                mechanism=smtp.auth_mechanism,
                 auth_name=smtp.auth_name or smtp.trusted_keyword or "",
-                timeout=self.config.filter_timeout,
             )
         finally:
             smtp.busy = False
@@ -660,22 +657,27 @@ class IntakeHandler:
             else:
                 pending = await committer.prepare(content, model)
                 try:
-                    verdict = await run_filters(self.config.filters, pending.content_path,
-                                                pending.new_path, self.config.filter_timeout)
+                    verdict = await run_filters(
+                        self.config.filters, str(pending.content_path), str(pending.new_path),
+                        self.config.filter_timeout, self.config.filter_runner)
                 except BaseException:
                     pending.discard()
                     raise
                 trigger = verdict.trigger_scan
                 if verdict.action is FilterAction.REJECT:
                     pending.discard()
+                    self._trigger(trigger)  # exit 104: refused, and a rescan asked for
                     self.log.info("message_refused", client=smtp.client_ip,
                                   reason=verdict.reason, reply=verdict.reply)
                     return verdict.reply
-                if verdict.action is FilterAction.TAKEN:
-                    pending.discard()  # whatever the filter left behind, as E-MailRelay does
+                if verdict.action is FilterAction.ABANDON:
+                    # As E-MailRelay: the message is committed if the filter left its
+                    # files (a token effort), and the client is told 250 either way.
+                    kept = await abandoned_commit(committer, pending)
                     self._trigger(trigger)
-                    self.log.info("message_taken", msg_id=pending.message_id,
-                                  client=smtp.client_ip, reason="filter took the message")
+                    self.log.info("message_abandoned", msg_id=pending.message_id,
+                                  client=smtp.client_ip, committed=kept,
+                                  reason="filter exit 100/102")
                     return "250 2.0.0 OK"
                 pending = await committer.commit(pending)
         except OSError as error:

@@ -9,15 +9,16 @@ option, so that main exits 78. Reads the secrets and certificate files; writes n
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import ssl
 from dataclasses import dataclass, field
 
 from common import eventloop
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path
+from common.filterspec import FilterRunner, Spec, parse_filter, parse_verifier
 from common.secrets import SecretsError, SecretsFile
 from intake.auth import Authenticator
+from intake.filters import Verifier
 from intake.limits import Network, parse_networks
 
 PROGRAM = "relay-intake"
@@ -66,12 +67,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("greeting-delay", "seconds to wait before the greeting; a client that talks first "
            "is refused (554). 0 refuses only what already arrived", 0.0, "duration",
            metavar="DURATION"),
-    Option("filter", "program run on each message before it is accepted", [], "list",
-           metavar="PROGRAM"),
+    Option("filter", "program (or built-in: exit:N, net:HOST:PORT, spam:HOST:PORT, "
+           "spam-edit:HOST:PORT; a,b chains) run on each message before it is accepted", [],
+           "list", metavar="PROGRAM"),
     Option("filter-timeout", "seconds a filter or the address verifier may run", 60.0,
            "duration", metavar="DURATION"),
-    Option("address-verifier", "program that checks each RCPT TO address", None,
-           metavar="PROGRAM"),
+    Option("address-verifier", "program (or net:HOST:PORT, account:) that checks each "
+           "RCPT TO address", None, metavar="PROGRAM"),
     Option("server-auth", "secrets file: clients must AUTH (unless a 'server none' line "
            "trusts them)", None, metavar="FILE"),
     Option("server-auth-insecure", "offer AUTH without TLS too (passwords in clear text)",
@@ -117,9 +119,10 @@ class IntakeConfig:
     auth_failure_limit: int = 10
     auth_failure_window: float = 600.0
     greeting_delay: float = 0.0
-    filters: list[str] = field(default_factory=list)
+    filters: list[Spec] = field(default_factory=list)
     filter_timeout: float = 60.0
-    address_verifier: str | None = None
+    address_verifier: Verifier | None = None
+    filter_runner: FilterRunner = field(default_factory=FilterRunner)
     authenticator: Authenticator | None = None
     auth_insecure: bool = False
     tls_context: ssl.SSLContext | None = None
@@ -134,13 +137,6 @@ class IntakeConfig:
     def open_relay(self) -> bool:
         """Untrusted remote clients may relay: remote clients, no AUTH and no verifier."""
         return self.remote_clients and self.authenticator is None and not self.address_verifier
-
-
-def _program(path: str, option: str) -> str:
-    resolved = str(resolve_path(path))
-    if not os.path.isfile(resolved) or not os.access(resolved, os.X_OK):
-        raise ConfigError(f"--{option}: {resolved} is not an executable file")
-    return os.path.abspath(resolved)
 
 
 def _tls_context(certificate: str, key: str | None) -> ssl.SSLContext:
@@ -223,9 +219,10 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         auth_failure_limit=settings.auth_failure_limit,
         auth_failure_window=settings.auth_failure_window,
         greeting_delay=settings.greeting_delay,
-        filters=[_program(path, "filter") for path in settings.filter],
+        filters=[spec for text in settings.filter for spec in parse_filter(text)],
         filter_timeout=settings.filter_timeout,
-        address_verifier=(_program(settings.address_verifier, "address-verifier")
+        address_verifier=(Verifier(parse_verifier(settings.address_verifier), domain,
+                                   settings.filter_timeout)
                           if settings.address_verifier else None),
         authenticator=authenticator,
         auth_insecure=settings.server_auth_insecure,

@@ -101,22 +101,33 @@ def test_parse_duration() -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "verdict"),
+    ("code", "verdict", "stop"),
     [
-        (0, FilterVerdict.FORWARD),
-        (101, FilterVerdict.FORWARD),
-        (103, FilterVerdict.FORWARD),
-        (102, FilterVerdict.FORWARD_THEN_STOP),
-        (100, FilterVerdict.SKIP),
-        (1, FilterVerdict.FAIL),
-        (99, FilterVerdict.FAIL),
-        (104, FilterVerdict.FAIL),
-        (None, FilterVerdict.FAIL),  # killed for the timeout
+        (0, FilterVerdict.FORWARD, False),
+        (101, FilterVerdict.FORWARD, False),
+        (103, FilterVerdict.FORWARD, False),
+        (102, FilterVerdict.FORWARD, True),
+        (100, FilterVerdict.SKIP, False),
+        (104, FilterVerdict.SKIP, True),
+        (1, FilterVerdict.FAIL, False),
+        (99, FilterVerdict.FAIL, False),
+        (105, FilterVerdict.FAIL, True),
+        (106, FilterVerdict.FAIL, False),
+        (-9, FilterVerdict.FAIL, False),  # killed by a signal
+        (None, FilterVerdict.FAIL, False),  # killed for the timeout
     ],
 )
-def test_client_filter_exit_codes(code: int | None, verdict: FilterVerdict) -> None:
-    """E-MailRelay's client filter exit codes (docs/deliver.md, *Client filters*)."""
-    assert interpret("f", ProgramResult(code, "", "")).verdict is verdict
+def test_client_filter_exit_codes(code: int | None, verdict: FilterVerdict, stop: bool) -> None:
+    """E-MailRelay 2.6.1's client filter exit codes, the stop-scanning flag included."""
+    decision = interpret("f", ProgramResult(code, "", ""))
+    assert decision.verdict is verdict and decision.stop_scan is stop
+
+
+def test_client_filter_local_fault_defers() -> None:
+    """A built-in filter's local fault (spamd down) defers: never sent, never failed."""
+    decision = interpret("spam:x", ProgramResult(1, "<<rejected>>\n<<spamd: down>>\n", "",
+                                                  temporary=True))
+    assert decision.verdict is FilterVerdict.DEFER and "spamd: down" in decision.reason
 
 
 def test_client_filter_reason_comes_from_the_reply_text() -> None:

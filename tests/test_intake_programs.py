@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import time
 from pathlib import Path
 
 import pytest
@@ -45,28 +46,39 @@ def test_filter_accepts_and_may_edit_the_new_files(spool_dir: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize(("output", "expected"), [
-    ("<<550 no spam here>>", (550, "no spam here")),
-    ("[[try again]]", (452, "try again")),
-    ("nothing to say", (452, "rejected")),
+    ("<<550 no spam here>>", "550 5.7.1 no spam here"),
+    ("<<554 5.7.1 no>>", "554 5.7.1 no"),
+    ("[[try again]]", "452 4.7.1 try again"),
+    ("nothing to say", "452 4.7.1 rejected"),
 ])
 def test_filter_rejects_with_its_reply_and_files_go(spool_dir: Path, tmp_path: Path,
-                                                    output: str, expected: tuple[int, str]) -> None:
-    """Exit 1-99: the reply comes from <<...>> or [[...]] (default 452); nothing is left."""
+                                                    output: str, expected: str) -> None:
+    """Exit 1-99: the reply is the <<...>> text, code and enhanced code once; nothing left."""
     reject = script(tmp_path, "reject", f"echo '{output}'\nexit 7\n")
     with IntakeThread(spool_dir, "--filter", str(reject)) as intake:
         with pytest.raises(smtplib.SMTPDataError) as error:
             send(intake)
-        assert error.value.smtp_code == expected[0]
-        assert expected[1] in error.value.smtp_error.decode()
+        reply = f"{error.value.smtp_code} {error.value.smtp_error.decode()}"
+        assert reply == expected
         assert spool_files(spool_dir) == []
 
 
 @pytest.mark.parametrize("code", [100, 102])
+def test_filter_abandon_commits_what_it_left(spool_dir: Path, tmp_path: Path, code: int) -> None:
+    """Exit 100/102 leaving the files: 250 and committed (E-MailRelay's token effort)."""
+    keeper = script(tmp_path, "keeper", f"exit {code}\n")
+    with IntakeThread(spool_dir, "--filter", str(keeper)) as intake:
+        send(intake)
+    assert len(accepted(spool_dir)) == 1
+    assert (spool_dir / TRIGGER_NAME).exists() == (code == 102)
+
+
+@pytest.mark.parametrize("code", [100, 102])
 def test_filter_took_the_message(spool_dir: Path, tmp_path: Path, code: int) -> None:
-    """Exit 100/102: 250, nothing committed, nothing left; 102 also asks deliver to scan."""
+    """Exit 100/102 after removing the files: 250, nothing committed, nothing left."""
     keep = tmp_path / "kept"
     keep.mkdir()
-    taker = script(tmp_path, "taker", f'cp "$1" {keep}/\nexit {code}\n')
+    taker = script(tmp_path, "taker", f'cp "$1" {keep}/\nrm -f "$1" "$2"\nexit {code}\n')
     with IntakeThread(spool_dir, "--filter", str(taker)) as intake:
         send(intake)
     assert spool_files(spool_dir) == []
@@ -82,27 +94,47 @@ def test_filter_103_accepts_and_triggers_a_scan(spool_dir: Path, tmp_path: Path)
     assert (spool_dir / TRIGGER_NAME).exists()
 
 
-@pytest.mark.parametrize("body", ["exit 120\n", "kill -9 $$\n", "sleep 10\n"])
-def test_broken_or_hung_filter_answers_451(spool_dir: Path, tmp_path: Path, body: str) -> None:
-    """An undefined exit code, a crash or a timeout: 451 (local fault), files removed."""
+@pytest.mark.parametrize(("body", "expected"), [
+    ("echo '<<550 5.7.1 unknown code>>'\nexit 120\n", "550 5.7.1 unknown code"),
+    ("exit 104\n", "452 4.7.1 rejected"),
+    ("kill -9 $$\n", "452 4.7.1 rejected"),
+    ("sleep 10\n", "452 4.3.0 Message filter timed out"),
+])
+def test_other_exits_crash_and_timeout_refuse(spool_dir: Path, tmp_path: Path, body: str,
+                                              expected: str) -> None:
+    """Any other exit, a crash or a timeout refuses (452 unless the filter says), files go."""
     broken = script(tmp_path, "broken", body)
     with IntakeThread(spool_dir, "--filter", str(broken), "--filter-timeout", "0.5") as intake:
         with pytest.raises(smtplib.SMTPDataError) as error:
             send(intake)
-        assert error.value.smtp_code == 451
+        assert f"{error.value.smtp_code} {error.value.smtp_error.decode()}" == expected
         assert spool_files(spool_dir) == []
+    assert (spool_dir / TRIGGER_NAME).exists() == body.startswith("exit 104")
+
+
+def test_filter_leaving_a_background_child_is_done_at_exit(spool_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """A filter that exits 0 with a child holding its stdout: 250 at once, not a timeout."""
+    forker = script(tmp_path, "forker", "sleep 30 &\nexit 0\n")
+    started = time.monotonic()
+    with IntakeThread(spool_dir, "--filter", str(forker), "--filter-timeout", "20") as intake:
+        send(intake)
+    assert time.monotonic() - started < 10
+    assert len(accepted(spool_dir)) == 1
 
 
 def test_filter_exit_codes_table() -> None:
-    """interpret_filter maps every exit code as docs/intake.md, *Server filters*, says."""
+    """interpret_filter maps every exit code as E-MailRelay 2.6.1's server side does."""
     def outcome(code: int | None, out: str = "") -> FilterAction:
         return interpret_filter(ProgramResult(code, out, ""), "f").action
 
     assert outcome(0) is outcome(101) is outcome(103) is FilterAction.ACCEPT
-    assert outcome(100) is outcome(102) is FilterAction.TAKEN
-    assert all(outcome(code) is FilterAction.REJECT for code in (1, 50, 99, 104, 255, -9, None))
-    assert interpret_filter(ProgramResult(3, "<<554 go away>>", ""), "f").reply.startswith("554")
-    assert interpret_filter(ProgramResult(None, "", ""), "f").reply.startswith("451")
+    assert outcome(100) is outcome(102) is FilterAction.ABANDON
+    assert all(outcome(code) is FilterAction.REJECT
+               for code in (1, 50, 99, 104, 105, 255, -9, None))
+    assert interpret_filter(ProgramResult(3, "<<554 go away>>", ""), "f").reply == \
+        "554 5.7.1 go away"
+    assert interpret_filter(ProgramResult(None, "", ""), "f").reply.startswith("452")
 
 
 def verifier(tmp_path: Path, log: Path) -> Path:
@@ -120,7 +152,7 @@ esac
 
 
 def test_verifier_each_exit_code(spool_dir: Path, tmp_path: Path) -> None:
-    """0 -> To-Local mailbox, 1 -> To-Remote address, 2 -> 550, 3 -> 450, other -> 450."""
+    """0 -> To-Local mailbox, 1 -> To-Remote address, 2 -> 550, 3 -> 450, other -> 550."""
     log = tmp_path / "args"
     with IntakeThread(spool_dir, "--address-verifier", str(verifier(tmp_path, log))) as intake:
         raw = RawClient(intake.port)
@@ -131,7 +163,7 @@ def test_verifier_each_exit_code(spool_dir: Path, tmp_path: Path) -> None:
         nobody = raw.command(b"RCPT TO:<nobody@example.com>")
         assert nobody.startswith("550") and "no such user here" in nobody
         assert raw.command(b"RCPT TO:<later@example.com>").startswith("450")
-        assert raw.command(b"RCPT TO:<other@example.com>").startswith("450")
+        assert raw.command(b"RCPT TO:<other@example.com>").startswith("550")
         assert raw.command(b"DATA")[:3] == "354"
         raw.send(MESSAGE.replace(b"\n..", b"\n.") + b".\r\n")
         assert raw.reply()[:3] == "250"
@@ -141,7 +173,7 @@ def test_verifier_each_exit_code(spool_dir: Path, tmp_path: Path) -> None:
     first = log.read_text().splitlines()[0].split(" ")
     assert first[0] == "local@example.com" and first[1] == "a@example.org"
     assert first[2].startswith("127.0.0.1:") and first[3] == "intake.test"
-    assert first[4] == "NONE"
+    assert first[4] == "none"
 
 
 def test_verifier_100_drops_the_connection(spool_dir: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.programs import ProgramResult, printable_reply, run_program
+from common.programs import ProgramResult, parse_output, printable_reply, run_program
 
 
 def _script(tmp_path: Path, body: str, name: str = "prog") -> str:
@@ -35,32 +35,39 @@ def test_exit_code_stdout_and_arguments(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("stdout", "reply"),
+    ("stdout", "parsed"),
     [
-        ("<<550 5.7.1 spam>>", (550, "5.7.1 spam")),
-        ("[[451 later]]", (451, "later")),
-        ("<<no thanks>>", (452, "no thanks")),
-        ("[[ rejected by policy ]]", (452, "rejected by policy")),
-        ("noise\nmore <<550 second line>> after", (550, "second line")),
-        ("<<250 not an error code>>", (452, "250 not an error code")),
-        ("nothing in brackets", (452, "rejected")),
-        ("<<550 >>", (550, "rejected")),
+        ("<<550 5.7.1 spam>>", ("5.7.1 spam", 550, "5.7.1 spam")),
+        ("[[451 later]]", ("later", 451, "later")),
+        ("<<no thanks>>", ("no thanks", 0, "no thanks")),
+        ("<<refused>>\n<<why: rule 7>>", ("refused", 0, "why: rule 7")),
+        ("noise\nmore <<550 not at the start>> after", ("rejected", 0, "rejected")),
+        ("<<250 not an error code>>", ("250 not an error code", 0, "250 not an error code")),
+        ("<<5501 no space>>", ("5501 no space", 0, "5501 no space")),
+        ("<<452\tafter a tab>>", ("after a tab", 452, "after a tab")),
+        ("nothing in brackets", ("rejected", 0, "rejected")),
+        ("<<unclosed\n<<closed>>", ("closed", 0, "closed")),
     ],
 )
-def test_reply_parsing(tmp_path: Path, stdout: str, reply: tuple[int, str]) -> None:
-    """The first `<<...>>` or `[[...]]` on stdout is the reply; a leading 4xx/5xx is its code."""
-    prog = _script(tmp_path, f"printf '%s\\n' '{stdout.replace(chr(10), chr(39) + ' ' + chr(39))}'"
-                   "\nexit 1\n")
-    result = _run([prog])
-    assert result.exit_code == 1
-    assert result.reply() == reply
+def test_parse_output_as_emailrelay(stdout: str, parsed: tuple[str, int, str]) -> None:
+    """Only lines starting with <<...>>/[[...]] count; a 4xx/5xx and a space is the code."""
+    output = parse_output(stdout)
+    assert (output.response, output.code, output.reason) == parsed
 
 
-def test_reply_default_code_and_printable() -> None:
-    """The default code is the caller's; control characters never reach the reply line."""
-    assert ProgramResult(1, "<<go away>>", "").reply(554) == (554, "go away")
+def test_printable_reply() -> None:
+    """Control characters never reach a reply line; its length is bounded."""
     assert printable_reply("a\x00b\rc") == "a b c"
     assert len(printable_reply("x" * 1000)) == 400
+
+
+def test_exit_not_end_of_output(tmp_path: Path) -> None:
+    """A program that exits leaving a child holding its stdout is done when it exits."""
+    prog = _script(tmp_path, "echo '<<from the filter>>'\nsleep 30 &\nexit 0\n")
+    started = time.monotonic()
+    result = _run([prog], timeout=20)
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 0 and result.lines == ["<<from the filter>>"]
 
 
 def test_timeout_kills_a_sleeping_script_quickly(tmp_path: Path) -> None:
@@ -74,10 +81,10 @@ def test_timeout_kills_a_sleeping_script_quickly(tmp_path: Path) -> None:
 
 
 def test_minimal_environment() -> None:
-    """The program sees only PATH=/usr/bin:/bin, whatever the caller's environment holds."""
-    result = _run(["/usr/bin/env"])
+    """E-MailRelay's environment only: PATH=/usr/bin:/bin and IFS, whatever the caller has."""
+    result = _run(["/usr/bin/env", "-0"])
     assert result.exit_code == 0
-    assert result.lines == ["PATH=/usr/bin:/bin"]
+    assert sorted(result.stdout.split("\0")[:-1]) == ["IFS= \t\n", "PATH=/usr/bin:/bin"]
 
 
 def test_stdin_is_dev_null(tmp_path: Path) -> None:
