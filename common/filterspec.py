@@ -114,7 +114,7 @@ class FilterRunner:
         try:
             line = await client.request(content, timeout)
         except (OSError, TimeoutError, ValueError) as error:
-            return ProgramResult(1, f"<<failed>>\n<<{describe(error)}>>\n", "")
+            return ProgramResult(1, f"<<failed>>\n<<{describe(error)}>>\n", "", temporary=True)
         return net_filter_result(line)
 
     async def close(self) -> None:

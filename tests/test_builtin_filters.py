@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sink import Sink
+from support.intake import MESSAGE, IntakeThread, RawClient
+from support.sink import Sink
+from support.spool import accepted, spool_files
 from test_deliver import run_once
-from test_intake_server import MESSAGE, IntakeThread, RawClient, accepted, message_files
 
 from deliver.main import main as deliver_main
 from intake.main import main as intake_main
@@ -122,7 +123,7 @@ def test_net_filter_down_is_a_temporary_refusal(spool_dir: Path) -> None:
         with pytest.raises(smtplib.SMTPDataError) as error:
             send(intake)
         assert error.value.smtp_code == 452
-    assert message_files(spool_dir) == []
+    assert spool_files(spool_dir) == []
 
 
 def test_net_verifier(spool_dir: Path, line_server: Callable[..., LineServer]) -> None:

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sink import free_port
-from test_intake_server import IntakeThread
+from support.intake import IntakeThread
+from support.sink import free_port
 
 EMAILRELAY = Path(os.environ.get("EMAILRELAY_BIN", "/work/scratch/emailrelay-bin/emailrelay"))
 MESSAGE = b"Subject: t\r\n\r\nhi\r\n"
