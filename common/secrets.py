@@ -1,14 +1,22 @@
-"""The secrets file of `--server-auth` and `--client-auth`, E-MailRelay's format.
+"""The secrets file of `--server-auth` and `--client-auth`: E-MailRelay 2.6.1's grammar.
 
-One record a line, `#` comments:
+One record a line, `#` comments, four or five fields separated by spaces or tabs (a fifth
+field that starts with `#` is a comment; more fields are ignored):
 
-    server plain <user> <password>          (xtext: +XX escapes)
+    server plain <user> <password>          (xtext: +XX escapes; `login` means `plain`)
     server plain:b <base64-user> <base64-password>
+    server md5 <user> <base64 MD5 state>    (emailrelay-passwd / relay-passwd; CRAM-MD5 only)
     server none <address|CIDR|wildcard> <keyword>     (trusted: no AUTH needed)
     client plain <user> <password> [<account-selector>]
+    client md5 <user> <base64 MD5 state> [<account-selector>]
+    client plain:b = = <account-selector>   (a selector whose mail is sent without AUTH)
 
-Pure parsing plus `SecretsFile`, which rereads the file when it changes. Reads only the
-secrets file; never logs a password.
+`cram-md5` and `apop` mean `md5`; an `md5` secret may also be E-MailRelay's old dotted
+form. Other types (`sha1`, `oauth`, ...) are read and kept, but relay authenticates with
+none of them. A duplicate server secret, trust address or client secret is an error, as
+are too few fields, a first field that is not `server`/`client`, an empty or badly encoded
+id or secret. Pure parsing plus `SecretsFile`, which rereads the file when it changes.
+Reads only the secrets file; never logs a password.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.md5state import hmac_md5, is_dotted, undotted
 from common.xtext import XtextError, xtext_decode
 
 
@@ -52,29 +61,56 @@ class TrustRule:
 
 
 @dataclass(frozen=True)
-class ClientAccount:
-    """A `client` line: credentials for the smarthost, optionally chosen by a selector."""
+class Secret:
+    """One decoded secret: a plain password (text) or an MD5 state (32 bytes)."""
 
     user: str
-    password: str
-    selector: str = ""
+    password: str | None = None
+    md5_state: bytes | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ClientAccount:
+    """What to send the smarthost for one account selector; `authenticates` False: no AUTH."""
+
+    selector: str
+    user: str = ""
+    password: str | None = None
+    md5_state: bytes | None = None
+
+    @property
+    def authenticates(self) -> bool:
+        return self.password is not None or self.md5_state is not None
 
 
 @dataclass
 class Secrets:
     """The parsed secrets file."""
 
-    server_users: dict[str, str] = field(default_factory=dict)
+    server: dict[tuple[str, str], Secret] = field(default_factory=dict)  # (type, user)
     trusted: list[TrustRule] = field(default_factory=list)
-    clients: list[ClientAccount] = field(default_factory=list)
+    client: dict[tuple[str, str], Secret] = field(default_factory=dict)  # (type, selector)
+    selectors: dict[str, int] = field(default_factory=dict)  # selector -> secrets it has
 
     def check_server(self, user: str, password: str) -> bool:
-        """True if *user* with *password* may authenticate (constant-time comparison)."""
-        expected = self.server_users.get(user)
+        """True if *user* with *password* may authenticate (PLAIN, LOGIN; constant time)."""
+        secret = self.server.get(("plain", user))
+        expected = secret.password if secret is not None else None
         if expected is None:
             hmac.compare_digest(password.encode(), password.encode())  # even out timing
             return False
         return hmac.compare_digest(expected.encode("utf-8"), password.encode("utf-8"))
+
+    def cram_md5_digest(self, user: str, challenge: bytes) -> str | None:
+        """The hex HMAC-MD5 a CRAM-MD5 client with *user* must send, or None (no secret)."""
+        plain = self.server.get(("plain", user))
+        if plain is not None and plain.password is not None:
+            return hmac.new(plain.password.encode("utf-8"), challenge, "md5").hexdigest()
+        masked = self.server.get(("md5", user))
+        if masked is not None and masked.md5_state is not None:
+            return hmac_md5(masked.md5_state, challenge).hex()
+        return None
 
     def trusted_keyword(self, address: str) -> str | None:
         """The keyword of the first `server none` line matching *address*, else None."""
@@ -84,53 +120,103 @@ class Secrets:
         return None
 
     def client_account(self, selector: str = "") -> ClientAccount | None:
-        """Credentials for the smarthost: the account with this selector, or the default."""
-        for account in self.clients:
-            if account.selector == selector:
-                return account
-        return None
+        """The account for *selector*: None when no line names it (the message must not go).
+
+        The empty selector with no default `client` line is an account without AUTH.
+        """
+        if selector not in self.selectors:
+            return ClientAccount("") if selector == "" else None
+        plain = self.client.get(("plain", selector))
+        if plain is not None:
+            return ClientAccount(selector, plain.user, password=plain.password)
+        masked = self.client.get(("md5", selector))
+        if masked is not None:
+            return ClientAccount(selector, masked.user, md5_state=masked.md5_state)
+        return ClientAccount(selector)
 
 
-def _decode(value: str, encoding: str, line_number: int, path: str) -> str:
+def _decode(value: str, encoding: str, what: str, where: str) -> str | bytes:
+    if not value:
+        raise SecretsError(f"{where}: empty {what}")
     try:
-        if encoding == "b":
-            return base64.b64decode(value, validate=True).decode("utf-8")
+        if encoding == "base64":
+            decoded = base64.b64decode(value, validate=True)
+            return decoded
+        if encoding == "dotted":
+            return undotted(value)
         return xtext_decode(value)
-    except (XtextError, binascii.Error, UnicodeDecodeError):
-        raise SecretsError(f"{path}, line {line_number}: badly encoded field") from None
+    except (XtextError, binascii.Error, ValueError):
+        raise SecretsError(f"{where}: invalid {encoding} encoding of {what}") from None
+
+
+def _text(value: str | bytes, what: str, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretsError(f"{where}: the {what} is not UTF-8") from None
+
+
+_CANONICAL = {"cram-md5": "md5", "apop": "md5", "login": "plain"}
 
 
 def parse_secrets(text: str, path: str = "secrets") -> Secrets:
-    """Parse a secrets file's text; SecretsError names the line of any problem."""
+    """Parse a secrets file's text; SecretsError names the line of the first problem."""
     secrets = Secrets()
+    trusts: set[str] = set()
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        where = f"{path}, line {number}"
         words = line.split()
         if len(words) < 4:
-            raise SecretsError(
-                f"{path}, line {number}: expected '<side> <mechanism> <id> <secret>'"
-            )
-        side, mechanism = words[0].lower(), words[1].lower()
-        if side not in ("server", "client"):
-            raise SecretsError(f"{path}, line {number}: first word must be 'server' or 'client'")
-        base, _, encoding = mechanism.partition(":")
-        if side == "server" and base == "none":
-            secrets.trusted.append(TrustRule(words[2], words[3]))
+            raise SecretsError(f"{where}: too few fields")
+        side, type_in, user_field, secret_field = words[:4]
+        selector = words[4] if len(words) > 4 and not words[4].startswith("#") else ""
+        head, _, decoration = type_in.partition(":")
+        kind = _CANONICAL.get(head.lower(), head.lower())
+        is_server, is_client = side.lower() == "server", side.lower() == "client"
+        if is_server and kind == "none":
+            if user_field in trusts:
+                raise SecretsError(f"{where}: duplicate server trust address")
+            trusts.add(user_field)
+            secrets.trusted.append(TrustRule(user_field, secret_field))
             continue
-        if base not in ("plain", "login") or encoding not in ("", "b"):
-            raise SecretsError(
-                f"{path}, line {number}: unsupported mechanism {mechanism!r}"
-                " (relay reads plain, plain:b and, for servers, none)"
-            )
-        user = _decode(words[2], encoding, number, path)
-        password = _decode(words[3], encoding, number, path)
-        if side == "server":
-            secrets.server_users[user] = password
+        if not (is_server or is_client):
+            raise SecretsError(f"{where}: invalid value in first field: [{side}]")
+        if is_client and type_in.lower() == "plain:b" and user_field == secret_field == "=":
+            secrets.selectors.setdefault(selector, 0)
+            continue
+        if kind[:5] == "plain":
+            kind = "plain"
+            encoding = "base64" if decoration.lower() == "b" else "xtext"
+            secret_encoding = encoding
+        elif kind == "md5" and is_dotted(secret_field):
+            encoding, secret_encoding = "xtext", "dotted"
         else:
-            selector = words[4] if len(words) > 4 else ""
-            secrets.clients.append(ClientAccount(user, password, selector))
+            encoding, secret_encoding = "xtext", "base64"
+        user = _text(_decode(user_field, encoding, "id", where), "id", where)
+        decoded = _decode(secret_field, secret_encoding, "secret", where)
+        if kind == "plain":
+            secret = Secret(user, password=_text(decoded, "secret", where), line=number)
+        elif kind == "md5":
+            if not isinstance(decoded, bytes) or len(decoded) != 32:
+                raise SecretsError(f"{where}: an md5 secret is a 32-byte MD5 state "
+                                   "(made by relay-passwd or emailrelay-passwd)")
+            secret = Secret(user, md5_state=decoded, line=number)
+        else:
+            secret = Secret(user, line=number)  # read, never used: relay has no such mechanism
+        if is_server:
+            if (kind, user) in secrets.server:
+                raise SecretsError(f"{where}: duplicate server secret")
+            secrets.server[(kind, user)] = secret
+        else:
+            if (kind, selector) in secrets.client:
+                raise SecretsError(f"{where}: duplicate client secret")
+            secrets.client[(kind, selector)] = secret
+            secrets.selectors[selector] = secrets.selectors.get(selector, 0) + 1
     return secrets
 
 

@@ -26,6 +26,7 @@ import structlog
 from aiosmtplib.response import SMTPResponse
 
 from common.secrets import SecretsError, SecretsFile
+from deliver.clientauth import NoMechanism, authenticate
 from deliver.outcome import Attempt, Reply, Stage
 from spool import Envelope
 
@@ -244,22 +245,17 @@ class SmarthostConnection:
             secrets = self.settings.client_auth.get()
         except SecretsError as error:
             raise _AuthProblem(str(error)) from None
-        account = secrets.client_account(route.account_selector) or secrets.client_account("")
+        account = secrets.client_account(route.account_selector)  # never another account
         if account is None:
             raise _AuthProblem(f"no client account for selector {route.account_selector!r}")
         try:
-            # One mechanism only: trying the next ones after a refusal gains nothing and
-            # some servers answer a second mechanism badly (a timeout instead of a 535).
-            if "plain" in smtp.server_auth_methods:
-                await smtp.auth_plain(account.user, account.password)
-            else:
-                await smtp.login(account.user, account.password)
+            await authenticate(smtp, account)
         except aiosmtplib.SMTPAuthenticationError as error:
             raise _AuthProblem(error.message, error.code) from None  # Reply adds the code
         except aiosmtplib.SMTPException as error:
             if isinstance(error, aiosmtplib.SMTPResponseException):
                 raise _AuthProblem(error.message, error.code) from None
-            if "not supported" in str(error).lower() or "auth" in str(error).lower():
+            if isinstance(error, NoMechanism) or "not supported" in str(error).lower():
                 raise _AuthProblem(f"the smarthost offers no usable AUTH: {error}") from None
             raise
 

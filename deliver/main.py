@@ -55,6 +55,7 @@ def build(config: DeliverConfig, concurrency: int | None = None) -> tuple[Schedu
         retry_max=config.retry_max,
         max_age=config.max_age,
         content_grace=config.content_grace,
+        client_auth=config.client_auth,
     )
     scheduler = Scheduler(
         spool=spool,

@@ -20,6 +20,7 @@ import structlog
 
 from common.config import ConfigError, split_host_port
 from common.filterspec import FilterRunner, Spec
+from common.secrets import SecretsError, SecretsFile
 from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
 from deliver.forward import Route, SmarthostConnection
 from deliver.outcome import Deferred, Failed, Reply, Sent, classify, next_attempt
@@ -56,6 +57,7 @@ class Policy:
     client_filters: tuple[Spec, ...] = ()
     filter_timeout: float = 60.0
     filter_runner: FilterRunner = field(default_factory=FilterRunner)
+    client_auth: SecretsFile | None = None  # for the ClientAccountSelector check
     retry_first: float = 60.0
     retry_max: float = 3600.0
     max_age: float = 5 * 86400.0
@@ -166,6 +168,9 @@ class MessageHandler:
         except ConfigError as error:
             return self._fail(claimed, envelope, f"bad X-MailRelay-ForwardToAddress: {error}",
                               None)
+        unknown = self._unknown_account(route.account_selector)
+        if unknown:  # never under another account, never without the one asked for
+            return self._fail(claimed, envelope, unknown, None)
         attempt = await connection.transact(route, envelope, content)
         outcome = classify(attempt)
         if isinstance(outcome, Failed):
@@ -191,6 +196,22 @@ class MessageHandler:
                               f"content file {claimed.content_path} cannot be read:"
                               f" {_os_reason(error)}", None)
         return None
+
+    def _unknown_account(self, selector: str) -> str:
+        """Why no account answers *selector* (E-MailRelay's "bad selector"), or ''."""
+        if not selector:
+            return ""
+        if self.policy.client_auth is None:
+            return (f"X-MailRelay-ClientAccountSelector {selector!r}: no --client-auth "
+                    "secrets file to find it in")
+        try:
+            account = self.policy.client_auth.get().client_account(selector)
+        except SecretsError as error:
+            return f"X-MailRelay-ClientAccountSelector {selector!r}: {error}"
+        if account is None:
+            return (f"X-MailRelay-ClientAccountSelector {selector!r}: no client account "
+                    "with that selector in the secrets file")
+        return ""
 
     def _route(self, envelope: Envelope) -> Route:
         selector = envelope.client_account_selector

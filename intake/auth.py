@@ -1,7 +1,8 @@
 """SMTP AUTH for intake against the `--server-auth` secrets file (E-MailRelay's format).
 
 `Authenticator` is aiosmtpd's authenticator callback for PLAIN and LOGIN; `check_cram_md5`
-verifies a CRAM-MD5 response (RFC 2195). Trust by `server none` lines is looked up with
+verifies a CRAM-MD5 response (RFC 2195), from a plain password or from an `md5` secret's
+stored MD5 state. Trust by `server none` lines is looked up with
 `trusted_keyword`. Reads the secrets file only (through `common.secrets.SecretsFile`, which
 rereads it when it changes); never logs a password.
 """
@@ -44,10 +45,9 @@ class Authenticator:
             user_text, _, digest = response.decode("utf-8").rpartition(" ")
         except UnicodeDecodeError:
             return None
-        password = self.secrets.get().server_users.get(user_text)
-        expected = hmac.new((password or "").encode("utf-8"), challenge, "md5").hexdigest()
-        if password is None or not user_text:
-            hmac.compare_digest(expected, expected)  # even out timing for unknown users
+        expected = self.secrets.get().cram_md5_digest(user_text, challenge) if user_text else None
+        if expected is None:
+            hmac.compare_digest(digest, digest)  # even out timing for unknown users
             return None
         return user_text if hmac.compare_digest(expected, digest.lower()) else None
 

@@ -6,11 +6,13 @@ Pure parsing plus a real file in tmp_path for SecretsFile.
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 from pathlib import Path
 
 import pytest
 
+from common.md5state import dotted, hmac_md5, masked_key, undotted
 from common.secrets import SecretsError, SecretsFile, TrustRule, parse_secrets
 
 SAMPLE = """\
@@ -47,6 +49,7 @@ def test_client_lines_and_selector() -> None:
     secrets = parse_secrets(_sample())
     default = secrets.client_account()
     assert default is not None and (default.user, default.password) == ("relayuser", "relaypass")
+    assert default.authenticates
     selected = secrets.client_account("eu")
     assert selected is not None and selected.user == "euuser"
     assert secrets.client_account("nope") is None
@@ -77,21 +80,68 @@ def test_trust_rule_with_bad_pattern_matches_nothing() -> None:
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        ("server plain alice", "expected '<side> <mechanism> <id> <secret>'"),
-        ("proxy plain alice topsecret", "first word must be 'server' or 'client'"),
-        ("server cram-md5 alice topsecret", "unsupported mechanism 'cram-md5'"),
-        ("server plain alice top+ZZsecret", "badly encoded field"),
-        ("server plain:b YWxpY2U= !!topsecret!!", "badly encoded field"),
+        ("server plain alice", "too few fields"),
+        ("proxy plain alice topsecret", "invalid value in first field: [proxy]"),
+        ("server plain alice top+ZZsecret", "invalid xtext encoding of secret"),
+        ("server plain:b YWxpY2U= !!topsecret!!", "invalid base64 encoding of secret"),
+        ("server plain:b !!! eA==", "invalid base64 encoding of id"),
+        ("server plain ok again", "duplicate server secret"),
+        ("server md5 carol topsecret", "invalid base64 encoding of secret"),
+        ("server md5 carol dG9wc2VjcmV0", "32-byte MD5 state"),
+        ("server none 10.0.0.* again", "duplicate server trust address"),
+        ("client plain dave topsecret", "duplicate client secret"),
     ],
 )
 def test_bad_line_is_named_by_number_without_the_secret(line: str, problem: str) -> None:
     """A bad line raises SecretsError naming file and line number, never echoing the secret."""
+    text = ("# comment\n\nserver plain ok fine\nserver none 10.0.0.* lan\n"
+            f"client plain x y\n{line}\n")
     with pytest.raises(SecretsError) as caught:
-        parse_secrets(f"# comment\n\nserver plain ok fine\n{line}\n", "/etc/relay.auth")
+        parse_secrets(text, "/etc/relay.auth")
     message = str(caught.value)
-    assert message.startswith("/etc/relay.auth, line 4: ")
+    assert message.startswith("/etc/relay.auth, line 6: ")
     assert problem in message
     assert "topsecret" not in message
+
+
+def test_the_whole_grammar() -> None:
+    """login = plain, cram-md5 = md5, comments after field 4, extra fields ignored,
+    `client plain:b = = SELECTOR` an account without AUTH, other types read and unused."""
+    state = masked_key(b"secret")
+    secrets = parse_secrets(f"""
+server login alice pw1 # a comment in the fifth field
+server cram-md5 bob {base64.b64encode(state).decode()}
+server md5 dotty {dotted(state)}
+server sha1 sam c2VjcmV0
+client plain:b = = noauth
+client md5 carol {base64.b64encode(state).decode()} hashed
+client plain dave pw2 a b c
+""")
+    assert secrets.check_server("alice", "pw1")
+    challenge = b"<1.2@x>"
+    expected = hmac.new(b"secret", challenge, "md5").hexdigest()
+    assert secrets.cram_md5_digest("bob", challenge) == expected
+    assert secrets.cram_md5_digest("dotty", challenge) == expected
+    assert secrets.cram_md5_digest("alice", challenge) == hmac.new(b"pw1", challenge,
+                                                                  "md5").hexdigest()
+    assert secrets.cram_md5_digest("sam", challenge) is None
+    assert not secrets.check_server("bob", "secret")  # md5 secrets do CRAM-MD5 only
+    noauth = secrets.client_account("noauth")
+    assert noauth is not None and not noauth.authenticates
+    hashed = secrets.client_account("hashed")
+    assert hashed is not None and hashed.user == "carol" and hashed.md5_state == state
+    assert secrets.client_account("a") is not None  # dave's fifth field is his selector
+    assert secrets.client_account("") is not None  # no default line: an account without AUTH
+    assert secrets.client_account("unknown") is None
+
+
+def test_md5_state_is_hmac_md5() -> None:
+    """The MD5 state functions give hashlib's HMAC-MD5 for passwords short and long."""
+    for password in (b"", b"s", b"x" * 64, b"y" * 65, "pässword".encode()):
+        for message in (b"", b"<challenge@host>", b"z" * 200):
+            assert hmac_md5(masked_key(password), message) == hmac.new(password, message,
+                                                                       "md5").digest()
+    assert undotted(dotted(masked_key(b"k"))) == masked_key(b"k")
 
 
 def test_secrets_file_rereads_on_change(tmp_path: Path) -> None:
