@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from sink import Sink
+from support.intake import MESSAGE, IntakeThread
+from support.sink import Sink
+from support.spool import accepted
 from test_deliver import run_once
-from test_intake_server import MESSAGE, IntakeThread, accepted
 
 from deliver.main import main as deliver_main
 from intake.main import main as intake_main
