@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.deliver import run_once
 from support.intake import MESSAGE, IntakeThread, RawClient
 from support.sink import Sink
 from support.spool import accepted, spool_files
-from test_deliver import run_once
 
 from deliver.main import main as deliver_main
 from intake.main import main as intake_main

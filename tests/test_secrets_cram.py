@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.deliver import run_once
 from support.intake import MESSAGE, IntakeThread
 from support.sink import Sink
 from support.spool import accepted
-from test_deliver import run_once
 
 from deliver.main import main as deliver_main
 from intake.main import main as intake_main

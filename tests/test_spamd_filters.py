@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.deliver import run_once
 from support.intake import IntakeThread
 from support.sink import Sink, free_port
 from support.spool import accepted, spool_files, strip_received
-from test_deliver import run_once
 
 from spool import Envelope, Spool
 

@@ -78,3 +78,16 @@ class Deliver:
             self.process.kill()
         self.process.wait()
         self.log_file.close()
+
+
+ONCE = ["--retry-first", "30", "--response-timeout", "2", "--connection-timeout", "2",
+        "--data-timeout", "5", "--content-grace", "0", "--log-format", "json"]
+
+
+def run_once(spool: Spool, forward_to: str, *extra: str) -> int:
+    """relay-deliver --once in this process (deliver.main.main) with short timeouts; its
+    exit code."""
+    from deliver.main import main  # noqa: PLC0415 (only the tests that run it need it)
+
+    return main(["--once", "--spool-dir", str(spool.path), "--forward-to", forward_to,
+                 *ONCE, *extra])
