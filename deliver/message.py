@@ -139,7 +139,7 @@ class MessageHandler:
                                stop_scan)
             if decision.verdict is FilterVerdict.DEFER:
                 delay = self.policy.retry_first
-                claimed.release(not_before=time.time() + delay, reason=decision.reason)
+                claimed.defer(decision.reason, time.time() + delay)
                 self.log.warning("delivery_deferred", msg_id=message_id, outcome="deferred",
                                  reason=decision.reason, retry_in=round(delay, 1))
                 return Handled(Result.DEFERRED, stop_scan)
