@@ -20,6 +20,7 @@ from typing import Any
 from common import eventloop
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
+from common.metrics import METRICS_OPTION, DeliverMetrics, MetricsServer, parse_listen
 from common.pidfile import remove_pid_file, write_pid_file
 from common.workers import run_workers
 from deliver.forward import ForwardSettings, Route, SmarthostConnection
@@ -29,7 +30,8 @@ from deliver.settings import DESCRIPTION, OPTIONS, PROGRAM, DeliverConfig, build
 from spool import Spool, SpoolError
 
 
-def build(config: DeliverConfig, concurrency: int | None = None) -> tuple[Scheduler, Spool]:
+def build(config: DeliverConfig, concurrency: int | None = None,
+          metrics: DeliverMetrics | None = None) -> tuple[Scheduler, Spool]:
     """The scheduler for *config*; SpoolError for an unusable spool directory.
 
     *concurrency* overrides the setting (one worker process's share of it)."""
@@ -59,12 +61,13 @@ def build(config: DeliverConfig, concurrency: int | None = None) -> tuple[Schedu
     )
     scheduler = Scheduler(
         spool=spool,
-        handler=MessageHandler(spool, policy),
+        handler=MessageHandler(spool, policy, metrics=metrics),
         new_connection=lambda: SmarthostConnection(forward, tls_context),
         concurrency=concurrency or config.concurrency,
         poll=config.poll,
         once=config.once,
         shutdown_timeout=config.shutdown_timeout,
+        metrics=metrics,
     )
     return scheduler, spool
 
@@ -86,18 +89,38 @@ async def _run(scheduler: Scheduler, started: Callable[[], None]) -> RunStats:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of relay-deliver."""
     try:
-        settings = load_settings(PROGRAM, DESCRIPTION, OPTIONS, argv, section="deliver")
+        settings = load_settings(PROGRAM, DESCRIPTION, (*OPTIONS, METRICS_OPTION), argv,
+                                 section="deliver")
     except ConfigError as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return os.EX_CONFIG
     log = setup_logging(PROGRAM, log_format=settings.log_format, syslog=settings.syslog,
                         verbose=settings.verbose)
+    metrics_server: MetricsServer | None = None
     try:
         config = build_config(settings)
-        scheduler, spool = build(config)
+        metrics = None
+        if settings.metrics:
+            host, port = parse_listen(settings.metrics)
+            if config.processes != 1:
+                raise ConfigError("metrics: --metrics needs --processes 1 (each worker process"
+                                  " would count only its own share)")
+            metrics = DeliverMetrics()
+        scheduler, spool = build(config, metrics=metrics)
+        if metrics is not None:
+            metrics_server = MetricsServer(host, port, metrics.registry, scheduler.health)
     except (ConfigError, SpoolError, OSError) as error:
         log.error("deliver_not_started", reason=str(error))
         return os.EX_CONFIG
+    try:
+        return _start(config, scheduler, spool, log)
+    finally:
+        if metrics_server is not None:
+            metrics_server.stop()
+
+
+def _start(config: DeliverConfig, scheduler: Scheduler, spool: Spool, log: Any) -> int:
+    """Write the pid file and run the scheduler (or the worker processes); the exit code."""
     if config.pid_file is not None:
         try:
             write_pid_file(config.pid_file)

@@ -20,10 +20,11 @@ import structlog
 
 from common.config import ConfigError, split_host_port
 from common.filterspec import FilterRunner, Spec
+from common.metrics import DeliverMetrics, reason_class
 from common.secrets import SecretsError, SecretsFile
 from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
 from deliver.forward import Route, SmarthostConnection
-from deliver.outcome import Deferred, Failed, Reply, Sent, classify, next_attempt
+from deliver.outcome import Deferred, Failed, Reply, Sent, Stage, classify, next_attempt
 from deliver.remover import Remover
 from spool import Claim, Envelope, EnvelopeError, HostileFile, Spool, claim
 from spool.claims import DEFERRAL_KEY
@@ -73,6 +74,7 @@ class MessageHandler:
     log: Any = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
     remover: Remover = field(default_factory=Remover)  # closed by whoever runs the workers
     holds: dict[str, float] = field(default_factory=dict)  # id -> monotonic time
+    metrics: DeliverMetrics | None = None  # --metrics
     _first_trouble: dict[str, float] = field(default_factory=dict)
 
     def held(self, message_id: str, now: float) -> bool:
@@ -95,6 +97,8 @@ class MessageHandler:
         except HostileFile as error:  # claim moved it to `.envelope.bad` as it was
             self.log.error("message_failed", msg_id=message_id, outcome="failed",
                            reason=f"envelope {error} (moved to .envelope.bad unread)")
+            if self.metrics is not None:
+                self.metrics.failed.labels("local").inc()
             return Handled(Result.FAILED)
         except OSError as error:
             self.log.error("claim_failed", msg_id=message_id, reason=_os_reason(error))
@@ -107,6 +111,8 @@ class MessageHandler:
             self.log.exception("delivery_error", msg_id=message_id, reason=repr(error))
             if claimed.held:
                 claimed.defer(f"internal error: {error!r}", time.time() + self.policy.retry_first)
+                if self.metrics is not None:
+                    self.metrics.deferred.labels("local").inc()
             return Handled(Result.DEFERRED)
         finally:
             if claimed.held:  # cancelled at shutdown: back to `.envelope` untouched
@@ -171,12 +177,20 @@ class MessageHandler:
         unknown = self._unknown_account(route.account_selector)
         if unknown:  # never under another account, never without the one asked for
             return self._fail(claimed, envelope, unknown, None)
+        started = time.monotonic()
         attempt = await connection.transact(route, envelope, content)
         outcome = classify(attempt)
+        # Reached: any reply at all, or a stage past the connection.
+        reached = attempt.stage is not Stage.CONNECT or attempt.reply.code is not None
+        if self.metrics is not None:
+            self.metrics.forward_seconds.observe(time.monotonic() - started)
+            self.metrics.smarthost_up.set(1 if reached else 0)
         if isinstance(outcome, Failed):
-            return self._fail(claimed, envelope, outcome.reason, outcome.code)
+            return self._fail(claimed, envelope, outcome.reason, outcome.code,
+                              kind=reason_class(outcome.code, connected=reached))
         if isinstance(outcome, Deferred):
-            result = self._defer(claimed, envelope, content_mtime, outcome.reason, outcome.code)
+            result = self._defer(claimed, envelope, content_mtime, outcome.reason, outcome.code,
+                                 kind=reason_class(outcome.code, connected=reached))
             return Handled(result.result, stop_scan)
         checkpoint("smarthost_accepted")  # tests: a kill here may cost a copy, never the mail
         return Handled(self._settle(claimed, envelope, outcome), stop_scan)
@@ -242,13 +256,16 @@ class MessageHandler:
             reason = _refusal_reason(group)
             code = group[0][1].code
             if permanent:
-                self._fail(new_claim, copy, reason, code)
+                self._fail(new_claim, copy, reason, code, kind=reason_class(code))
             else:
-                self._defer(new_claim, copy, claimed.content_mtime(), reason, code)
+                self._defer(new_claim, copy, claimed.content_mtime(), reason, code,
+                            kind=reason_class(code))
         # The removal runs in the remover thread; this worker goes on to its next message.
         # Until then the envelope stays `.busy` and locked: nobody else takes it, and a
         # crash before it is gone sends it again (never loses it).
         self.remover.hand_over(claimed.hand_off())  # its lock belongs to the remover now
+        if sent.delivered and self.metrics is not None:
+            self.metrics.forwarded.inc()
         if sent.delivered:
             extra: dict[str, Any] = {"split_off": ",".join(split_ids)} if split_ids else {}
             self.log.info("message_forwarded", msg_id=claimed.message_id, outcome="sent",
@@ -259,24 +276,29 @@ class MessageHandler:
         return Result.SENT
 
     def _defer(self, claimed: Claim, envelope: Envelope, content_mtime: float, reason: str,
-               code: int | None) -> Handled:
+               code: int | None, *, kind: str = "local") -> Handled:
         now = time.time()
         age = now - content_mtime
         if age > self.policy.max_age:
             return self._fail(
-                claimed, envelope, f"{reason} (giving up: queued longer than max-age)", code
+                claimed, envelope, f"{reason} (giving up: queued longer than max-age)", code,
+                kind="max_age",
             )
         attempts = 1 + sum(1 for key, _v in trailer_fields(envelope.trailer) if key == DEFERRAL_KEY)
         delay = next_attempt(attempts, self.policy.retry_first, self.policy.retry_max)
         claimed.defer(reason, now + delay)
+        if self.metrics is not None:
+            self.metrics.deferred.labels(kind).inc()
         self.log.warning("delivery_deferred", msg_id=claimed.message_id, outcome="deferred",
                          reason=reason, attempts=attempts, retry_in=round(delay, 1),
                          **{"from": envelope.sender, "to": ",".join(envelope.to_remote)})
         return Handled(Result.DEFERRED)
 
     def _fail(self, claimed: Claim, envelope: Envelope | None, reason: str,
-              code: int | None) -> Handled:
+              code: int | None, *, kind: str = "local") -> Handled:
         claimed.fail(reason, code)
+        if self.metrics is not None:
+            self.metrics.failed.labels(kind).inc()
         self._first_trouble.pop(claimed.message_id, None)
         extra: dict[str, Any] = {}
         if envelope is not None:

@@ -24,9 +24,10 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from common.metrics import DeliverMetrics
 from deliver.forward import SmarthostConnection
 from deliver.message import MessageHandler, Result
-from spool import Spool, recover, scan_due
+from spool import ScanResult, Spool, recover, scan_due
 from spool.names import TRIGGER_NAME, State
 
 # A connection idle this long is closed (QUIT); the next message opens a new one.
@@ -61,6 +62,7 @@ class Scheduler:
     shutdown_timeout: float = 10.0
     log: Any = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
     stats: RunStats = field(default_factory=RunStats)
+    metrics: DeliverMetrics | None = None  # --metrics: queue gauges from these scans
 
     def __post_init__(self) -> None:
         self._pending: deque[str] = deque()
@@ -74,6 +76,7 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hint_pending = threading.Event()  # coalesces watchdog events across threads
         self._watch: _Watch | None = None
+        self.last_activity = time.monotonic()  # a scan or a message handled (for /healthz)
 
     # -- wake-ups (all may be called any number of times) -----------------------------
 
@@ -151,6 +154,7 @@ class Scheduler:
             self._scan_wanted = False
             self._wakeup.clear()
             result = await asyncio.to_thread(scan_due, self.spool)
+            self._scanned(result)
             now = time.monotonic()
             self._pending = deque(i for i in result.due if not self.handler.held(i, now))
             if self._pending:
@@ -197,6 +201,7 @@ class Scheduler:
     async def _run_once(self) -> None:
         while not self._stopping:
             result = await asyncio.to_thread(scan_due, self.spool)
+            self._scanned(result)
             due = [i for i in result.due if i not in self._attempted]
             if not due:
                 return
@@ -205,6 +210,26 @@ class Scheduler:
             self._idle.clear()
             self._work_ready.set()
             await self._idle.wait()
+
+    def _scanned(self, result: ScanResult) -> None:
+        """A scan happened: the time for /healthz, the queue gauges for --metrics."""
+        self.last_activity = time.monotonic()
+        if self.metrics is not None:
+            now = time.time()
+            oldest = result.oldest_arrival
+            self.metrics.scanned({state.name.lower(): result.counts.get(state, 0)
+                                  for state in State},
+                                 None if oldest is None else max(0.0, now - oldest), now)
+
+    def health(self) -> str | None:
+        """None while scans and messages keep happening; else what is wrong (/healthz)."""
+        if self._stopping:
+            return "stopping"
+        quiet = time.monotonic() - self.last_activity
+        limit = 2 * min(self.poll, RECOVER_INTERVAL) + 60.0
+        if quiet > limit:
+            return f"no scan and no message for {int(quiet)} s (limit {int(limit)} s)"
+        return None
 
     async def _recover_then_scan(self) -> None:
         await self._recover()
@@ -235,6 +260,7 @@ class Scheduler:
                 finally:
                     self._in_flight -= 1
                 self._count(handled.result)
+                self.last_activity = time.monotonic()
                 if handled.stop_scan:
                     self._pending.clear()  # client filter exit 102: stop this scan
                 if not self._pending and self._in_flight == 0:

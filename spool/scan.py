@@ -52,6 +52,17 @@ class ScanResult:
     due: list[str] = field(default_factory=list)
     next_due: float | None = None
     counts: dict[State, int] = field(default_factory=dict)
+    # When the oldest waiting (or busy) message arrived, as far as the listing tells: the
+    # time in an E-MailRelay style id, else an envelope mtime that is not a future due time.
+    oldest_arrival: float | None = None
+
+
+def arrival_in_id(message_id: str) -> float | None:
+    """The Unix time in an id like `emailrelay.<pid>.<time>.<seq>`; None for other ids."""
+    parts = message_id.split(".")
+    if len(parts) == 4 and parts[0] == "emailrelay" and parts[2].isdigit():
+        return float(parts[2])
+    return None
 
 
 def scan_due(spool: Spool, now: float | None = None) -> ScanResult:
@@ -63,6 +74,14 @@ def scan_due(spool: Spool, now: float | None = None) -> ScanResult:
         if entry.state is None:
             continue
         result.counts[entry.state] = result.counts.get(entry.state, 0) + 1
+        if entry.state is not State.READY and entry.state is not State.BUSY:
+            continue
+        arrival = arrival_in_id(entry.message_id)
+        if arrival is None and entry.mtime <= now:
+            arrival = entry.mtime
+        if arrival is not None and (result.oldest_arrival is None
+                                    or arrival < result.oldest_arrival):
+            result.oldest_arrival = arrival
         if entry.state is not State.READY:
             continue
         if entry.mtime <= now:
