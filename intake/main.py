@@ -6,7 +6,7 @@
 Exit codes: 0 after SIGTERM/SIGINT (open transactions finished, bounded by
 --stop-timeout), 2 when a port cannot be bound, 64 for a usage error, 78 for bad
 configuration or an unusable spool directory. Writes the pid file (if asked) and,
-through `intake.server`, message files into the spool; nothing else.
+through `intake.listener`, message files into the spool; nothing else.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from common import eventloop
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
 from common.pidfile import remove_pid_file, write_pid_file
-from intake.server import IntakeServer
+from intake.listener import IntakeServer
 from intake.settings import DESCRIPTION, OPTIONS, PROGRAM, IntakeConfig, build_config
 from spool import Spool, SpoolError
 

@@ -21,7 +21,8 @@ from spool import Spool
 # arguments with surrogateescape).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _HELO = re.compile(r"^[\x21-\x7e\u0080-\U0010ffff]{1,255}$")
-MAX_AUTH_FAILURES = 3
+MAX_AUTH_FAILURES = 3  # on one connection; across connections: intake.limits.AuthFailures
+SHUTTING_DOWN = "421 4.3.2 Service shutting down"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -3,8 +3,8 @@
 `intake.data` reads DATA in chunks; these tests feed a real `asyncio.StreamReader` the same
 bytes in random pieces and compare with a line-by-line reference (what aiosmtpd does): the
 same end of data, the same content after unstuffing, the same refusal, and the bytes after
-the end left in the stream. `IntakeSMTP._getaddr`'s shortcut is compared with aiosmtpd's
-parser, and pipelined replies are checked on a real server.
+the end left in the stream. `intake.transaction.simple_path`, the shortcut for everyday
+paths, is compared with aiosmtpd's parser, and pipelined replies are checked on a real server.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.intake import MESSAGE, IntakeThread, RawClient
 from support.spool import accepted, strip_received
 
+from common.compat_aiosmtpd import SMTPBase
 from intake.data import LINE_LIMIT, DataCollector, DataProblem, read_data
-from intake.server import IntakeSMTP
+from intake.transaction import simple_path
 
 _END_LINE = b".\r\n"
 
@@ -146,18 +146,17 @@ def test_refused_data_is_not_kept() -> None:
 
 
 def _aiosmtpd_getaddr(arg: str, local_part_limit: int) -> tuple[str | None, str | None]:
-    server = object.__new__(SMTP)
+    """aiosmtpd's parser (through the compatibility module; its failures on "<" and "+@["
+    are malformed addresses, 553)."""
+    server = object.__new__(SMTPBase)
     server.local_part_limit = local_part_limit
-    try:
-        return SMTP._getaddr(server, arg)  # type: ignore[no-any-return]
-    except (IndexError, AttributeError):  # the parser fails on "<", "+@[": relay says 553
-        return None, None
+    return server.general_path(arg)
 
 
 def _relay_getaddr(arg: str, local_part_limit: int) -> tuple[str | None, str | None]:
-    session = object.__new__(IntakeSMTP)
-    session.local_part_limit = local_part_limit
-    return session._getaddr(arg)
+    """What the session does: the shortcut when it applies, else aiosmtpd's parser."""
+    path = simple_path(arg, local_part_limit)
+    return _aiosmtpd_getaddr(arg, local_part_limit) if path is None else path
 
 
 _ADDRESS_PIECES = st.sampled_from(["<", ">", "a", "Bc", ".", "@", " ", "\t", "(", ")", '"',

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from intake.listener import IntakeServer
 from intake.main import prepare, run
 from intake.policy import is_loopback
-from intake.server import IntakeServer
 from support.programs import INTAKE, program_env
 from support.sink import free_port
 

@@ -1,0 +1,25 @@
+"""The one place relay reads asyncio's private state: what a StreamReader holds unread.
+
+`asyncio.StreamReader` has no public way to ask whether bytes are already buffered without
+reading them. relay-intake needs that twice: the early-talker check (did the client send
+before the greeting?) and the PIPELINING reply hold (is the client's next command already
+here?). Both read `StreamReader._buffer`, a bytearray in CPython 3.8-3.13 (uvloop uses
+asyncio's own streams). `buffered` reads it without a default: should a Python release
+rename it, intake fails loudly (AttributeError, and tests/test_compat.py) instead of
+silently switching the early-talker check off. Reads; never changes the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+def buffered(reader: asyncio.StreamReader) -> bytes | bytearray:
+    """The bytes *reader* holds that nobody has read yet (not a copy: do not keep it)."""
+    data: bytes | bytearray = reader._buffer  # type: ignore[attr-defined]
+    return data
+
+
+def has_line(reader: asyncio.StreamReader) -> bool:
+    """True when a whole line is already buffered: reading it will not wait for the peer."""
+    return b"\n" in buffered(reader)

@@ -1,0 +1,96 @@
+"""relay-intake's listening sockets and the state every connection shares.
+
+`IntakeServer` holds the configuration, the spool, the group committer (intake.commit), the
+connection limits and AUTH failure counts (intake.limits), the free-space check, and the set
+of open sessions; it listens on every `--interface` and makes one `intake.session.Session`
+per connection. `stop` closes idle sessions at once and lets transactions finish, bounded
+by `--stop-timeout`. Writes message files only through the committer; reads nothing itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from intake.commit import GroupCommitter
+from intake.limits import AuthFailures, ConnectionLimits
+from intake.policy import SHUTTING_DOWN, SpaceCheck
+from intake.session import Session
+from intake.settings import IntakeConfig
+from spool import Spool
+
+
+class IntakeServer:
+    """The listening sockets and the state every connection shares."""
+
+    def __init__(self, config: IntakeConfig, spool: Spool, log: Any) -> None:
+        self.config = config
+        self.spool = spool
+        self.log = log
+        self.committer = GroupCommitter(spool, sync=config.sync)
+        self.limits = ConnectionLimits(config.max_connections, config.reserved_connections,
+                                       config.max_connections_per_client,
+                                       config.max_connections_per_network)
+        self.auth_failures = AuthFailures(config.auth_failure_limit, config.auth_failure_window)
+        self.space = SpaceCheck(spool, config.min_free_space)
+        self.sessions: set[Session] = set()
+        self.stopping = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.Server] = []
+
+    def new_connection(self) -> Session:
+        """The protocol factory for asyncio."""
+        return Session(self)
+
+    async def start(self) -> None:
+        """Start the committer and listen on every interface; OSError if one cannot bind."""
+        await self.committer.start()
+        self.loop = loop = asyncio.get_running_loop()
+        for interface in self.config.interfaces:
+            try:
+                server = await loop.create_server(
+                    self.new_connection, host=interface, port=self.config.port
+                )
+            except OSError as error:
+                await self.close_listeners()
+                raise OSError(
+                    error.errno, f"cannot listen on {interface} port {self.config.port}: "
+                    f"{error.strerror or error}"
+                ) from None
+            self._servers.append(server)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the server listens (host, port), after start()."""
+        found = []
+        for server in self._servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                found.append((str(name[0]), int(name[1])))
+        return found
+
+    async def close_listeners(self) -> None:
+        """Stop accepting new connections."""
+        # No Server.wait_closed(): on Python 3.12+ it waits for every connection; stop()
+        # drains the sessions with its own bound instead.
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+
+    async def stop(self) -> None:
+        """Stop accepting; let open transactions finish (bounded); then drain the committer."""
+        self.stopping = True
+        await self.close_listeners()
+        for session in list(self.sessions):
+            if not session.in_transaction:
+                session.close_with(SHUTTING_DOWN)
+        deadline = time.monotonic() + self.config.stop_timeout
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            self.log.warning("session_aborted", client=session.client_ip,
+                             reason="still in a transaction at the stop timeout")
+            session.close_with(SHUTTING_DOWN)
+        await asyncio.sleep(0)
+        await self.committer.stop()

@@ -1,0 +1,353 @@
+"""One SMTP connection to relay-intake: its protocol, its clocks and its state.
+
+`Session` is aiosmtpd's SMTP protocol (through `common.compat_aiosmtpd.SMTPBase`) where
+aiosmtpd's hooks are not enough: access and limits at connect (intake.limits), the
+early-talker check, the idle clock with a minimum data rate (intake.pace) and the session
+time limit, closing after the current transaction when the server stops, DATA read in
+chunks (intake.data), the replies to a pipelined group sent in one write, everyday paths
+parsed without the general parser, and AUTH (intake.sasl). What relay decides about
+HELO, MAIL, RCPT and the message is asked of `intake.handler.Handler`.
+
+The session's state is explicit and moves only along `MOVES`:
+
+| state | means | next |
+|---|---|---|
+| CONNECTED | accepted, before the greeting | COMMANDS (greeted), CLOSED (refused) |
+| COMMANDS | between transactions | TRANSACTION (MAIL accepted), CLOSED |
+| TRANSACTION | MAIL FROM accepted, RCPTs follow | DATA (354), COMMANDS (RSET, EHLO), CLOSED |
+| DATA | reading the message, then storing it | COMMANDS (the reply after DATA), CLOSED |
+| CLOSED | the connection is gone | |
+
+Writes nothing but replies on its socket; files are written through the handler only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, AnyStr, cast
+
+from common import compat_asyncio
+from common.compat_aiosmtpd import MISSING, Envelope, syntax
+from intake.data import DataCollector, DataProblem, read_data
+from intake.handler import Handler
+from intake.limits import in_networks
+from intake.pace import Pace
+from intake.policy import client_ip, client_port, is_loopback
+from intake.sasl import AuthSession
+from intake.transaction import MailParameters, Transaction, parse_mail_parameters, simple_path
+
+if TYPE_CHECKING:
+    from intake.listener import IntakeServer
+
+COMMAND_SIZE_LIMIT = 512
+# The most a connection's stream buffers before it stops reading the socket (twice this).
+# aiosmtpd uses its `line_length_limit` (1,001) here, which pauses and resumes a socket
+# several times per 4 KiB message; relay checks DATA line lengths itself (intake.data).
+STREAM_LIMIT = 32 * 1024
+_HOLDABLE = frozenset({"MAIL", "RCPT", "RSET"})  # replies that may wait for the next one
+_mail_log = logging.getLogger("mail.log")  # aiosmtpd's logger: the dialogue with --verbose
+
+
+class State(enum.Enum):
+    """Where a session is (the module docstring has the table)."""
+
+    CONNECTED = "connected"
+    COMMANDS = "commands"
+    TRANSACTION = "transaction"
+    DATA = "data"
+    CLOSED = "closed"
+
+
+MOVES: dict[State, frozenset[State]] = {
+    State.CONNECTED: frozenset({State.COMMANDS, State.CLOSED}),
+    State.COMMANDS: frozenset({State.COMMANDS, State.TRANSACTION, State.CLOSED}),
+    State.TRANSACTION: frozenset({State.COMMANDS, State.DATA, State.CLOSED}),
+    State.DATA: frozenset({State.COMMANDS, State.CLOSED}),
+    State.CLOSED: frozenset({State.CLOSED}),
+}
+
+
+class Session(AuthSession):
+    """One SMTP connection."""
+
+    def __init__(self, server: IntakeServer) -> None:
+        config = server.config
+        super().__init__(
+            Handler(server),
+            stream_limit=STREAM_LIMIT,
+            command_size_limit=COMMAND_SIZE_LIMIT,
+            data_size_limit=config.size or None,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=config.domain,  # without it every connection does a blocking lookup
+            ident="ESMTP relay",
+            tls_context=config.tls_context,
+            require_starttls=config.tls_required,
+            timeout=config.idle_timeout,
+            auth_required=config.authenticator is not None,
+            auth_require_tls=not config.auth_insecure,
+            authenticator=self.check_credentials,
+            loop=asyncio.get_running_loop(),
+        )
+        self.server = server
+        self.init_auth()
+        self.state = State.CONNECTED
+        self.transaction: Transaction | None = None
+        self.mail_parameters = MailParameters()  # of the MAIL FROM being answered
+        self.client_ip = ""
+        self.client_port = 0
+        self.refusal: str | None = None
+        self.counted = False
+        self.exempt = False  # from the per-address and per-network limits (limits.py)
+        self.trusted_keyword: str | None = None
+        self._busy = False
+        self.close_after_reply = False
+        self.pace = Pace(config.idle_timeout, config.min_data_rate, self.loop.time())
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._command = ""  # the command being answered
+        self._held_replies: list[bytes] = []
+
+    def move(self, state: State) -> None:
+        """Go to *state*: only along MOVES (once CLOSED, a session stays so)."""
+        if self.state is State.CLOSED:
+            return
+        assert state in MOVES[self.state], f"session cannot go from {self.state} to {state}"
+        self.state = state
+
+    def new_envelope(self) -> Envelope:
+        # At connect, RSET, HELO/EHLO and after DATA: the transaction, if any, is over.
+        self.transaction = None
+        if self.state in (State.TRANSACTION, State.DATA):
+            self.move(State.COMMANDS)
+        return super().new_envelope()
+
+    def begin(self, transaction: Transaction) -> None:
+        """MAIL FROM was accepted."""
+        self.transaction = transaction
+        self.move(State.TRANSACTION)
+
+    # -- connection life -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.is_new_connection(transport):
+            peer = transport.get_extra_info("peername")
+            self.client_ip, self.client_port = client_ip(peer), client_port(peer)
+            self.admit()
+            self.server.sessions.add(self)
+            if self.server.config.session_timeout > 0:
+                self._session_timer = self.loop.call_later(self.server.config.session_timeout,
+                                                           self._session_expired)
+        super().connection_made(transport)
+
+    def admit(self) -> None:
+        """Classify the client (trusted, exempt) and count it against the limits."""
+        config = self.server.config
+        if self.counted:
+            self.server.limits.release(self.client_ip, exempt=self.exempt)
+        if config.authenticator is not None:
+            self.trusted_keyword = config.authenticator.trusted_keyword(self.client_ip)
+        self.exempt = (self.trusted_keyword is not None
+                       or in_networks(self.client_ip, config.exempt_networks))
+        self.refusal = self.server.limits.admit(self.client_ip, exempt=self.exempt)
+        self.counted = self.refusal is None
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.state = State.CLOSED
+        if self.counted:
+            self.server.limits.release(self.client_ip, exempt=self.exempt)
+            self.counted = False
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+        self.server.sessions.discard(self)
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        self.pace.received(len(data), self.loop.time())
+        super().data_received(data)
+
+    @property
+    def busy(self) -> bool:
+        """True while relay itself works for this client (storing, a filter, the verifier)."""
+        return self._busy
+
+    @busy.setter
+    def busy(self, value: bool) -> None:
+        self._busy = value
+        self.pace.hold(self.loop.time(), value)
+
+    @property
+    def in_transaction(self) -> bool:
+        """True between MAIL FROM and the reply to the end of DATA (or RSET)."""
+        return self.busy or self.state in (State.TRANSACTION, State.DATA)
+
+    # -- clocks ------------------------------------------------------------------------
+
+    def on_idle_timer(self) -> None:
+        # aiosmtpd restarts its timer on commands only; relay's counts any bytes, with a
+        # minimum rate (intake.pace), and never runs while the server itself works.
+        now = self.loop.time()
+        remaining = self.pace.remaining(now)
+        if self.transport is not None and remaining > 0:
+            self.restart_idle_timer(min(max(remaining, 0.05), self.idle_timeout))
+            return
+        if self.pace.silent_for(now) >= self.pace.allowance:
+            self.server.log.info("client_dropped", client=self.client_ip, reason="idle timeout")
+            self.close_with("421 4.4.2 Idle timeout, closing connection")
+        else:
+            self.server.log.info("client_dropped", client=self.client_ip,
+                                 reason="slower than --min-data-rate")
+            self.close_with("421 4.4.2 Too slow: data rate under the minimum, closing connection")
+        self.drop_idle()
+
+    def _session_expired(self) -> None:
+        if self.transport is None:
+            return
+        if self.busy:  # never while relay stores or filters: the reply to that comes first
+            self._session_timer = self.loop.call_later(0.1, self._session_expired)
+            return
+        self.server.log.info("client_dropped", client=self.client_ip,
+                             reason="session time limit")
+        self.close_with("421 4.4.2 Session time limit reached, closing connection")
+
+    # -- replies -----------------------------------------------------------------------
+
+    def close_with(self, reply: str) -> None:
+        """Send *reply* (after any held replies, if the connection is still open); close now."""
+        # Not isinstance(..., asyncio.WriteTransport): uvloop's transports do not derive from
+        # asyncio's classes, and this reply would silently not be sent.
+        transport = cast("asyncio.Transport | None", self.transport)
+        if transport is not None and not transport.is_closing():
+            self._held_replies.append(reply.encode("ascii") + b"\r\n")
+            transport.write(b"".join(self._held_replies))
+            transport.close()
+        self._held_replies.clear()
+
+    def _close_now(self) -> None:
+        self.cancel_handler()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def push(self, status: AnyStr) -> None:
+        """Send a reply; with PIPELINING, hold MAIL/RCPT/RSET replies while commands wait.
+
+        RFC 2920 lets a server answer a group of pipelined commands together: when the
+        client's next command is already buffered, the reply waits for the next one, so a
+        pipelined MAIL, RCPT, DATA costs one send instead of three. Only replies after
+        which the server goes on to read that buffered command are held.
+        """
+        response = status.encode("utf-8") if isinstance(status, str) else status
+        _mail_log.debug("%r << %r", self.client_ip, response)
+        closing = self.close_after_reply or (self.server.stopping and not self.in_transaction)
+        if (self._command in _HOLDABLE and not closing
+                and compat_asyncio.has_line(self.reader)):
+            self._held_replies.append(response + b"\r\n")
+            return
+        if self._held_replies:
+            self._held_replies.append(response + b"\r\n")
+            self.writer.write(b"".join(self._held_replies))
+            self._held_replies.clear()
+        else:
+            self.writer.write(response + b"\r\n")
+        self.pace.new_request(self.loop.time())
+        await self.writer.drain()
+        if closing:
+            self.close_after_reply = False
+            self._close_now()
+
+    # -- before the greeting -----------------------------------------------------------
+
+    async def before_greeting(self) -> bool:
+        refusal = self.refusal
+        if refusal is None and not (self.server.config.remote_clients
+                                    or is_loopback(self.client_ip)):
+            refusal = "554 5.7.1 Access denied: this server accepts local clients only"
+        if refusal is None and await self._talks_first():
+            refusal = "554 5.5.1 Protocol error: client sent data before the greeting"
+        if refusal is not None:
+            self.server.log.warning("client_refused", client=self.client_ip, reason=refusal[4:])
+            self.close_with(refusal)
+            return False
+        self.move(State.COMMANDS)
+        return True
+
+    async def _talks_first(self) -> bool:
+        """An early talker sends commands before the greeting (spam bots, smuggling tests)."""
+        delay = self.server.config.greeting_delay
+        if delay > 0:
+            try:
+                data = await asyncio.wait_for(self.reader.read(1), delay)
+            except TimeoutError:
+                return False
+            return bool(data)
+        await asyncio.sleep(0)
+        return bool(compat_asyncio.buffered(self.reader))
+
+    # -- commands aiosmtpd's hooks cannot express -------------------------------------
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        if self.trusted_keyword is not None:  # a `server none` line trusts this client
+            return False
+        return bool(await super().check_auth_needed(caller_method))
+
+    async def _answer(self, command: str, method: str, arg: str | None) -> None:
+        self._command = command
+        try:
+            await getattr(super(), method)(arg)
+        finally:
+            self._command = ""
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await self._answer("MAIL", "smtp_MAIL", arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await self._answer("RCPT", "smtp_RCPT", arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        await self._answer("RSET", "smtp_RSET", arg)
+
+    def parse_path(self, arg: str) -> tuple[str | None, str | None]:
+        path = simple_path(arg, self.local_part_limit)
+        address, rest = self.general_path(arg) if path is None else path
+        if self._command == "MAIL" and address is not None:
+            self.mail_parameters = parse_mail_parameters(rest or "")
+        return address, rest
+
+    def parse_params(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        result = super().parse_params(params)
+        if result is not None and self._command == "MAIL":
+            result.pop("AUTH", None)  # RFC 4954 MAIL FROM AUTH=: intake.transaction reads it
+        return result
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the data read in chunks (intake.data) rather than by line."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if self.transaction is None or not self.transaction.recipients:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.move(State.DATA)
+        collector = DataCollector(self.data_size_limit)
+        try:
+            await read_data(self.reader, collector)
+        except asyncio.CancelledError:  # the connection went away during DATA
+            self.writer.close()
+            raise
+        if collector.problem is not DataProblem.NONE:
+            self.end_data()
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)"
+                            if collector.problem is DataProblem.LINE_TOO_LONG
+                            else "552 Error: Too much mail data")
+            return
+        # The pieces as they came: a 50 MB message is never joined into one more copy.
+        self.transaction.content = collector.content_pieces()
+        status = await self.call_hook("DATA")
+        self.end_data()
+        await self.push("250 OK" if status is MISSING else status)

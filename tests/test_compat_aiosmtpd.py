@@ -1,0 +1,147 @@
+"""common/compat_aiosmtpd.py: every aiosmtpd internal relay relies on is still there, still
+called where relay expects, and still behaves so on a real connection. Run this first
+after upgrading aiosmtpd (docs/operations.md, *Upgrading dependencies*): a failure here
+names the internal that changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import smtplib
+import ssl
+import time
+from pathlib import Path
+
+import aiosmtpd.smtp
+import pytest
+import trustme
+from aiosmtpd.smtp import SMTP
+from support.intake import IntakeThread, RawClient
+from support.tls import client_context, server_files
+
+from intake.session import STREAM_LIMIT, Session
+
+# The internals common/compat_aiosmtpd.py renames, and what each must be.
+METHODS = {
+    "_handle_client": True,  # coroutine function?
+    "_call_handler_hook": True,
+    "_timeout_cb": False,
+    "_reset_timeout": False,
+    "_getaddr": False,
+    "_getparams": False,
+    "_create_envelope": False,
+    "_set_post_data_state": False,
+    "_set_rset_state": False,
+}
+# (aiosmtpd method, what its source must contain for relay's renamed hook to be reached)
+CALLS = [
+    ("__init__", "limit=self.line_length_limit"),
+    ("__init__", "self._timeout_duration = timeout"),
+    ("__init__", "self._tls_protocol"),
+    ("__init__", "self._original_transport"),
+    ("__init__", "self._handler_coroutine"),
+    ("connection_made", "self._handle_client()"),
+    ("connection_made", "seen_starttls = (self._original_transport is not None)"),
+    ("connection_lost", "self._handler_coroutine.cancel()"),
+    ("_reset_timeout", "self._timeout_cb"),
+    ("_cb_client_connected", "self._reader = reader"),
+    ("_cb_client_connected", "self._writer = writer"),
+    ("_set_post_data_state", "self._create_envelope()"),
+    ("_set_rset_state", "self._set_post_data_state()"),
+    ("smtp_MAIL", "self._getaddr(arg)"),
+    ("smtp_MAIL", "self._getparams(mail_options)"),
+    ("smtp_MAIL", "self._call_handler_hook('MAIL', address, mail_options)"),
+    ("smtp_RCPT", "self._getaddr(arg)"),
+    ("smtp_RCPT", "self._getparams(rcpt_options)"),
+    ("smtp_EHLO", "self.command_size_limits"),
+    ("smtp_STARTTLS", "self._tls_protocol"),
+    ("smtp_AUTH", "auth_result.message"),
+]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_the_internal_methods_relay_renames_exist(name: str) -> None:
+    """Each aiosmtpd method the compatibility module overrides or calls is still there, a
+    coroutine function exactly when relay awaits it."""
+    method = getattr(SMTP, name, None)
+    assert callable(method), f"aiosmtpd.smtp.SMTP.{name} is gone"
+    assert inspect.iscoroutinefunction(method) is METHODS[name], name
+
+
+def test_their_signatures_are_what_relay_passes() -> None:
+    """_getaddr(arg), _getparams(params), _call_handler_hook(command, *args), and the class
+    attributes line_length_limit (an int) and command_size_limits (a dict)."""
+    assert list(inspect.signature(SMTP._getaddr).parameters) == ["self", "arg"]
+    assert list(inspect.signature(SMTP._getparams).parameters) == ["self", "params"]
+    assert list(inspect.signature(SMTP._call_handler_hook).parameters) == [
+        "self", "command", "args"]
+    assert isinstance(SMTP.line_length_limit, int)
+    assert isinstance(SMTP.command_size_limits, dict)
+    assert aiosmtpd.smtp.MISSING is not None
+
+
+@pytest.mark.parametrize(("method", "text"), CALLS, ids=[f"{m}:{t}" for m, t in CALLS])
+def test_aiosmtpd_still_reaches_them_where_relay_expects(method: str, text: str) -> None:
+    """aiosmtpd's own code still calls (or sets) each internal at the point the
+    compatibility module relies on."""
+    source = inspect.getsource(getattr(SMTP, method))
+    assert text in source, f"aiosmtpd.smtp.SMTP.{method} no longer has {text!r}"
+
+
+def test_a_real_session_has_the_state_relay_reads(spool_dir: Path) -> None:
+    """On a live connection: the stream reader and writer, the idle timeout, the TLS flag,
+    relay's own command size limits (not the class's), the stream limit in effect (a
+    20,000-byte line is one 500, not a dropped connection), and the handler task."""
+    with IntakeThread(spool_dir, "--idle-timeout", "7") as intake:
+        raw = RawClient(intake.port)
+        assert raw.command(b"EHLO client.test")[:3] == "250"
+        assert intake.server is not None
+        (session,) = intake.server.sessions
+        assert isinstance(session, Session)
+        assert isinstance(session.reader, asyncio.StreamReader)
+        assert isinstance(session.writer, asyncio.StreamWriter)
+        assert session.idle_timeout == 7.0 and session.tls_active is False
+        assert session.command_size_limits is not SMTP.command_size_limits
+        assert session.line_length_limit == STREAM_LIMIT
+        assert isinstance(session._handler_coroutine, asyncio.Task)
+        assert raw.command(b"NOOP " + b"x" * 20_000)[:3] == "500"
+        assert raw.command(b"NOOP")[:3] == "250"
+        raw.close()
+
+
+def test_the_idle_timer_reaches_relay(spool_dir: Path) -> None:
+    """aiosmtpd's timer still ends in relay's on_idle_timer: a silent client gets relay's
+    421 4.4.2 (aiosmtpd alone would close without a word)."""
+    with IntakeThread(spool_dir, "--idle-timeout", "0.5") as intake:
+        raw = RawClient(intake.port)
+        started = time.monotonic()
+        assert raw.reply().startswith("421 4.4.2 Idle timeout")
+        assert time.monotonic() - started < 3
+
+
+def test_starttls_is_not_a_new_connection(spool_dir: Path, tmp_path: Path,
+                                          ca: trustme.CA) -> None:
+    """After STARTTLS the session is the same connection (counted once, still one session),
+    tls_active turns on, and the Received line says ESMTPS."""
+    cert, key = server_files(ca, tmp_path)
+    with IntakeThread(spool_dir, "--server-tls-certificate", str(cert),
+                      "--server-tls-key", str(key)) as intake:
+        client = smtplib.SMTP("127.0.0.1", intake.port, local_hostname="client.test",
+                              timeout=10)
+        client._host = "intake.test"  # the name the certificate is for
+        client.starttls(context=client_context(ca))
+        client.ehlo()
+        assert intake.server is not None
+        (session,) = intake.server.sessions
+        assert session.tls_active and intake.server.limits.total == 1
+        client.sendmail("a@example.org", ["b@example.com"], b"Subject: tls\r\n\r\nhi\r\n")
+        client.quit()
+    (content,) = [p.read_bytes() for p in spool_dir.glob("*.content")]
+    assert b"with ESMTPS" in content
+
+
+def test_ssl_module_is_what_aiosmtpd_upgrades_with() -> None:
+    """aiosmtpd's STARTTLS still builds on asyncio's sslproto (its _tls_protocol)."""
+    assert "sslproto.SSLProtocol" in inspect.getsource(SMTP.smtp_STARTTLS)
+    assert ssl.HAS_SNI
