@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import (
+    big_latency,
     big_message,
     big_spool,
     connection_burst,
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], list[Row]], tuple[str, ...]]] = 
     "drain": (drain.run, ("relay-deliver",)),
     "bigspool": (big_spool.run, ("relay-deliver",)),
     "bigmessage": (big_message.run, ("relay-intake", "relay-deliver")),
+    "biglatency": (big_latency.run, ("relay-intake", "relay-deliver")),
     "idle": (idle.run, ("relay-intake", "relay-deliver")),
 }
 
