@@ -1,15 +1,20 @@
 """One reusable SMTP connection to the smarthost, driven with aiosmtplib.
 
-`SmarthostConnection.transact(route, envelope, content)` sends one message (the stored
-bytes, unchanged) and reports an `outcome.Attempt`; it never raises for anything the
-smarthost does. The connection is kept for the next message to the same route and dropped
-after any error. Reads the client secrets file (through `common.secrets.SecretsFile`) and
-the CA file; never touches the spool, never logs a password.
+`SmarthostConnection.transact(route, envelope, content)` sends one message and reports an
+`outcome.Attempt`; it never raises for anything the smarthost does. The connection is kept
+for the next message to the same route and dropped after any error. Reads the client
+secrets file (through `common.secrets.SecretsFile`) and the CA file; never touches the
+spool, never logs a password.
 
-The transaction is aiosmtplib's `sendmail()` spelled out (EHLO, MAIL, RCPT..., DATA with
-the bytes as they are): the same commands and bytes, but each step gets its own timeout
-(RFC 5321 asks for 10 minutes after the final dot, far longer than a reply to RCPT should
-take) and each recipient its own reply.
+The transaction is aiosmtplib's `sendmail()` spelled out (EHLO, MAIL, RCPT..., DATA), with
+a timeout per step (RFC 5321 asks for 10 minutes after the final dot, far longer than a
+reply to RCPT should take) and each recipient its own reply. The content goes out as it
+is stored, slice by slice, with only DATA's own rules applied on the way
+(`deliver.dotstuff`: dot-stuffing, bare CR or LF as CRLF, a CRLF before the final dot),
+through `common.compat_aiosmtplib.send_data`: never a whole-message copy, never a long
+stall of the event loop. An address aiosmtplib refuses to put on a command line (`<>` as
+a recipient, a space, a non-ASCII name without SMTPUTF8) is refused here for good, with
+code 553, before anything about it is sent.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +31,10 @@ import aiosmtplib
 import structlog
 from aiosmtplib.response import SMTPResponse
 
+from common.compat_aiosmtplib import send_data, wire_address
 from common.secrets import SecretsError, SecretsFile
 from deliver.clientauth import NoMechanism, authenticate
+from deliver.dotstuff import DataEncoder
 from deliver.outcome import Attempt, Reply, Stage
 from spool import Envelope
 
@@ -39,6 +47,13 @@ IDLE_PROBE_SECONDS = 5.0
 # asks for 256 KiB, which the C library maps and unmaps for every read (three system
 # calls and a page fault per reply, four replies per message); replies are a few lines.
 REPLY_READ_SIZE = 16 * 1024
+# The content is cut into slices of this size when it is given as one `bytes`; pieces of
+# DATA smaller than COALESCE are joined into one write (a small message is one write).
+SLICE_SIZE = 256 * 1024
+COALESCE = 64 * 1024
+# The reply code of an address aiosmtplib will not send (RFC 5321: mailbox name not
+# allowed), as a smarthost refusing it would answer.
+UNSENDABLE = 553
 
 
 @dataclass(frozen=True)
@@ -118,36 +133,69 @@ class SmarthostConnection:
     def connected(self) -> bool:
         return self._smtp is not None and self._smtp.is_connected
 
-    async def transact(self, route: Route, envelope: Envelope, content: bytes) -> Attempt:
-        """Send *content* to *envelope*'s To-Remote recipients; report what happened."""
+    async def transact(self, route: Route, envelope: Envelope,
+                       content: bytes | Iterable[bytes], size: int | None = None) -> Attempt:
+        """Send *content* to *envelope*'s To-Remote recipients; report what happened.
+
+        *content* is the stored content: one `bytes`, or its slices in order (read as the
+        transaction needs them) together with its *size*.
+        """
         stage = Stage.CONNECT
         accepted: list[str] = []
         refused: list[tuple[str, Reply]] = []
+        if isinstance(content, bytes):
+            size = len(content)
+            content = _slices(content)
+        encoding = "utf-8" if envelope.utf8_mailbox_names else "ascii"
+        # Addresses aiosmtplib cannot send as they are fail for good, before connecting.
+        problem = _address_problem("sender", envelope.sender, encoding)
+        if problem is not None:
+            return Attempt(Stage.MAIL, problem)
+        sendable: list[str] = []
+        for recipient in envelope.to_remote:
+            problem = _address_problem("recipient", recipient, encoding)
+            if problem is None:
+                sendable.append(recipient)
+            else:
+                refused.append((recipient, problem))
+        if not sendable:
+            return Attempt(Stage.RCPT, refused[0][1], (), tuple(refused))
         try:
             smtp = await self._ready(route)
-            options = self._mail_options(smtp, envelope, len(content))
+            options = self._mail_options(smtp, envelope, size or 0)
             if isinstance(options, Attempt):
                 return options
-            encoding = "utf-8" if envelope.utf8_mailbox_names else "ascii"
             stage = Stage.MAIL
             self._clean = False
             timeout = self.settings.response_timeout
-            await smtp.mail(envelope.sender, options=options, encoding=encoding, timeout=timeout)
+            try:
+                await smtp.mail(envelope.sender, options=options, encoding=encoding,
+                                timeout=timeout)
+            except ValueError as error:  # refused by aiosmtplib itself: nothing was sent
+                return Attempt(Stage.MAIL, _unsendable("sender", envelope.sender, str(error)))
             stage = Stage.RCPT
-            for recipient in envelope.to_remote:
+            for recipient in sendable:
                 try:
                     await smtp.rcpt(recipient, encoding=encoding, timeout=timeout)
                 except aiosmtplib.SMTPRecipientRefused as refusal:
                     refused.append((recipient, Reply(refusal.code, refusal.message)))
+                except ValueError as error:  # as above: this RCPT was never sent
+                    refused.append((recipient, _unsendable("recipient", recipient,
+                                                           str(error))))
                 else:
                     accepted.append(recipient)
             if not accepted:
                 await self._reset()
                 return Attempt(Stage.RCPT, refused[0][1], (), tuple(refused))
             stage = Stage.DATA
-            if not content.endswith(b"\r\n"):
-                content += b"\r\n"  # the final dot must start a line of its own
-            response = await smtp.data(content, timeout=self.settings.data_timeout)
+            if self.settings.log_dialogue:
+                log.debug("smtp_command", command=f"DATA ({size} bytes)", server=route.host)
+            response = await send_data(smtp, _data_pieces(content),
+                                       timeout=self.settings.response_timeout,
+                                       final_timeout=self.settings.data_timeout)
+            if self.settings.log_dialogue:
+                log.debug("smtp_reply", code=response.code, text=response.message,
+                          server=route.host)
             self._clean = True
             self._last_used = time.monotonic()
             return Attempt(
@@ -250,14 +298,10 @@ class SmarthostConnection:
             raise _AuthProblem(f"no client account for selector {route.account_selector!r}")
         try:
             await authenticate(smtp, account)
-        except aiosmtplib.SMTPAuthenticationError as error:
+        except NoMechanism as error:
+            raise _AuthProblem(str(error)) from None
+        except aiosmtplib.SMTPResponseException as error:  # SMTPAuthenticationError too
             raise _AuthProblem(error.message, error.code) from None  # Reply adds the code
-        except aiosmtplib.SMTPException as error:
-            if isinstance(error, aiosmtplib.SMTPResponseException):
-                raise _AuthProblem(error.message, error.code) from None
-            if isinstance(error, NoMechanism) or "not supported" in str(error).lower():
-                raise _AuthProblem(f"the smarthost offers no usable AUTH: {error}") from None
-            raise
 
     async def _reset(self) -> None:
         """RSET after a transaction that did not end with the dot (keeps the connection)."""
@@ -301,8 +345,58 @@ def _smaller_reads(smtp: aiosmtplib.SMTP) -> None:
         transport.max_size = REPLY_READ_SIZE
 
 
+def _slices(content: bytes) -> Iterator[bytes]:
+    """*content* in SLICE_SIZE slices (each a copy of its slice only)."""
+    if len(content) <= SLICE_SIZE:
+        yield content
+        return
+    for start in range(0, len(content), SLICE_SIZE):
+        yield content[start:start + SLICE_SIZE]
+
+
+def _data_pieces(content: Iterable[bytes]) -> Iterator[bytes]:
+    """The content's DATA form (`DataEncoder`), small pieces joined up to COALESCE bytes."""
+    encoder = DataEncoder()
+    held: list[bytes] = []
+    held_size = 0
+
+    def parts() -> Iterator[bytes]:
+        for piece in content:
+            yield from encoder.encode(piece)
+        yield from encoder.finish()
+        if encoder.normalised:
+            log.info("line_ends_normalised", count=encoder.normalised)
+
+    for part in parts():
+        held.append(part)
+        held_size += len(part)
+        if held_size >= COALESCE:
+            yield held[0] if len(held) == 1 else b"".join(held)
+            held, held_size = [], 0
+    if held:
+        yield held[0] if len(held) == 1 else b"".join(held)
+
+
+def _address_problem(role: str, address: str, encoding: str) -> Reply | None:
+    """None when aiosmtplib sends *address* as it is; else the permanent refusal."""
+    try:
+        path = wire_address(address, encoding)
+    except ValueError as error:
+        return _unsendable(role, address, str(error))
+    if path != f"<{address}>".encode(encoding):
+        shown = path.decode(encoding, "replace")
+        return _unsendable(role, address, f"the client library would send it as {shown}")
+    return None
+
+
+def _unsendable(role: str, address: str, why: str) -> Reply:
+    """A permanent refusal, made here, of an address aiosmtplib will not send as it is."""
+    return Reply(UNSENDABLE, f"relay-deliver cannot send the {role} {address or '<>'}:"
+                             f" {' '.join(why.split())}")
+
+
 def _describe(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    if isinstance(error, TimeoutError) and "time" not in text.lower():
-        text = f"timed out: {text}"
-    return " ".join(text.split())
+    text = " ".join((str(error) or type(error).__name__).split())
+    if isinstance(error, TimeoutError) and not isinstance(error, aiosmtplib.SMTPTimeoutError):
+        text = f"timed out: {text}"  # aiosmtplib's own say so already
+    return text

@@ -1,0 +1,110 @@
+"""Every use relay makes of aiosmtplib's private internals, in one place.
+
+aiosmtplib's `SMTP.data()` takes the whole message as one `bytes`, rewrites its line ends
+with a regular expression, dot-stuffs it with another and appends the final dot: for a
+50 MB message three more whole copies (~234 MB allocated) and over a second in which the
+event loop, and every other connection on it, stands still. relay-deliver sends the
+stored bytes instead, slice by slice as `deliver.dotstuff` prepares them, through
+`send_data` below, which drives the client's connection as `data()` itself does:
+
+- `SMTP.protocol`, the `SMTPProtocol` of the connection (None when it is closed);
+- `SMTPProtocol._command_lock`, held for the whole DATA exchange as aiosmtplib holds it
+  for every command, so nothing else is written in between;
+- `SMTPProtocol._response_pending`, set before each write that expects a reply (the
+  protocol drops replies that arrive while it is not set);
+- `SMTPProtocol.write(bytes)` and `SMTPProtocol.read_response(timeout)`;
+- `SMTPProtocol._paused` and `SMTPProtocol._drain_helper()`, the protocol's flow
+  control (the transport pauses it when its buffer is over the high-water mark; the helper
+  waits for the resume), so that the content waits in the file, not in memory;
+- `SMTP.close()` after a lost connection or a timeout, as `data()` does.
+
+And `wire_address`: what `SMTP.mail()` and `SMTP.rcpt()` put between `<` and `>` for an
+address is `aiosmtplib.email.quote_address` of it, which parses the address with
+`email.utils.parseaddr` and so may send another address than the one given
+(`a"b@x` goes out as `<a>`), and raises ValueError for one it refuses (`<>` as a
+recipient, a space); relay-deliver refuses both kinds for good before sending anything.
+
+`tests/test_compat_aiosmtplib.py` checks each of these and fails loudly, naming the
+internal, when an aiosmtplib release changes one. Everything else relay does with
+aiosmtplib is its public API, and errors are told apart by their class and `.code`, never
+by their text. Reads and writes only the connection it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import aiosmtplib
+from aiosmtplib.email import quote_address
+from aiosmtplib.response import SMTPResponse
+
+# The internals named above, by the object they belong to (the test checks each one).
+PROTOCOL_INTERNALS = ("_command_lock", "_response_pending", "_paused", "_drain_helper",
+                      "write", "read_response")
+# Bytes written without waiting before send_data lets the other tasks run.
+YIELD_EVERY = 256 * 1024
+START_INPUT = 354
+COMPLETED = 250
+
+
+async def send_data(smtp: aiosmtplib.SMTP, pieces: Iterable[bytes], *, timeout: float,
+                    final_timeout: float) -> SMTPResponse:
+    """DATA, then *pieces* as they come (already in DATA form: CRLF line ends, dot-stuffed,
+    ending with the final dot line), then the reply after the dot.
+
+    *timeout* bounds the 354 and each wait for the smarthost to take more of the content;
+    *final_timeout* the reply after the dot. Raises as `SMTP.data()` does:
+    `SMTPDataError` (with `.code`) for a reply other than 354 / 250,
+    `SMTPServerDisconnected` when the connection is lost, `SMTPTimeoutError` on a timeout;
+    the connection is closed after the last two.
+    """
+    protocol: Any = smtp.protocol
+    if protocol is None or protocol._command_lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    try:
+        async with protocol._command_lock:
+            protocol._response_pending = True
+            protocol.write(b"DATA\r\n")
+            start = await protocol.read_response(timeout=timeout)
+            if start.code != START_INPUT:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol._response_pending = True
+            unyielded = 0
+            for piece in pieces:
+                protocol.write(piece)
+                unyielded += len(piece)
+                if protocol._paused:
+                    await _drained(protocol, timeout)
+                    unyielded = 0
+                elif unyielded >= YIELD_EVERY:
+                    # The socket took it all: yield anyway, so that a fast link does not
+                    # keep the event loop from the other connections for a whole message.
+                    await asyncio.sleep(0)
+                    unyielded = 0
+            response: SMTPResponse = await protocol.read_response(timeout=final_timeout)
+            if response.code != COMPLETED:
+                raise aiosmtplib.SMTPDataError(response.code, response.message)
+            return response
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError):
+        smtp.close()
+        raise
+
+
+def wire_address(address: str, encoding: str) -> bytes:
+    """The path aiosmtplib sends for *address* in MAIL FROM / RCPT TO, `<` and `>`
+    included; ValueError (UnicodeEncodeError among them) when it would refuse it."""
+    return quote_address(address).encode(encoding)
+
+
+async def _drained(protocol: Any, timeout: float) -> None:
+    """Wait while the transport's buffer is over its high-water mark."""
+    try:
+        await asyncio.wait_for(protocol._drain_helper(), timeout)
+    except TimeoutError:
+        raise aiosmtplib.SMTPTimeoutError(
+            f"the smarthost took no more of the message for {timeout:g} s") from None
+
+
+__all__ = ["PROTOCOL_INTERNALS", "send_data", "wire_address"]

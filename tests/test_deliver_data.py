@@ -1,0 +1,205 @@
+"""What relay-deliver puts on the wire, checked at a real aiosmtpd sink on 127.0.0.1.
+
+The content arrives byte for byte (dot lines at every slice boundary, a message over 3 MB,
+8-bit bytes, a last line without CRLF); a hand-dropped content file with bare LF or CR is
+sent with CRLF line ends; and an address aiosmtplib cannot send as it is (`<>` as a
+recipient, a space, one it would rewrite) fails to `.bad` on the first try, with code 553
+and the reason, while the other mail goes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sink import Sink
+
+from deliver.forward import SLICE_SIZE, ForwardSettings, Route, SmarthostConnection
+from deliver.main import main
+from deliver.outcome import Stage
+from spool import Envelope, Spool, State, entries, read_envelope
+
+FAST = ["--retry-first", "30", "--response-timeout", "5", "--connection-timeout", "5",
+        "--data-timeout", "10", "--content-grace", "0", "--log-format", "json"]
+
+
+def run_once(spool: Spool, sink: Sink, *extra: str) -> int:
+    return main(["--once", "--spool-dir", str(spool.path), "--forward-to", sink.address,
+                 *FAST, *extra])
+
+
+def by_state(spool: Spool) -> dict[State, list[str]]:
+    found: dict[State, list[str]] = {}
+    for entry in entries(spool):
+        if entry.state is not None:
+            found.setdefault(entry.state, []).append(entry.message_id)
+    return found
+
+
+def cut(content: bytes, cuts: list[int]) -> Iterator[bytes]:
+    start = 0
+    for position in [*sorted(set(cuts)), len(content)]:
+        yield content[start:position]
+        start = position
+
+
+_LINES = st.lists(st.sampled_from([b".", b"..", b".x", b"x", b"", b"a.b", b"\xc3\xa9", b"y" * 99]),
+                  min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=_LINES, every=st.integers(1, 5), final_crlf=st.booleans())
+def test_dot_lines_at_every_slice_boundary_arrive_byte_for_byte(
+    sink: Sink, lines: list[bytes], every: int, final_crlf: bool
+) -> None:
+    """Slices that start with a '.' line (every *every*-th line starts one): the sink's
+    content is the stored content exactly (plus a CRLF if it had no final one)."""
+    content = b"".join(line + b"\r\n" for line in lines)
+    if not final_crlf:
+        content = content[:-2]
+    starts, position = [], 0
+    for number, line in enumerate(lines):
+        if number % every == 0:
+            starts.append(position)
+        position += len(line) + 2
+    envelope = Envelope(sender="a@example.com", to_remote=("b@example.com",))
+    connection = SmarthostConnection(ForwardSettings(local_hostname="deliver.test",
+                                                     response_timeout=5), None)
+
+    async def send() -> Stage:
+        try:
+            attempt = await connection.transact(Route("127.0.0.1", sink.port), envelope,
+                                                cut(content, starts), len(content))
+        finally:
+            await connection.close()
+        return attempt.stage
+
+    before = len(sink.messages)
+    assert asyncio.run(send()) is Stage.DONE
+    expected = content if content.endswith(b"\r\n") or not content else content + b"\r\n"
+    assert sink.messages[before].data == expected
+
+
+def block(first: bytes, number: int) -> bytes:
+    """SLICE_SIZE bytes of CRLF lines starting with *first*, some '..' and 8-bit lines inside."""
+    lines, size, line_number = [first], len(first), 0
+    while size < SLICE_SIZE - 200:
+        line = (b".." if line_number % 401 == 0 else b"") + (
+            f"{number:02d}.{line_number:05d} caf\u00e9 ".encode() + b"x" * (line_number % 70)
+            + b"\r\n")
+        lines.append(line)
+        size += len(line)
+        line_number += 1
+    lines.append(b"p" * (SLICE_SIZE - size - 2) + b"\r\n")
+    return b"".join(lines)
+
+
+def big_message() -> bytes:
+    """13 slices (3.4 MB); each slice after the first starts with a line starting with '.'."""
+    head = block(b"Subject: big\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n", 0)
+    return head + b"".join(block(f".{number} starts a slice\r\n".encode(), number)
+                           for number in range(1, 13))
+
+
+def test_a_big_message_arrives_byte_for_byte(spool: Spool, sink: Sink) -> None:
+    """A 3+ MB 8-bit message with '.' lines at each 256 KiB slice boundary: exactly as stored."""
+    content = big_message()
+    assert len(content) > 3 * 1024 * 1024
+    assert all(content[start:start + 1] == b"." for start in range(SLICE_SIZE, len(content),
+                                                                   SLICE_SIZE))
+    spool.store(content, Envelope(sender="a@example.com", to_remote=("b@example.com",),
+                                  body_type="8bit"))
+    assert run_once(spool, sink) == 0
+    assert len(sink.messages) == 1 and sink.messages[0].data == content
+    assert "BODY=8BITMIME" in sink.messages[0].mail_options
+    assert os.listdir(spool.path) == []
+
+
+def test_a_message_without_a_final_crlf_gets_one(spool: Spool, sink: Sink) -> None:
+    """A content file whose last line has no CRLF: sent with one (the final dot needs it)."""
+    spool.store(b"Subject: x\r\n\r\n.last line", Envelope(sender="a@example.com",
+                                                        to_remote=("b@example.com",)))
+    assert run_once(spool, sink) == 0
+    assert [m.data for m in sink.messages] == [b"Subject: x\r\n\r\n.last line\r\n"]
+
+
+def test_bare_line_ends_of_a_hand_dropped_file_are_sent_as_crlf(
+    spool: Spool, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A content file with bare LF and CR (written by hand): the sink gets CRLF line ends,
+    and one line_ends_normalised log line counts them."""
+    spool.store(b"Subject: x\n\n.one\ntwo\rthree\r\n", Envelope(sender="a@example.com",
+                                                                to_remote=("b@example.com",)))
+    assert run_once(spool, sink) == 0
+    assert [m.data for m in sink.messages] == [b"Subject: x\r\n\r\n.one\r\ntwo\r\nthree\r\n"]
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+             if line.startswith("{")]
+    assert [line["count"] for line in lines if line["event"] == "line_ends_normalised"] == [4]
+
+
+def hand_written_envelope(path: Path, sender: str, *recipients: str) -> None:
+    """An envelope as a person writes it (E-MailRelay's format, LF line ends)."""
+    path.write_bytes(
+        ("X-MailRelay-Format: #2821.8\nX-MailRelay-Content: 7bit\n"
+         f"X-MailRelay-From: {sender}\nX-MailRelay-ToCount: {len(recipients)}\n"
+         + "".join(f"X-MailRelay-To-Remote: {recipient}\n" for recipient in recipients)
+         + "X-MailRelay-Authentication: \nX-MailRelay-Client: \n"
+         "X-MailRelay-ClientCertificate: \nX-MailRelay-MailFromAuthIn: \n"
+         "X-MailRelay-MailFromAuthOut: \nX-MailRelay-ForwardTo: \n"
+         "X-MailRelay-ForwardToAddress: \nX-MailRelay-ClientAccountSelector: \n"
+         "X-MailRelay-Utf8MailboxNames: 0\nX-MailRelay-End: 1\n").encode())
+
+
+def test_an_empty_recipient_fails_at_once_and_the_probe_is_sent(spool: Spool, sink: Sink) -> None:
+    """`To-Remote: <>` by hand: .bad on the first try (553, the reason), not retried; the
+    probe message beside it is delivered and the sink never saw an RCPT for <>."""
+    (spool.path / "empty.content").write_bytes(b"Subject: empty\r\n\r\nx\r\n")
+    hand_written_envelope(spool.path / "empty.envelope", "a@example.com", "<>")
+    spool.store(b"Subject: probe\r\n\r\np\r\n",
+                        Envelope(sender="a@example.com", to_remote=("b@example.com",)))
+    assert run_once(spool, sink) == 0  # 0: nothing left waiting, nothing to retry
+    assert [m.data for m in sink.messages] == [b"Subject: probe\r\n\r\np\r\n"]
+    assert by_state(spool) == {State.BAD: ["empty"]}
+    failed = read_envelope(spool, "empty", State.BAD)
+    assert failed.reason_codes == ["553"]
+    assert "cannot send the recipient <>" in failed.reasons[0]
+    assert "X-Relay-Deferred" not in failed.trailer
+
+
+@pytest.mark.parametrize(("sender", "recipients", "words"), [
+    ("a b@example.com", ("b@example.com",), "cannot send the sender a b@example.com"),
+    ("a@example.com", ('a"b@example.com',), "would send it as <a>"),
+    ("a@example.com", ("jos\u00e9@example.com",), "cannot send the recipient jos\u00e9"),
+])
+def test_addresses_the_client_library_cannot_send_fail_for_good(
+    spool: Spool, sink: Sink, sender: str, recipients: tuple[str, ...], words: str
+) -> None:
+    """A sender with a space, a recipient aiosmtplib would rewrite, a non-ASCII one without
+    SMTPUTF8: .bad with 553 and the reason, and nothing sent to the smarthost."""
+    spool.store(b"Subject: x\r\n\r\nx\r\n", Envelope(sender=sender, to_remote=recipients))
+    assert run_once(spool, sink) == 0
+    assert sink.messages == [] and sink.data_attempts == 0
+    (message_id,) = by_state(spool)[State.BAD]
+    failed = read_envelope(spool, message_id, State.BAD)
+    assert failed.reason_codes == ["553"] and words in failed.reasons[0]
+
+
+def test_an_unsendable_recipient_is_split_off_and_the_rest_delivered(
+    spool: Spool, sink: Sink
+) -> None:
+    """`<>` beside a good recipient: the good one gets the message, `<>` goes to .bad alone."""
+    (spool.path / "mixed.content").write_bytes(b"Subject: mixed\r\n\r\nx\r\n")
+    hand_written_envelope(spool.path / "mixed.envelope", "a@example.com", "<>",
+                          "b@example.com")
+    assert run_once(spool, sink) == 0
+    assert [m.rcpt_tos for m in sink.messages] == [["b@example.com"]]
+    (message_id,) = by_state(spool)[State.BAD]
+    failed = read_envelope(spool, message_id, State.BAD)
+    assert failed.to_remote == ("<>",) and failed.reason_codes == ["553"]
