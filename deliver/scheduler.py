@@ -24,6 +24,7 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from common.compat_watchdog import no_move_pairing_delay
 from common.metrics import DeliverMetrics
 from deliver.forward import SmarthostConnection
 from deliver.message import MessageHandler, Result
@@ -292,24 +293,6 @@ class Scheduler:
         elif result is Result.HELD:
             self.stats.held += 1
 
-def _no_move_pairing_delay() -> None:
-    """Stop watchdog from holding back events to pair renames.
-
-    watchdog's inotify emitter holds an IN_MOVED_FROM for half a second to pair it with its
-    IN_MOVED_TO, and once it has started waiting, every event queued behind it waits too:
-    with intake committing by rename and deliver claiming by rename, news of new mail was
-    now and then 0.5 s late (the end-to-end p99). relay takes events only as hints to scan,
-    so pairing moves is worth nothing here; an unpaired move still arrives, as a creation.
-    """
-    try:
-        from watchdog.observers.inotify_move_event_grouper import (  # noqa: PLC0415 (Linux only)
-            InotifyMoveEventGrouper,
-        )
-    except ImportError:
-        return
-    InotifyMoveEventGrouper.delay = 0
-
-
 class _Watch:
     """The watchdog observer of the spool directory, which can be paused and resumed."""
 
@@ -324,7 +307,7 @@ class _Watch:
     @classmethod
     def start(cls, spool: Spool, wake: Callable[[], None], log: Any) -> _Watch | None:
         """Watch *spool*; None when the watch cannot be had (--poll still finds the mail)."""
-        _no_move_pairing_delay()
+        no_move_pairing_delay()  # relay takes events as hints: pairing moves only delays
         observer = Observer()
         handler = _SpoolEvents(wake)
         observer.schedule(handler, str(spool.path), recursive=False)
