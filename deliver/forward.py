@@ -190,7 +190,8 @@ class SmarthostConnection:
             stage = Stage.DATA
             if self.settings.log_dialogue:
                 log.debug("smtp_command", command=f"DATA ({size} bytes)", server=route.host)
-            response = await send_data(smtp, _data_pieces(content),
+            encoder = DataEncoder()
+            response = await send_data(smtp, _data_pieces(content, encoder),
                                        timeout=self.settings.response_timeout,
                                        final_timeout=self.settings.data_timeout)
             if self.settings.log_dialogue:
@@ -200,7 +201,7 @@ class SmarthostConnection:
             self._last_used = time.monotonic()
             return Attempt(
                 Stage.DONE, Reply(response.code, response.message), tuple(accepted),
-                tuple(refused),
+                tuple(refused), encoder.normalised,
             )
         except _AuthProblem as error:
             self._drop()
@@ -354,9 +355,8 @@ def _slices(content: bytes) -> Iterator[bytes]:
         yield content[start:start + SLICE_SIZE]
 
 
-def _data_pieces(content: Iterable[bytes]) -> Iterator[bytes]:
-    """The content's DATA form (`DataEncoder`), small pieces joined up to COALESCE bytes."""
-    encoder = DataEncoder()
+def _data_pieces(content: Iterable[bytes], encoder: DataEncoder) -> Iterator[bytes]:
+    """The content's DATA form (*encoder*), small pieces joined up to COALESCE bytes."""
     held: list[bytes] = []
     held_size = 0
 
@@ -364,8 +364,6 @@ def _data_pieces(content: Iterable[bytes]) -> Iterator[bytes]:
         for piece in content:
             yield from encoder.encode(piece)
         yield from encoder.finish()
-        if encoder.normalised:
-            log.info("line_ends_normalised", count=encoder.normalised)
 
     for part in parts():
         held.append(part)

@@ -179,6 +179,9 @@ class MessageHandler:
             return self._fail(claimed, envelope, unknown, None)
         started = time.monotonic()
         attempt = await connection.transact(route, envelope, content)
+        if attempt.line_ends_normalised:  # a content file with bare CR or LF, sent as CRLF
+            self.log.info("line_ends_normalised", msg_id=message_id,
+                          count=attempt.line_ends_normalised)
         outcome = classify(attempt)
         # Reached: any reply at all, or a stage past the connection.
         reached = attempt.stage is not Stage.CONNECT or attempt.reply.code is not None

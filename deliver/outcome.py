@@ -41,12 +41,14 @@ class Reply:
 
 @dataclass(frozen=True)
 class Attempt:
-    """What happened: the stage reached, the last reply, and each refused recipient."""
+    """What happened: the stage reached, the last reply, and each refused recipient;
+    and how many bare CR or LF of the content went out as CRLF (see deliver.dotstuff)."""
 
     stage: Stage
     reply: Reply
     accepted: tuple[str, ...] = ()
     refused: tuple[tuple[str, Reply], ...] = ()
+    line_ends_normalised: int = 0
 
 
 @dataclass(frozen=True)

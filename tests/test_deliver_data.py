@@ -135,13 +135,14 @@ def test_bare_line_ends_of_a_hand_dropped_file_are_sent_as_crlf(
 ) -> None:
     """A content file with bare LF and CR (written by hand): the sink gets CRLF line ends,
     and one line_ends_normalised log line counts them."""
-    spool.store(b"Subject: x\n\n.one\ntwo\rthree\r\n", Envelope(sender="a@example.com",
-                                                                to_remote=("b@example.com",)))
+    message_id = spool.store(b"Subject: x\n\n.one\ntwo\rthree\r\n",
+                             Envelope(sender="a@example.com", to_remote=("b@example.com",)))
     assert run_once(spool, sink) == 0
     assert [m.data for m in sink.messages] == [b"Subject: x\r\n\r\n.one\r\ntwo\r\nthree\r\n"]
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
              if line.startswith("{")]
-    assert [line["count"] for line in lines if line["event"] == "line_ends_normalised"] == [4]
+    assert [(line["msg_id"], line["count"]) for line in lines
+            if line["event"] == "line_ends_normalised"] == [(message_id, 4)]
 
 
 def hand_written_envelope(path: Path, sender: str, *recipients: str) -> None:
