@@ -32,6 +32,7 @@ import structlog
 from aiosmtplib.response import SMTPResponse
 
 from common.compat_aiosmtplib import send_data, wire_address
+from common.compat_asyncio import set_read_size
 from common.secrets import SecretsError, SecretsFile
 from deliver.clientauth import NoMechanism, authenticate
 from deliver.dotstuff import DataEncoder
@@ -281,7 +282,7 @@ class SmarthostConnection:
             smtp.close()
             raise
         self.connections_opened += 1
-        _smaller_reads(smtp)
+        set_read_size(smtp.transport, REPLY_READ_SIZE)  # replies are a few lines
         self._smtp, self._route, self._clean = smtp, route, True
         self._last_used = time.monotonic()
         if settings.client_auth is not None:
@@ -336,14 +337,6 @@ class _AuthProblem(aiosmtplib.SMTPException):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _smaller_reads(smtp: aiosmtplib.SMTP) -> None:
-    """Read replies in REPLY_READ_SIZE pieces (a plain socket transport only: TLS reads
-    into a buffer of its own). Only the size of each read changes, nothing else."""
-    transport: Any = smtp.transport
-    if isinstance(getattr(transport, "max_size", None), int):
-        transport.max_size = REPLY_READ_SIZE
 
 
 def _slices(content: bytes) -> Iterator[bytes]:
