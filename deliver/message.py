@@ -23,7 +23,7 @@ from common.filterspec import FilterRunner, Spec
 from common.metrics import DeliverMetrics, reason_class
 from common.secrets import SecretsError, SecretsFile
 from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
-from deliver.forward import Route, SmarthostConnection
+from deliver.forward import SLICE_SIZE, Route, SmarthostConnection
 from deliver.outcome import Deferred, Failed, Reply, Sent, Stage, classify, next_attempt
 from deliver.remover import Remover
 from spool import Claim, Envelope, EnvelopeError, HostileFile, Spool, claim
@@ -159,7 +159,7 @@ class MessageHandler:
         if refused is not None:
             return refused
         try:
-            content = claimed.read_content()
+            size = claimed.open_content().st_size
             content_mtime = claimed.content_mtime()
         except OSError as error:
             return self._fail(claimed, envelope,
@@ -178,7 +178,10 @@ class MessageHandler:
         if unknown:  # never under another account, never without the one asked for
             return self._fail(claimed, envelope, unknown, None)
         started = time.monotonic()
-        attempt = await connection.transact(route, envelope, content)
+        # The content is read slice by slice as it is sent: a big message is never held
+        # whole (a read error on the way defers it; the smarthost never sees the dot).
+        attempt = await connection.transact(route, envelope, claimed.content_slices(SLICE_SIZE),
+                                            size)
         if attempt.line_ends_normalised:  # a content file with bare CR or LF, sent as CRLF
             self.log.info("line_ends_normalised", msg_id=message_id,
                           count=attempt.line_ends_normalised)
