@@ -1,4 +1,4 @@
-"""Benchmark 9, small mail beside a big one: latency of small messages while deliver sends 50 MB.
+"""Benchmark 10, small mail beside a big one: latency of small messages while deliver sends 50 MB.
 
 Each round starts bench's recording sink (receipt time per Message-ID token), a second,
 bare sink for the big message (its own process, so that receiving 50 MB does not slow the
@@ -148,9 +148,9 @@ def run(ctx: Context) -> list[Row]:
     mib = sizes.big_message_size // (1024 * 1024)
     p99, base = median(during), median(alone)
     return [
-        Row("9 biglatency", f"small-message latency 250 -> sink at {sizes.e2e_rate:.0f} msg/s"
+        Row("10 biglatency", f"small-message latency 250 -> sink at {sizes.e2e_rate:.0f} msg/s"
             f" while deliver sends one {mib} MB message, p99 (baseline: no big message)",
             p99, base, "ms", p99 / base if base else None),
-        Row("9 biglatency", f"the same, the largest latency while the {mib} MB message is sent",
+        Row("10 biglatency", f"the same, the largest latency while the {mib} MB message is sent",
             median(maxima), None, "ms"),
     ]
