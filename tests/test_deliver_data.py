@@ -1,10 +1,11 @@
 """What relay-deliver puts on the wire, checked at a real aiosmtpd sink on 127.0.0.1.
 
 The content arrives byte for byte (dot lines at every slice boundary, a message over 3 MB,
-8-bit bytes, a last line without CRLF) and a big one is sent without a copy of it in memory; a hand-dropped content file with bare LF or CR is
-sent with CRLF line ends; and an address aiosmtplib cannot send as it is (`<>` as a
-recipient, a space, one it would rewrite) fails to `.bad` on the first try, with code 553
-and the reason, while the other mail goes out.
+8-bit bytes, a last line without CRLF), and a big one is sent without a copy of it in
+memory; a hand-dropped content file with bare LF or CR is sent with CRLF line ends; and an
+address aiosmtplib cannot send as it is (`<>` as a recipient, a space, one it would
+rewrite) fails to `.bad` on the first try, with code 553 and the reason, while the other
+mail goes out.
 """
 
 from __future__ import annotations
