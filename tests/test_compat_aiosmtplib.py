@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import aiosmtplib
 import pytest
-from sink import Behaviour, Sink
+from support.sink import Behaviour, Sink
 
 from common.compat_aiosmtplib import PROTOCOL_INTERNALS, send_data, wire_address
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sink import Sink
+from support.sink import Sink
 
 from deliver.forward import SLICE_SIZE, ForwardSettings, Route, SmarthostConnection
 from deliver.main import main
