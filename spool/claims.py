@@ -24,14 +24,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from spool.envelope import Envelope, EnvelopeError, parse_envelope, reason_lines, trailer_line
+from spool.envelope import (
+    MAX_ENVELOPE_BYTES,
+    Envelope,
+    EnvelopeError,
+    parse_envelope,
+    reason_lines,
+    trailer_line,
+)
 from spool.files import HostileFile, check_regular, open_regular, read_regular
 from spool.names import State
 from spool.store import Spool, fsync_directory
 from spool.testhooks import checkpoint
 
 _ENVELOPE_ACCESS = os.O_RDWR | os.O_APPEND  # plus files.SAFE_FLAGS, always
-_MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 DEFERRAL_KEY = "X-Relay-Deferred"
 _READ_SIZE = 65536
 
@@ -70,12 +76,16 @@ class Claim:
         return self._fd >= 0
 
     def read_envelope(self) -> Envelope:
-        """Parse the claimed envelope; EnvelopeError names the file, line and problem."""
+        """Parse the claimed envelope; EnvelopeError names the file, line and problem
+        (also for a file larger than `MAX_ENVELOPE_BYTES`, which is not read)."""
         chunks: list[bytes] = []
         offset = 0
         while chunk := os.pread(self._fd, _READ_SIZE, offset):
             chunks.append(chunk)
             offset += len(chunk)
+            if offset > MAX_ENVELOPE_BYTES:
+                raise EnvelopeError(f"larger than {MAX_ENVELOPE_BYTES} bytes: no envelope",
+                                    path=self.envelope_path)
             if len(chunk) < _READ_SIZE:  # a short read of a regular file: its end
                 break
         return parse_envelope(b"".join(chunks), path=self.envelope_path)
@@ -359,7 +369,10 @@ def unhold(spool: Spool, message_id: str) -> bool:
 def read_envelope(spool: Spool, message_id: str, state: State) -> Envelope:
     """Parse an envelope in any state without claiming it."""
     path = spool.envelope_file(message_id, state)
-    return parse_envelope(read_regular(path, _MAX_ENVELOPE_BYTES), path=path)
+    data = read_regular(path, MAX_ENVELOPE_BYTES + 1)
+    if len(data) > MAX_ENVELOPE_BYTES:
+        raise EnvelopeError(f"larger than {MAX_ENVELOPE_BYTES} bytes: no envelope", path=path)
+    return parse_envelope(data, path=path)
 
 
 def recover_busy(spool: Spool, message_id: str) -> bool:

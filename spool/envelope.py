@@ -40,6 +40,11 @@ REASON_KEY = "X-MailRelay-Reason"
 REASON_CODE_KEY = "X-MailRelay-ReasonCode"
 
 
+# No envelope is this large (a few hundred bytes, plus a line per failure or deferral): a
+# larger file is refused unread rather than read into memory.
+MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
+
+
 class EnvelopeError(ValueError):
     """An envelope that cannot be read: names the file (when known), the line and the problem."""
 

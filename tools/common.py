@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common.config import Option
 from spool import HostileFile, Spool, SpoolError
+from spool.envelope import MAX_ENVELOPE_BYTES
 from spool.files import open_regular, read_regular
 from spool.names import TOOLS_LOCK_NAME, State
 
@@ -37,7 +38,6 @@ _REASON_LINE = re.compile(rb"^X-MailRelay-Reason:", re.MULTILINE)
 # A host name for From/Message-ID/MAILER-DAEMON: letters, digits, dots, hyphens, or an
 # address literal. Anything else could smuggle text into a header.
 _DOMAIN = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?)+$|^\[[0-9A-Fa-f:.]+\]$")
-_MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 
 
 def fail(program: str, message: str, code: int) -> int:
@@ -76,7 +76,7 @@ def read_bad_envelope(spool: Spool, message_id: str) -> bytes | None:
     """
     path = spool.envelope_file(message_id, State.BAD)
     try:
-        return read_regular(path, _MAX_ENVELOPE_BYTES)
+        return read_regular(path, MAX_ENVELOPE_BYTES)
     except FileNotFoundError:
         return None
 
