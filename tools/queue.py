@@ -12,7 +12,8 @@
 
 Reads the spool through `tools.queue_list`; changes it only through `tools.queue_actions`
 (and so `spool`), holding the tools lock so that relay-resubmit and relay-notify runs
-take turns with it. After a change that gives deliver work it touches the trigger file.
+take turns with it. `flush` without ids also touches the trigger file (a flush of
+everything); otherwise the rename of each message back to `.envelope` wakes deliver.
 Exit codes: 0 done; 64 usage or a malformed id; 65 a message in the wrong state for the
 command; 66 no such message; 75 a message deliver (or intake) is working on right now;
 78 the spool directory cannot be used. With several ids the first failure's code is
@@ -260,10 +261,10 @@ def run(spool: Spool, args: argparse.Namespace) -> int:
             domain = local_domain(args.domain)
             actions["bounce"] = lambda i: bounce(spool, i, domain)
         ids = [args.id] if command == "requeue" else args.ids
-        status = _each(ids, actions[command])
-        if command in ("flush", "release", "requeue", "bounce"):
-            spool.trigger_scan()
-        return status
+        # No trigger file here: each message's rename to `.envelope` (and a notification's
+        # commit) is the file event that wakes deliver, and the trigger would ask deliver
+        # to flush everything, which only `flush` without ids means.
+        return _each(ids, actions[command])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

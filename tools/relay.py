@@ -19,8 +19,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
+
+from common.config import DEFAULT_SPOOL_DIR
 
 EX_USAGE = os.EX_USAGE
 
@@ -81,6 +84,8 @@ SWITCHES: tuple[Switch, ...] = (
            "accepted: --as-proxy forwards each message as soon as it is stored"),
     Switch("immediate", "m", False, "ignored", "accepted: see --forward-on-disconnect"),
     Switch("dont-serve", "x", False, "ignored", "accepted: --as-client does not serve"),
+    Switch("admin", "a", True, "admin", "the admin interface on PORT (E-MailRelay's commands)"),
+    Switch("admin-terminate", "Q", False, "admin", "the admin interface's terminate command"),
 )
 _BY_LONG = {switch.name: switch for switch in SWITCHES}
 _BY_SHORT = {switch.short: switch for switch in SWITCHES if switch.short}
@@ -101,6 +106,7 @@ class Plan:
     wants_help: bool
     verbose: bool
     notes: list[str]
+    admin: dict[str, str] = field(default_factory=dict)  # --admin, --admin-terminate
 
 
 def parse(argv: Sequence[str]) -> Plan:
@@ -149,6 +155,9 @@ def _apply(plan: Plan, switch: Switch, value: str | None) -> None:
         plan.mode = mode
         if value is not None:
             plan.forward_to = value
+        return
+    if switch.goes_to == "admin":
+        plan.admin[switch.name] = value or ""
         return
     if switch.goes_to == "ignored":
         plan.notes.append(f"--{switch.name} accepted: {switch.help.removeprefix('accepted: ')}")
@@ -244,6 +253,39 @@ def main(argv: list[str] | None = None) -> int:
     for note in plan.notes:
         sys.stderr.write(f"relay: {note}\n")
     forward = ["--forward-to", plan.forward_to] if plan.forward_to else []
+    admin = None
+    if "admin" in plan.admin and plan.mode != "as-client":
+        try:
+            admin = _start_admin(plan, forward)
+        except (ValueError, OSError) as error:
+            sys.stderr.write(f"relay: {error}\n")
+            return os.EX_CONFIG
+    try:
+        return _run(plan, forward)
+    finally:
+        if admin is not None:
+            admin.stop()
+
+
+def _start_admin(plan: Plan, forward: list[str]) -> Any:
+    """--admin PORT: tools.admin's server for this relay (it stops with the program)."""
+    from tools.admin import start_for_relay  # noqa: PLC0415 (load only what runs)
+
+    def value(args: list[str], flag: str) -> str | None:
+        return args[args.index(flag) + 1] if flag in args else None
+
+    spool_dir = value(plan.intake_args, "--spool-dir") or DEFAULT_SPOOL_DIR
+    deliver = None  # --as-proxy runs relay-deliver; --as-server has none, so a flush runs one
+    if plan.mode == "as-server" and plan.forward_to:
+        deliver = [*_program("deliver.main"), "--once", *forward, *plan.deliver_args]
+    return start_for_relay(plan.admin["admin"], spool_dir=spool_dir,
+                           forward_to=plan.forward_to,
+                           with_terminate="admin-terminate" in plan.admin,
+                           remote_clients="--remote-clients" in plan.intake_args,
+                           deliver_command=deliver)
+
+
+def _run(plan: Plan, forward: list[str]) -> int:
     if plan.mode == "as-server":
         from intake.main import main as intake_main  # noqa: PLC0415 (load only what runs)
 

@@ -1,0 +1,267 @@
+"""relay's admin interface (`relay --admin PORT`) against E-MailRelay 2.6.1's: the same
+commands give the same bytes back from both, and flush, forward, unfail-all and terminate do
+their work on a real spool with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.programs import program_env
+from support.sink import Sink, free_port
+from support.tools import CONTENT, emailrelay_envelope, failures_of
+
+from tools.admin import PROMPT, is_local
+
+EMAILRELAY = Path("/work/scratch/emailrelay-bin/emailrelay")
+RELAY = str(Path(sys.executable).with_name("relay"))
+
+
+def drop(spool_dir: Path, message_id: str, suffix: str, envelope: bytes) -> None:
+    for name, data in ((f"{message_id}.content", CONTENT), (f"{message_id}{suffix}", envelope)):
+        (spool_dir / name).write_bytes(data)
+        os.chmod(spool_dir / name, 0o600)
+
+
+def fill(spool_dir: Path) -> None:
+    """Two waiting messages, one failed one, one held one (invisible to E-MailRelay)."""
+    drop(spool_dir, "emailrelay.1.1700000000.2", ".envelope", emailrelay_envelope())
+    drop(spool_dir, "emailrelay.1.1700000000.1", ".envelope", emailrelay_envelope())
+    drop(spool_dir, "emailrelay.1.1700000000.3", ".envelope.bad",
+         emailrelay_envelope(failures=failures_of(1)))
+    drop(spool_dir, "emailrelay.1.1700000000.4", ".envelope.held", emailrelay_envelope())
+
+
+class Admin:
+    """A client of an admin port: send a line, read until the prompt (or a quiet moment)."""
+
+    def __init__(self, port: int) -> None:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def ask(self, line: bytes, expect_prompt: bool = True, timeout: float = 5.0) -> bytes:
+        self.sock.sendall(line)
+        data = b""
+        self.sock.settimeout(timeout if expect_prompt else 0.5)
+        try:
+            while not data.endswith(PROMPT.encode()):
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            if expect_prompt:
+                raise
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def start(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=program_env())
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def relay_admin(tmp_path: Path, sink: Sink) -> Iterator[tuple[Path, int, subprocess.Popen[bytes]]]:
+    """relay --as-proxy to the sink, with --admin and --admin-terminate, on a filled spool."""
+    spool_dir = tmp_path / "relay-spool"
+    spool_dir.mkdir(mode=0o700)
+    port = free_port()
+    process = start([RELAY, "--as-proxy", sink.address, "--spool-dir", str(spool_dir),
+                     "--port", str(free_port()), "--admin", str(port), "--admin-terminate",
+                     "--poll", "3600"])
+    yield spool_dir, port, process
+    stop(process)
+
+
+COMPARED = [b"\r\n", b"LIST\r\n", b"failures\r\n", b"bogus thing\r\n", b"  \r\n",
+            b"flush\r\n"]
+
+
+def test_same_replies_as_emailrelay(tmp_path: Path) -> None:
+    """Byte for byte the same as E-MailRelay 2.6.1 for the same spool: an empty line, LIST
+    (any case), failures, an unknown command, a blank line, flush without --forward-to;
+    then LF-only line ends are answered with LF; unfail-all; list with nothing left."""
+    if not EMAILRELAY.exists():
+        pytest.skip("E-MailRelay 2.6.1 is not built here")
+    replies: dict[str, list[bytes]] = {}
+    for name in ("emailrelay", "relay"):
+        spool_dir = tmp_path / name
+        spool_dir.mkdir(mode=0o700)
+        fill(spool_dir)
+        port = free_port()
+        if name == "emailrelay":
+            command = [str(EMAILRELAY), "--as-server", "--no-daemon", "--port", str(free_port()),
+                       "--interface", "127.0.0.1", "--spool-dir", str(spool_dir),
+                       "--admin", str(port), "--no-syslog"]
+        else:
+            command = [RELAY, "--as-server", "--port", str(free_port()),
+                       "--spool-dir", str(spool_dir), "--admin", str(port)]
+        process = start(command)
+        try:
+            client = Admin(port)
+            answers = [client.ask(line) for line in COMPARED]
+            client.close()
+            lf = Admin(port)
+            answers.append(lf.ask(b"list\n"))
+            answers.append(lf.ask(b"unfail-all\n"))
+            answers.append(lf.ask(b"failures\n"))
+            for message_id in ("emailrelay.1.1700000000.1", "emailrelay.1.1700000000.2",
+                               "emailrelay.1.1700000000.3"):
+                for path in spool_dir.glob(f"{message_id}.*"):
+                    path.unlink()
+            answers.append(lf.ask(b"list\n"))
+            lf.close()
+        finally:
+            stop(process)
+        replies[name] = answers
+    assert replies["relay"] == replies["emailrelay"]
+    first = replies["relay"]
+    assert first[1] == (b"emailrelay.1.1700000000.1\r\r\nemailrelay.1.1700000000.2\r\n"
+                        + PROMPT.encode())
+    assert first[5] == b"error: no remote server configured: use --forward-to\r\nE-MailRelay> "
+    assert replies["relay"][-1] == b"<none>\nE-MailRelay> "
+
+
+def test_flush_forwards_deferred_mail_now(relay_admin: tuple[Path, int, subprocess.Popen[bytes]],
+                                          sink: Sink) -> None:
+    """flush makes waiting mail due now (deferred for an hour included): the running deliver
+    forwards it at once; held and failed mail stay; flush on an empty queue says so."""
+    spool_dir, port, _process = relay_admin
+    client = Admin(port)
+    fill(spool_dir)
+    later = time.time() + 3600
+    for path in spool_dir.glob("*.envelope"):
+        os.utime(path, (later, later))
+    time.sleep(1.0)
+    assert sink.messages == []
+    assert client.ask(b"flush\r\n") == b"OK\r\n" + PROMPT.encode()
+    sink.wait_for(2)
+    deadline = time.monotonic() + 10
+    while list(spool_dir.glob("*.envelope")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.ask(b"list\r\n") == b"<none>\r\n" + PROMPT.encode()
+    assert client.ask(b"flush\r\n") == b"error: no messages to send\r\n" + PROMPT.encode()
+    assert client.ask(b"failures\r\n") == b"emailrelay.1.1700000000.3\r\n" + PROMPT.encode()
+    assert (spool_dir / "emailrelay.1.1700000000.4.envelope.held").exists()
+    assert client.ask(b"unfail-all\r\n") == PROMPT.encode()
+    sink.wait_for(3)
+    assert client.ask(b"forward\r\n") == b"OK\r\n" + PROMPT.encode()
+    client.close()
+
+
+def test_pid_help_info_status_quit(relay_admin: tuple[Path, int, subprocess.Popen[bytes]]) -> None:
+    """pid is relay's own; help lists terminate when enabled; info and status answer; quit
+    closes the connection."""
+    _spool_dir, port, process = relay_admin
+    client = Admin(port)
+    assert client.ask(b"pid\r\n") == f"{process.pid}\r\n".encode() + PROMPT.encode()
+    help_text = client.ask(b"help\r\n").decode()
+    assert help_text.startswith("commands: failures, flush, forward, help, info, list")
+    assert "terminate, unfail-all" in help_text
+    assert client.ask(b"info\r\n").startswith(b"usage: info {copyright|credit|version|warranty}")
+    assert b"LISTEN: 127.0.0.1:" in client.ask(b"status\r\n")
+    assert client.ask(b"notify\r\n", expect_prompt=False) == b""
+    assert client.ask(b"quit\r\n", expect_prompt=False) == b""
+    assert client.sock.recv(10) == b""
+    client.close()
+
+
+def test_terminate_stops_relay(relay_admin: tuple[Path, int, subprocess.Popen[bytes]]) -> None:
+    """terminate (with --admin-terminate) stops relay cleanly: exit 0."""
+    _spool_dir, port, process = relay_admin
+    client = Admin(port)
+    client.ask(b"terminate\r\n", expect_prompt=False)
+    assert process.wait(20) == 0
+    client.close()
+
+
+def test_terminate_needs_admin_terminate(tmp_path: Path) -> None:
+    """Without --admin-terminate, terminate is an unrecognised command and relay runs on;
+    30 unrecognised commands end the connection, as in E-MailRelay."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    port = free_port()
+    process = start([RELAY, "--as-server", "--port", str(free_port()), "--spool-dir",
+                     str(spool_dir), "--admin", str(port)])
+    try:
+        client = Admin(port)
+        assert client.ask(b"terminate\r\n") == b"error: unrecognised command\r\n" + \
+            PROMPT.encode()
+        assert b"terminate" not in client.ask(b"help\r\n")
+        for _ in range(28):
+            client.ask(b"nonsense\r\n")
+        client.ask(b"nonsense\r\n", expect_prompt=False)
+        assert client.sock.recv(10) == b""
+        assert process.poll() is None
+    finally:
+        stop(process)
+
+
+def test_as_server_flush_runs_a_delivery(tmp_path: Path, sink: Sink) -> None:
+    """relay --as-server --forward-to --admin: flush forwards in the foreground (no deliver
+    runs), then answers OK, as E-MailRelay's flush does."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    fill(spool_dir)
+    port = free_port()
+    process = start([RELAY, "--as-server", "--port", str(free_port()), "--spool-dir",
+                     str(spool_dir), "--admin", str(port), "--forward-to", sink.address])
+    try:
+        client = Admin(port)
+        assert client.ask(b"flush\r\n", timeout=60) == b"OK\r\n" + PROMPT.encode()
+        assert len(sink.messages) == 2
+        client.close()
+    finally:
+        stop(process)
+
+
+def test_admin_port_in_use_and_bad_port(tmp_path: Path) -> None:
+    """--admin on a port in use, or not a port: a clear message, exit 78, nothing started."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run([RELAY, "--as-server", "--port", str(free_port()), "--spool-dir",
+                               str(spool_dir), "--admin", str(port)], capture_output=True,
+                              text=True, timeout=30, env=program_env())
+    assert done.returncode == os.EX_CONFIG
+    assert f"admin: cannot listen on 127.0.0.1 port {port}" in done.stderr
+    bad = subprocess.run([RELAY, "--as-server", "--spool-dir", str(spool_dir), "--admin", "x"],
+                         capture_output=True, text=True, timeout=30, env=program_env())
+    assert bad.returncode == os.EX_CONFIG and "not a port number" in bad.stderr
+
+
+def test_only_loopback_is_local() -> None:
+    """Loopback (IPv4, IPv6, IPv4-mapped) is local; anything else is not."""
+    assert is_local("127.0.0.1") and is_local("::1") and is_local("::ffff:127.0.0.1")
+    assert not is_local("192.0.2.1") and not is_local("::ffff:192.0.2.1")
+    assert not is_local("not an address")
