@@ -1,8 +1,10 @@
-"""Intake policy as small functions: who may connect, what an address or HELO may contain,
-connection limits, free-space refusal, and the reply for a storage error.
+"""Intake policy as small functions: who is local, what an address, a path or a HELO name
+may contain, free-space refusal, and the reply for a storage error (connection limits and
+AUTH failure counts are in intake.limits).
 
 Reads only the spool directory's free space (statvfs, cached for a second). Never touches
-message files and never talks SMTP itself: the server adapter asks and sends the reply.
+message files and never talks SMTP itself: the session and its handler ask and send the
+reply.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import errno
 import ipaddress
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 from spool import Spool
@@ -101,33 +102,6 @@ def storage_error_reply(error: OSError) -> str:
     if error.errno in _NO_SPACE:
         return "452 4.3.1 Insufficient system storage"
     return "451 4.3.0 Local error in processing: message not stored"
-
-
-class ConnectionLimits:
-    """Counts open connections in total and per client address."""
-
-    def __init__(self, total: int, per_client: int) -> None:
-        self.total_limit = total
-        self.per_client_limit = per_client
-        self.total = 0
-        self.by_client: Counter[str] = Counter()
-
-    def admit(self, ip: str) -> str | None:
-        """Count a new connection; returns a 421 reply when it is over a limit (not counted)."""
-        if self.total_limit > 0 and self.total >= self.total_limit:
-            return "421 4.7.0 Too many connections, try again later"
-        if self.per_client_limit > 0 and self.by_client[ip] >= self.per_client_limit:
-            return "421 4.7.0 Too many connections from your address, try again later"
-        self.total += 1
-        self.by_client[ip] += 1
-        return None
-
-    def release(self, ip: str) -> None:
-        """Forget a connection that admit() counted."""
-        self.total -= 1
-        self.by_client[ip] -= 1
-        if self.by_client[ip] <= 0:
-            del self.by_client[ip]
 
 
 @dataclass
