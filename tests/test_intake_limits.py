@@ -188,7 +188,7 @@ def slowloris(port: int, sources: list[str], per_source: int, stop: threading.Ev
 
 def test_slowloris_from_many_addresses_leaves_the_local_probe_served(spool_dir: Path) -> None:
     """60 connections from ten 127.0.0.x addresses (none of them exempt), one byte every
-    1.5 s, fill every slot untrusted clients may have; meanwhile a new untrusted client
+    2.5 s, fill every slot untrusted clients may have; meanwhile a new untrusted client
     gets 421, and a probe from 127.0.0.1 is greeted at once and its message stored."""
     sources = [f"127.0.0.{n}" for n in range(2, 12)]
     with IntakeThread(spool_dir, "--max-connections", "40", "--reserved-connections", "5",
@@ -198,7 +198,7 @@ def test_slowloris_from_many_addresses_leaves_the_local_probe_served(spool_dir: 
         held: list[RawClient] = []
         refused: list[str] = []
         attack = threading.Thread(target=slowloris, args=(intake.port, sources, 6, stop, held,
-                                                          refused, 1.5))
+                                                          refused, 2.5))
         attack.start()
         try:
             deadline = time.monotonic() + 20
@@ -206,7 +206,7 @@ def test_slowloris_from_many_addresses_leaves_the_local_probe_served(spool_dir: 
                 time.sleep(0.05)
             assert len(held) == 35 and len(refused) == 25
             assert all(r.startswith("421 4.7.0 Too many connections") for r in refused)
-            time.sleep(2)  # the attack trickles
+            time.sleep(3)  # the attack trickles: every connection has sent a byte
             assert RawClient(intake.port, source="127.0.0.12").greeting.startswith("421")
             started = time.monotonic()
             probe = RawClient(intake.port)
