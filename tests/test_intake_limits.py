@@ -15,7 +15,9 @@ import pytest
 from support.intake import IntakeThread, RawClient
 from support.spool import accepted
 
+from common.config import ConfigError
 from intake.limits import ConnectionLimits, in_networks, network_of, parse_networks
+from intake.main import prepare
 from intake.pace import Pace
 
 
@@ -222,3 +224,20 @@ def test_slowloris_from_many_addresses_leaves_the_local_probe_served(spool_dir: 
                 client.close()
     ((envelope, content),) = accepted(spool_dir)
     assert envelope.client == "127.0.0.1" and b"still served" in content
+
+
+def test_limit_settings_are_checked_and_defaulted(spool_dir: Path) -> None:
+    """reserved-connections defaults to a tenth of max-connections and must stay below it;
+    exempt-networks takes CIDRs (and 'none'), refuses a name; durations take suffixes."""
+    base = ["--spool-dir", str(spool_dir), "--domain", "intake.test"]
+    config, _, _ = prepare([*base, "--max-connections", "50", "--session-timeout", "15m",
+                            "--exempt-networks", "none", "--min-data-rate", "1K"])
+    assert config.reserved_connections == 5 and config.exempt_networks == ()
+    assert config.session_timeout == 900 and config.min_data_rate == 1024
+    default, _, _ = prepare(base)
+    assert default.reserved_connections == 20 and default.auth_failure_limit == 10
+    assert in_networks("127.0.0.9", default.exempt_networks)
+    with pytest.raises(ConfigError, match="reserved-connections"):
+        prepare([*base, "--max-connections", "10", "--reserved-connections", "10"])
+    with pytest.raises(ConfigError, match="exempt-networks"):
+        prepare([*base, "--exempt-networks", "localhost"])
