@@ -9,13 +9,13 @@ reply.
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import ipaddress
 import re
 import time
 from dataclasses import dataclass
 
+from common.compat_aiosmtplib import wire_address
 from spool import Spool
 
 # C0 controls, DEL, and lone surrogates (bytes that were not UTF-8: aiosmtpd decodes
@@ -64,28 +64,26 @@ def address_problem(address: str, *, smtputf8: bool) -> str | None:
     return None
 
 
-# What ends an address on a command line for the forwarding client (aiosmtplib's
-# `quote_address`): white space, angle brackets and quotes outside a leading quoted local part.
-_ENDS_ADDRESS = re.compile(r'[\s<>"]')
-_QUOTED_LOCAL_PART = re.compile(r'^"(?:[^"\\\r\n]|\\.)*"')
-
-
 def path_problem(address: str, *, null_allowed: bool) -> str | None:
     """The 553 refusing a path that relay-deliver could not send on exactly as stored.
 
     relay-deliver forwards with aiosmtplib, which quotes every path with
-    `email.utils.parseaddr`: it refuses a path with white space, `<`, `>` or `"` outside a
-    quoted local part, and rewrites others (`a,b@c` becomes `<a>`, `@route:a@b` `<@route>`,
-    `a(b)@c` `<a@c>`). A path accepted here and refused or changed there would be retried
-    for ever or sent to someone else, so intake refuses it now. *null_allowed*: `<>` is a
-    reverse-path (MAIL FROM), never a forward-path (RCPT TO).
+    `email.utils.parseaddr` (common.compat_aiosmtplib.wire_address): it refuses a path with
+    white space, `<`, `>` or `"` outside a quoted local part, and rewrites others (`a,b@c`
+    becomes `<a>`, `a"b@c` `<a>`, `a(b)@c` `<a@c>`). A path accepted here and refused or
+    changed there would be retried for ever or sent to someone else, so intake asks the
+    same function now. *null_allowed*: `<>` is a reverse-path (MAIL FROM), never a
+    forward-path (RCPT TO).
     """
     if address in ("", "<>"):
         if null_allowed:
             return None
         return "553 5.1.3 Empty forward-path: RCPT TO needs a recipient address"
-    parsed = email.utils.parseaddr(address)[1] or address.strip()
-    if parsed != address or _ENDS_ADDRESS.search(_QUOTED_LOCAL_PART.sub("", address, count=1)):
+    try:
+        unchanged = wire_address(address, "utf-8") == f"<{address}>".encode()
+    except ValueError:  # refused by the client (UnicodeEncodeError for lone surrogates)
+        unchanged = False
+    if not unchanged:
         return "553 5.1.3 Address cannot be forwarded as given (route, list, comment or quoting)"
     return None
 
