@@ -48,7 +48,7 @@ def build(config: DeliverConfig, concurrency: int | None = None,
         client_auth=config.client_auth,
         log_dialogue=config.verbose,
     )
-    tls_context = forward.tls_context()
+    tls_context = config.tls_context  # common.tlsconfig: E-MailRelay's switches
     policy = Policy(
         default_route=Route(config.host, config.port),
         client_filters=config.client_filters,

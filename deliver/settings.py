@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import ssl
 from dataclasses import dataclass
 
 from common import eventloop
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path, split_host_port
 from common.filterspec import Spec, parse_filter
 from common.secrets import SecretsError, SecretsFile
+from common.tlsconfig import SYSTEM_CAS, client_context, parse_tls_config
 
 PROGRAM = "relay-deliver"
 DESCRIPTION = "Forward the spooled mail to the smarthost."
@@ -45,8 +47,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("client-tls", "use STARTTLS when the smarthost offers it", False, "bool"),
     Option("client-tls-connection", "implicit TLS from the first byte (port 465)", False, "bool"),
     Option("client-tls-required", "never send without TLS (STARTTLS must succeed)", False, "bool"),
-    Option("client-tls-verify", "verify the smarthost's certificate against this CA file"
-           " ('system' for the system's CAs)", None, metavar="CAFILE"),
+    Option("client-tls-verify", "check the smarthost's certificate chain against this CA file"
+           " or directory ('system' or '<default>': the system's CAs); the name is not checked",
+           None, metavar="CAFILE"),
+    Option("client-tls-verify-name", "check that the smarthost's certificate is for this name",
+           None, metavar="NAME"),
+    Option("client-tls-server-name", "the server name sent in the TLS handshake (SNI)", None,
+           metavar="NAME"),
+    Option("client-tls-certificate", "PEM file with this client's key and certificate; or give"
+           " it twice: the key file, then the certificate file", [], "list", metavar="FILE"),
+    Option("tls-config", "TLS versions: tlsv1.2 (the lowest allowed), -tlsv1.3 (the highest),"
+           " comma-separated", None, metavar="KEYWORDS"),
     Option("domain", "this host's name in EHLO (default: the host name, no DNS lookup)", None,
            metavar="NAME"),
     Option("connection-timeout", "seconds to connect and get the greeting", 40.0, "duration",
@@ -90,6 +101,7 @@ class DeliverConfig:
     client_tls_connection: bool
     client_tls_required: bool
     client_tls_verify: str | None
+    tls_context: ssl.SSLContext
     domain: str
     connection_timeout: float
     response_timeout: float
@@ -128,8 +140,18 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         except (SecretsError, OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"--client-auth: {error}") from None
     tls_verify = settings.client_tls_verify
-    if tls_verify and tls_verify != "system" and not os.path.isfile(tls_verify):
-        raise ConfigError(f"--client-tls-verify: {tls_verify} is not a file")
+    if tls_verify and tls_verify not in SYSTEM_CAS and not os.path.exists(tls_verify):
+        raise ConfigError(f"--client-tls-verify: {tls_verify}: no such file or directory")
+    certificates = [str(resolve_path(path)) for path in settings.client_tls_certificate or ()]
+    if len(certificates) > 2:
+        raise ConfigError("--client-tls-certificate: give one file (key and certificate) or"
+                          " two (the key file, then the certificate file)")
+    tls_context = client_context(
+        verify=tls_verify, verify_name=settings.client_tls_verify_name,
+        server_name=settings.client_tls_server_name,
+        certificate=certificates[-1] if certificates else None,
+        key=certificates[0] if len(certificates) == 2 else None,
+        config=parse_tls_config(settings.tls_config))
     return DeliverConfig(
         spool_dir=str(resolve_path(settings.spool_dir)),
         host=host,
@@ -147,6 +169,7 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         client_tls_connection=settings.client_tls_connection,
         client_tls_required=settings.client_tls_required,
         client_tls_verify=tls_verify,
+        tls_context=tls_context,
         domain=settings.domain or socket.gethostname() or "localhost",
         connection_timeout=settings.connection_timeout,
         response_timeout=settings.response_timeout,

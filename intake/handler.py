@@ -10,8 +10,10 @@ reads a socket.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from common.tlsconfig import peer_certificate_pem
 from intake.commit import abandoned_commit
 from intake.filters import FilterAction, VerifierOutcome, client_display, run_filters
 from intake.filters import VerifierVerdict as Verdict
@@ -124,11 +126,15 @@ class Handler:
         checkpoint("data_received")
         transaction = smtp.transaction
         assert transaction is not None
-        protocol = protocol_name(extended=bool(session.extended_smtp), tls=smtp.tls_active,
+        tls = smtp.tls_active or self.config.tls_connection
+        protocol = protocol_name(extended=bool(session.extended_smtp), tls=tls,
                                  authenticated=bool(smtp.auth_name))
         trace = received_line(helo=session.host_name or "", client_ip=smtp.client_ip,
                               domain=self.config.domain, protocol=protocol)
         model = transaction.to_envelope(authentication=smtp.auth_name, client=smtp.client_ip)
+        if tls and smtp.transport is not None:  # --server-tls-verify: the client's certificate
+            certificate = peer_certificate_pem(smtp.transport.get_extra_info("ssl_object"))
+            model = dataclasses.replace(model, client_certificate=certificate)
         smtp.busy = True
         try:
             reply = await self._store(smtp, (trace, *transaction.content), model)

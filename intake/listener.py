@@ -50,7 +50,9 @@ class IntakeServer:
         for interface in self.config.interfaces:
             try:
                 server = await loop.create_server(
-                    self.new_connection, host=interface, port=self.config.port
+                    self.new_connection, host=interface, port=self.config.port,
+                    # --server-tls-connection: TLS from the first byte (port 465)
+                    ssl=self.config.tls_context if self.config.tls_connection else None,
                 )
             except OSError as error:
                 await self.close_listeners()

@@ -84,11 +84,11 @@ class Session(AuthSession):
             decode_data=False,
             hostname=config.domain,  # without it every connection does a blocking lookup
             ident="ESMTP relay",
-            tls_context=config.tls_context,
-            require_starttls=config.tls_required,
+            tls_context=None if config.tls_connection else config.tls_context,
+            require_starttls=config.tls_required and not config.tls_connection,
             timeout=config.idle_timeout,
             auth_required=config.authenticator is not None,
-            auth_require_tls=not config.auth_insecure,
+            auth_require_tls=not (config.auth_insecure or config.tls_connection),
             authenticator=self.check_credentials,
             loop=asyncio.get_running_loop(),
         )

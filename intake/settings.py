@@ -17,6 +17,7 @@ from common import eventloop
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path
 from common.filterspec import FilterRunner, Spec, parse_filter, parse_verifier
 from common.secrets import SecretsError, SecretsFile
+from common.tlsconfig import SYSTEM_CAS, parse_tls_config, server_context
 from intake.auth import Authenticator
 from intake.filters import Verifier
 from intake.limits import Network, parse_networks
@@ -81,6 +82,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("server-tls-certificate", "PEM certificate chain for STARTTLS", None, metavar="FILE"),
     Option("server-tls-key", "PEM private key for STARTTLS (default: in the certificate file)",
            None, metavar="FILE"),
+    Option("server-tls-connection", "TLS from the first byte (SMTP over TLS, port 465) "
+           "instead of STARTTLS", False, "bool"),
+    Option("server-tls-verify", "ask every client for a certificate and check it against this "
+           "CA file or directory ('system': the system's CAs); its PEM goes into the envelope",
+           None, metavar="CAFILE"),
+    Option("tls-config", "TLS versions: tlsv1.2 (the lowest allowed), -tlsv1.3 (the highest),"
+           " comma-separated", None, metavar="KEYWORDS"),
     Option("server-tls-required", "refuse everything but EHLO, STARTTLS, NOOP and QUIT before TLS",
            False, "bool"),
     Option("min-free-space", "refuse MAIL (452) while the spool's disk has less free space "
@@ -127,6 +135,7 @@ class IntakeConfig:
     auth_insecure: bool = False
     tls_context: ssl.SSLContext | None = None
     tls_required: bool = False
+    tls_connection: bool = False  # --server-tls-connection: implicit TLS
     min_free_space: int = MIN_FREE_FLOOR
     stop_timeout: float = 20.0
     sync: str = "syncfs"
@@ -137,21 +146,6 @@ class IntakeConfig:
     def open_relay(self) -> bool:
         """Untrusted remote clients may relay: remote clients, no AUTH and no verifier."""
         return self.remote_clients and self.authenticator is None and not self.address_verifier
-
-
-def _tls_context(certificate: str, key: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        context.load_cert_chain(certificate, key)
-    except FileNotFoundError as error:
-        raise ConfigError(f"--server-tls-certificate/--server-tls-key: {error.filename}: "
-                          "no such file") from None
-    except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"--server-tls-certificate/--server-tls-key: cannot load: {error}"
-                          ) from None
-    return context
 
 
 def build_config(settings: argparse.Namespace) -> IntakeConfig:
@@ -193,10 +187,17 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
     tls_context = None
     if settings.server_tls_certificate:
         key = str(resolve_path(settings.server_tls_key)) if settings.server_tls_key else None
-        tls_context = _tls_context(str(resolve_path(settings.server_tls_certificate)), key)
-    elif settings.server_tls_key or settings.server_tls_required:
-        raise ConfigError("--server-tls-key and --server-tls-required need "
-                          "--server-tls-certificate")
+        verify = settings.server_tls_verify
+        if verify and verify not in SYSTEM_CAS:
+            verify = str(resolve_path(verify))
+        tls_context = server_context(str(resolve_path(settings.server_tls_certificate)), key,
+                                     verify=verify, config=parse_tls_config(settings.tls_config))
+    elif (settings.server_tls_key or settings.server_tls_required
+          or settings.server_tls_connection or settings.server_tls_verify):
+        raise ConfigError("--server-tls-key, --server-tls-required, --server-tls-connection "
+                          "and --server-tls-verify need --server-tls-certificate")
+    else:
+        parse_tls_config(settings.tls_config)  # a bad value is refused even when unused
     min_free = settings.min_free_space
     if min_free is None:
         min_free = max(2 * settings.size, MIN_FREE_FLOOR)
@@ -228,6 +229,7 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         auth_insecure=settings.server_auth_insecure,
         tls_context=tls_context,
         tls_required=settings.server_tls_required,
+        tls_connection=settings.server_tls_connection,
         min_free_space=min_free,
         stop_timeout=settings.stop_timeout,
         sync=settings.sync,

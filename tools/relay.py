@@ -70,6 +70,14 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("client-tls-connection", "b", False, "deliver", "implicit TLS to the smarthost"),
     Switch("client-tls-required", None, False, "deliver", "never send without TLS"),
     Switch("client-tls-verify", None, True, "deliver", "CA file to verify the smarthost"),
+    Switch("client-tls-verify-name", None, True, "deliver", "the name the smarthost's "
+           "certificate must be for"),
+    Switch("client-tls-server-name", None, True, "deliver", "the name sent in the handshake"),
+    Switch("client-tls-certificate", None, True, "deliver", "this client's PEM key and "
+           "certificate"),
+    Switch("server-tls-connection", None, False, "intake", "TLS from the first byte (465)"),
+    Switch("server-tls-verify", None, True, "intake", "CA file to check client certificates"),
+    Switch("tls-config", "9", True, "both", "TLS versions: tlsv1.2, -tlsv1.3"),
     Switch("poll", "O", True, "deliver", "seconds between spool scans"),
     Switch("idle-timeout", None, True, "intake", "seconds before an idle client is dropped"),
     Switch("pid-file", "i", True, "both", "write the process id to this file"),
