@@ -279,3 +279,22 @@ def test_a_big_message_is_sent_without_a_whole_copy() -> None:
     assert stage is Stage.DONE
     assert counting.received == slices * len(slice_bytes) + len(b".\r\n")
     assert peak < 4 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB for a 20 MiB message"
+
+
+def test_verbose_shows_data_and_the_reply_after_the_dot(
+    spool: Spool, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--verbose: `DATA (<size> bytes)` and the 250 after the dot are logged, the content never."""
+    content = b"Subject: secret words\r\n\r\nnot for the log\r\n"
+    spool.store(content, Envelope(sender="a@example.com", to_remote=("b@example.com",)))
+    assert run_once(spool, sink, "--verbose") == 0
+    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    commands = [line["command"] for line in lines if line["event"] == "smtp_command"]
+    assert f"DATA ({len(content)} bytes)" in commands
+    replies = [line for line in lines if line["event"] == "smtp_reply"]
+    assert (replies[-1]["code"], replies[-1]["text"]) in ((250, "OK queued"), (221, "Bye"))
+    assert any(line["code"] == 250 and line["text"] == "OK queued" for line in replies)
+    # (the sink runs in this process: aiosmtpd's own debug lines show the data it read)
+    ours = [line for line in lines if line["event"].startswith(("smtp_", "message_"))]
+    assert ours and not any("not for the log" in json.dumps(line) for line in ours)
