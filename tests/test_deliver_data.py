@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.sink import Sink
+from support.smarthost import Script, ScriptedSmarthost
 
 from deliver.forward import SLICE_SIZE, ForwardSettings, Route, SmarthostConnection
 from deliver.main import main
@@ -298,3 +300,30 @@ def test_verbose_shows_data_and_the_reply_after_the_dot(
     # (the sink runs in this process: aiosmtpd's own debug lines show the data it read)
     ours = [line for line in lines if line["event"].startswith(("smtp_", "message_"))]
     assert ours and not any("not for the log" in json.dumps(line) for line in ours)
+
+
+def test_the_wire_bytes_are_stuffed_and_normalised_exactly(spool: Spool) -> None:
+    """At a raw-socket smarthost: a '.' doubled at each line start, bare LF and CR as CRLF,
+    the final CRLF added, and every other byte as stored."""
+    content = b"Subject: x\r\n\r\n.a\r\n..b\nc\rd.\r\n\xff.e\r\n.\r\nlast"
+    spool.store(content, Envelope(sender="a@example.com", to_remote=("b@example.com",)))
+    with ScriptedSmarthost() as smarthost:
+        assert main(["--once", "--spool-dir", str(spool.path), "--forward-to",
+                     smarthost.address, *FAST]) == 0
+    assert smarthost.data == [b"Subject: x\r\n\r\n..a\r\n...b\r\nc\r\nd.\r\n\xff.e\r\n..\r\n"
+                              b"last\r\n"]
+
+
+def test_a_smarthost_that_stops_reading_defers_the_message(spool: Spool) -> None:
+    """A smarthost that stops reading in the middle of a 32 MiB DATA: after
+    --response-timeout without progress the message is deferred (kept), not failed."""
+    message_id = spool.store(b"Subject: big\r\n\r\n" + (b"x" * 1000 + b"\r\n") * 33_000,
+                             Envelope(sender="a@example.com", to_remote=("b@example.com",)))
+    with ScriptedSmarthost(Script(stall_in_data=100_000)) as smarthost:
+        started = time.monotonic()
+        assert main(["--once", "--spool-dir", str(spool.path), "--forward-to",
+                     smarthost.address, *FAST, "--response-timeout", "1"]) == 75
+        assert time.monotonic() - started < 30
+    assert by_state(spool) == {State.READY: [message_id]}
+    kept = read_envelope(spool, message_id, State.READY)
+    assert "took no more of the message" in kept.trailer
