@@ -6,11 +6,7 @@ and a deferral in deliver: never lost, never passed unscanned.
 
 from __future__ import annotations
 
-import os
-import shutil
 import smtplib
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,44 +15,19 @@ import pytest
 from support.deliver import run_once
 from support.intake import IntakeThread
 from support.sink import Sink, free_port
+from support.spamd import CLEAN, GTUBE, SPAMD, running_spamd
 from support.spool import accepted, spool_files, strip_received
 
 from spool import Envelope, Spool
-
-SPAMD = shutil.which("spamd") or ("/usr/sbin/spamd" if os.path.exists("/usr/sbin/spamd") else None)
-GTUBE = (b"Subject: test\r\nFrom: a@example.org\r\n\r\n"
-         b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n")
-CLEAN = b"Subject: hello\r\nFrom: a@example.org\r\n\r\nSee you at five.\r\n"
 
 pytestmark = pytest.mark.skipif(SPAMD is None, reason="spamd is not installed (.ci/run does it)")
 
 
 @pytest.fixture(scope="module")
 def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real spamd on 127.0.0.1, local tests only (-L), one child."""
-    assert SPAMD is not None
-    work = tmp_path_factory.mktemp("spamd")
-    port = free_port()
-    argv = [SPAMD, "-L", "-i", "127.0.0.1", "-A", "127.0.0.1", "-p", str(port), "-m", "1",
-            "--syslog=stderr", "--pidfile", str(work / "pid")]
-    if os.geteuid() == 0:
-        argv += ["-u", "nobody"]
-    log = (work / "log").open("wb")
-    process = subprocess.Popen(argv, stdout=log, stderr=log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert process.poll() is None, (work / "log").read_text()
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("spamd did not start")
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(20)
+    """A real spamd on 127.0.0.1 for this module's tests."""
+    with running_spamd(tmp_path_factory.mktemp("spamd")) as address:
+        yield address
 
 
 def send(intake: IntakeThread, message: bytes) -> None:
