@@ -162,7 +162,7 @@ class IntakeMetrics:
                                       "messages made durable by one directory sync",
                                       buckets=BATCH_BUCKETS, registry=r)
         self.commit_seconds = Histogram("relay_intake_commit_seconds",
-                                        "from the end of DATA to the message being durable",
+                                        "from handing a message to the storage process to it being durable",
                                         buckets=LATENCY_BUCKETS, registry=r)
 
 

@@ -22,9 +22,11 @@ import itertools
 import os
 import stat
 import sys
+import time
 
 import structlog
 
+from common.metrics import IntakeMetrics
 from intake.frames import (
     OP_COMMIT,
     OP_DISCARD,
@@ -56,6 +58,15 @@ class GroupCommitter:
         self._last_batch = 0
         self.messages = 0  # committed by the storage processes of this run
         self.batches = 0  # the batches they were committed in
+        self.metrics: IntakeMetrics | None = None  # --metrics: commit latency, batch sizes
+        self._committing: dict[int, float] = {}  # request id -> when it was sent (commits)
+        self._batch_sizes: dict[int, int] = {}  # batch number -> commits answered so far
+        self._batch_report_due = False
+
+    @property
+    def running(self) -> bool:
+        """The storage process is there and has not ended."""
+        return self._process is not None and self._process.returncode is None
 
     async def start(self) -> None:
         """Start the storage process (call from the running event loop)."""
@@ -115,6 +126,8 @@ class GroupCommitter:
         request_id = next(self._ids)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
+        if self.metrics is not None and op in (OP_STORE, OP_COMMIT):
+            self._committing[request_id] = time.monotonic()
         size = sum(len(chunk) for chunk in content)
         try:
             async with self._lock:  # one request's frames are never interleaved with another's
@@ -146,11 +159,14 @@ class GroupCommitter:
                 future = self._waiting.pop(request_id, None)
                 if future is None or future.done():
                     continue
+                sent = self._committing.pop(request_id, None)
                 if code:
                     future.set_exception(OSError(code, text))
                 else:
                     future.set_result(text)
                     self.messages += 1
+                    if sent is not None:
+                        self._count_commit(batch, sent)
         except asyncio.IncompleteReadError:
             pass
         failure = OSError(errno.EIO, "the storage process ended; message not stored")
@@ -163,6 +179,24 @@ class GroupCommitter:
             log.error("storage_process_died", outcome="restarting",
                       reason=f"exit status {process.returncode}")
             await self.start()
+
+
+    def _count_commit(self, batch: int, sent: float) -> None:
+        """--metrics: the commit's latency now; its batch's size once the replies that came
+        together have all been read (the loop runs callbacks only when the reader waits)."""
+        assert self.metrics is not None
+        self.metrics.commit_seconds.observe(time.monotonic() - sent)
+        self._batch_sizes[batch] = self._batch_sizes.get(batch, 0) + 1
+        if not self._batch_report_due:
+            self._batch_report_due = True
+            asyncio.get_running_loop().call_soon(self._report_batches)
+
+    def _report_batches(self) -> None:
+        self._batch_report_due = False
+        if self.metrics is not None:
+            for size in self._batch_sizes.values():
+                self.metrics.commit_batch.observe(size)
+        self._batch_sizes.clear()
 
 
 async def abandoned_commit(committer: GroupCommitter, pending: PendingMessage) -> bool:

@@ -13,6 +13,7 @@ import asyncio
 import time
 from typing import Any
 
+from common.metrics import IntakeMetrics
 from intake.commit import GroupCommitter
 from intake.limits import AuthFailures, ConnectionLimits
 from intake.policy import SHUTTING_DOWN, SpaceCheck
@@ -36,8 +37,17 @@ class IntakeServer:
         self.space = SpaceCheck(spool, config.min_free_space)
         self.sessions: set[Session] = set()
         self.stopping = False
+        self.metrics: IntakeMetrics | None = None  # --metrics
         self.loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
+
+    def health(self) -> str | None:
+        """None while intake serves; else why not (for /healthz)."""
+        if self.stopping:
+            return "stopping"
+        if not self.committer.running:
+            return "the storage process is not running"
+        return None
 
     def new_connection(self) -> Session:
         """The protocol factory for asyncio."""

@@ -22,6 +22,7 @@ from typing import Any
 from common import eventloop
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
+from common.metrics import IntakeMetrics, MetricsServer
 from common.pidfile import remove_pid_file, write_pid_file
 from intake.listener import IntakeServer
 from intake.settings import DESCRIPTION, OPTIONS, PROGRAM, IntakeConfig, build_config
@@ -72,10 +73,22 @@ async def run(
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     server = IntakeServer(config, spool, log)
+    metrics_server = None
+    if config.metrics is not None:
+        server.metrics = server.committer.metrics = IntakeMetrics()
+        try:
+            metrics_server = MetricsServer(*config.metrics, server.metrics.registry,
+                                           server.health)
+        except ConfigError as error:
+            log.error("intake_not_started", reason=str(error))
+            print(f"{PROGRAM}: {error}", file=sys.stderr)
+            return EX_CONFIG
     try:
         await server.start()
     except OSError as error:
         await server.committer.stop()
+        if metrics_server is not None:
+            metrics_server.stop()
         log.error("listen_failed", reason=str(error))
         print(f"{PROGRAM}: {error.strerror or error}", file=sys.stderr)
         return EX_BIND
@@ -99,6 +112,8 @@ async def run(
         log.info("intake_stopped", messages=server.committer.messages,
                  batches=server.committer.batches)
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
         if config.pid_file:
             remove_pid_file(config.pid_file)
         if install_signals:

@@ -71,6 +71,8 @@ class AuthSession(SMTPBase):
 
     async def _refused(self) -> None:
         self.auth_failures += 1  # every refused AUTH is a strike on this connection
+        if self.server.metrics is not None:
+            self.server.metrics.auth_failures.inc()
         if not self._auth_blocked:
             self.server.log.warning("auth_failed", client=self.client_ip,
                                     failures=self.auth_failures)

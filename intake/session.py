@@ -51,6 +51,11 @@ _HOLDABLE = frozenset({"MAIL", "RCPT", "RSET"})  # replies that may wait for the
 _mail_log = logging.getLogger("mail.log")  # aiosmtpd's logger: the dialogue with --verbose
 
 
+# Commands whose refusals relay_intake_messages_refused_total counts under their own name.
+_METERED_COMMANDS = frozenset({"HELO", "EHLO", "MAIL", "RCPT", "DATA", "AUTH", "STARTTLS",
+                               "RSET", "VRFY", "NOOP", "QUIT"})
+
+
 class State(enum.Enum):
     """Where a session is (the module docstring has the table)."""
 
@@ -109,6 +114,7 @@ class Session(AuthSession):
         self._session_timer: asyncio.TimerHandle | None = None
         self._command = ""  # the command being answered
         self._held_replies: list[bytes] = []
+        self._metered = False  # counted in relay_intake_sessions_active
 
     def move(self, state: State) -> None:
         """Go to *state*: only along MOVES (once CLOSED, a session stays so)."""
@@ -137,6 +143,11 @@ class Session(AuthSession):
             self.client_ip, self.client_port = client_ip(peer), client_port(peer)
             self.admit()
             self.server.sessions.add(self)
+            metrics = self.server.metrics
+            if metrics is not None:
+                metrics.sessions.inc()
+                metrics.sessions_active.inc()
+                self._metered = True
             if self.server.config.session_timeout > 0:
                 self._session_timer = self.loop.call_later(self.server.config.session_timeout,
                                                            self._session_expired)
@@ -156,6 +167,9 @@ class Session(AuthSession):
 
     def connection_lost(self, error: Exception | None) -> None:
         self.state = State.CLOSED
+        if self._metered and self.server.metrics is not None:
+            self._metered = False
+            self.server.metrics.sessions_active.dec()
         if self.counted:
             self.server.limits.release(self.client_ip, exempt=self.exempt)
             self.counted = False
@@ -220,6 +234,8 @@ class Session(AuthSession):
         # asyncio's classes, and this reply would silently not be sent.
         transport = cast("asyncio.Transport | None", self.transport)
         if transport is not None and not transport.is_closing():
+            if self.server.metrics is not None:
+                self._meter_reply(reply.encode("ascii"))
             self._held_replies.append(reply.encode("ascii") + b"\r\n")
             transport.write(b"".join(self._held_replies))
             transport.close()
@@ -240,6 +256,8 @@ class Session(AuthSession):
         """
         response = status.encode("utf-8") if isinstance(status, str) else status
         _mail_log.debug("%r << %r", self.client_ip, response)
+        if self.server.metrics is not None:
+            self._meter_reply(response)
         closing = self.close_after_reply or (self.server.stopping and not self.in_transaction)
         if (self._command in _HOLDABLE and not closing
                 and compat_asyncio.has_line(self.reader)):
@@ -256,6 +274,25 @@ class Session(AuthSession):
         if closing:
             self.close_after_reply = False
             self._close_now()
+
+    def _meter_reply(self, response: bytes) -> None:
+        """--metrics: a 250 to DATA is a message accepted; a 4xx or 5xx is a refusal, by
+        the command it answers and its code (`rcpt_550`, `data_452`, `connect_554` before the
+        greeting, `session_421` for a time limit). Only known command names become labels."""
+        metrics = self.server.metrics
+        assert metrics is not None
+        code = response[:3]
+        command = self._command.upper()
+        if code == b"250" and command == "DATA":
+            metrics.accepted.inc()
+        elif code[:1] in (b"4", b"5") and code.isdigit():
+            if command in _METERED_COMMANDS:
+                name = command.lower()
+            elif command:
+                name = "other"
+            else:  # not tied to a command: at connect, or a timeout or limit of the session
+                name = "connect" if self.state is State.CONNECTED else "session"
+            metrics.refused.labels(f"{name}_{code.decode()}").inc()
 
     # -- before the greeting -----------------------------------------------------------
 
@@ -302,6 +339,15 @@ class Session(AuthSession):
     async def smtp_MAIL(self, arg: str | None) -> None:
         await self._answer("MAIL", "smtp_MAIL", arg)
 
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self._answer("AUTH", "smtp_AUTH", arg)
+
+    async def smtp_EHLO(self, arg: str) -> None:
+        await self._answer("EHLO", "smtp_EHLO", arg)
+
+    async def smtp_HELO(self, arg: str) -> None:
+        await self._answer("HELO", "smtp_HELO", arg)
+
     async def smtp_RCPT(self, arg: str | None) -> None:
         await self._answer("RCPT", "smtp_RCPT", arg)
 
@@ -324,6 +370,13 @@ class Session(AuthSession):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA, with the data read in chunks (intake.data) rather than by line."""
+        self._command = "DATA"  # its replies are the DATA command's (--metrics counts them)
+        try:
+            await self._data(arg)
+        finally:
+            self._command = ""
+
+    async def _data(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         if self.transaction is None or not self.transaction.recipients:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from common import eventloop
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path
 from common.filterspec import FilterRunner, Spec, parse_filter, parse_verifier
+from common.metrics import METRICS_OPTION, parse_listen
 from common.secrets import SecretsError, SecretsFile
 from common.tlsconfig import SYSTEM_CAS, parse_tls_config, server_context
 from intake.auth import Authenticator
@@ -102,6 +103,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("pid-file", "write the process id to this file (removed at exit)", None,
            metavar="FILE"),
     eventloop.EVENT_LOOP_OPTION,
+    METRICS_OPTION,
 )
 
 
@@ -141,6 +143,7 @@ class IntakeConfig:
     sync: str = "syncfs"
     event_loop: str = "asyncio"  # resolved: 'asyncio' or 'uvloop'
     pid_file: str | None = None
+    metrics: tuple[str, int] | None = None  # --metrics HOST:PORT
 
     @property
     def open_relay(self) -> bool:
@@ -235,4 +238,5 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         sync=settings.sync,
         event_loop=eventloop.resolve(settings.event_loop),
         pid_file=str(resolve_path(settings.pid_file)) if settings.pid_file else None,
+        metrics=parse_listen(settings.metrics) if settings.metrics else None,
     )
