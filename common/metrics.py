@@ -162,7 +162,8 @@ class IntakeMetrics:
                                       "messages made durable by one directory sync",
                                       buckets=BATCH_BUCKETS, registry=r)
         self.commit_seconds = Histogram("relay_intake_commit_seconds",
-                                        "from handing a message to the storage process to it being durable",
+                                        "from handing a message to the storage process"
+                                        " to it being durable",
                                         buckets=LATENCY_BUCKETS, registry=r)
 
 
