@@ -4,8 +4,9 @@
 - `names`: states (`State`) and file names (pure).
 - `files`: opening a spool file that may be hostile (only regular files with one link).
 - `store`: the `Spool` directory and durable, group-committable writes.
-- `claims`: claim, then defer/give_back/fail/remove/split_off/hold/make_due; unhold;
-  unfail; each one rename.
+- `claims`: claim, then defer/give_back/fail/remove/split_off/hold/make_due, each one
+  rename; recover_busy.
+- `unclaimed`: unfail, unhold, remove_message, archive_failed (the tools), read_envelope.
 - `scan`: what is due (mtime = due time), recovery of debris.
 - `testhooks`: named fault points for the crash tests.
 
@@ -13,12 +14,13 @@ What the programs share beyond the spool (settings, logs, secrets, running progr
 `common/`.
 """
 
-from spool.claims import Claim, claim, read_envelope, recover_busy, remove_message, unfail
+from spool.claims import Claim, claim, recover_busy
 from spool.envelope import Envelope, EnvelopeError, format_envelope, parse_envelope
 from spool.files import HostileFile
 from spool.names import State
 from spool.scan import ScanResult, entries, recover, scan_due
 from spool.store import MessageWriter, PendingMessage, Spool, SpoolError, check_spool_directory
+from spool.unclaimed import read_envelope, remove_message, unfail
 
 __all__ = [
     "Claim",

@@ -16,13 +16,10 @@ message); creates new messages only through `Spool.store` (`Claim.split_off`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import stat
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from spool.envelope import (
     MAX_ENVELOPE_BYTES,
@@ -32,9 +29,9 @@ from spool.envelope import (
     reason_lines,
     trailer_line,
 )
-from spool.files import HostileFile, check_regular, open_regular, read_regular
+from spool.files import HostileFile, check_regular, open_regular
 from spool.names import State
-from spool.store import Spool, fsync_directory
+from spool.store import Spool
 from spool.testhooks import checkpoint
 
 _ENVELOPE_ACCESS = os.O_RDWR | os.O_APPEND  # plus files.SAFE_FLAGS, always
@@ -75,9 +72,11 @@ class Claim:
         """True until the claim is settled, handed off or closed."""
         return self._fd >= 0
 
-    def read_envelope(self) -> Envelope:
-        """Parse the claimed envelope; EnvelopeError names the file, line and problem
-        (also for a file larger than `MAX_ENVELOPE_BYTES`, which is not read)."""
+    def envelope_bytes(self) -> bytes:
+        """The claimed envelope's bytes, read through the checked descriptor.
+
+        EnvelopeError for a file larger than `MAX_ENVELOPE_BYTES` (not read further).
+        """
         chunks: list[bytes] = []
         offset = 0
         while chunk := os.pread(self._fd, _READ_SIZE, offset):
@@ -88,7 +87,11 @@ class Claim:
                                     path=self.envelope_path)
             if len(chunk) < _READ_SIZE:  # a short read of a regular file: its end
                 break
-        return parse_envelope(b"".join(chunks), path=self.envelope_path)
+        return b"".join(chunks)
+
+    def read_envelope(self) -> Envelope:
+        """Parse the claimed envelope; EnvelopeError names the file, line and problem."""
+        return parse_envelope(self.envelope_bytes(), path=self.envelope_path)
 
     def envelope_age(self) -> float:
         """Seconds since the claimed envelope was last modified."""
@@ -114,23 +117,6 @@ class Claim:
     def content_mtime(self) -> float:
         """The content file's mtime (when the message arrived, for --max-age)."""
         return self.open_content().st_mtime
-
-    def read_content(self) -> bytes:
-        """The whole content, read through the checked descriptor.
-
-        One pread asking one byte more than the size seen at the open: a short read is
-        the end. A file that grew meanwhile is read on to its end.
-        """
-        size = self.open_content().st_size
-        content = os.pread(self._content_fd, size + 1, 0)
-        if len(content) > size:
-            parts = [content]
-            offset = len(content)
-            while more := os.pread(self._content_fd, 1 << 20, offset):
-                parts.append(more)
-                offset += len(more)
-            content = b"".join(parts)
-        return content
 
     def content_slices(self, size: int = 1 << 20) -> Iterator[bytes]:
         """The content as consecutive slices of at most *size* bytes, to its end.
@@ -339,42 +325,6 @@ def _refuse(spool: Spool, message_id: str, state: State) -> None:
                   spool.envelope_file(message_id, State.BAD))
 
 
-def unfail(spool: Spool, message_id: str) -> bool:
-    """`.envelope.bad` back to `.envelope` (resubmit); False if it was not there."""
-    try:
-        os.rename(
-            spool.envelope_path(message_id, State.BAD),
-            spool.envelope_path(message_id, State.READY),
-        )
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def unhold(spool: Spool, message_id: str) -> bool:
-    """`.envelope.held` back to `.envelope` (relay-queue release); False if it was not there.
-
-    The mtime (the due time) is what it was when the message was held.
-    """
-    try:
-        os.rename(
-            spool.envelope_path(message_id, State.HELD),
-            spool.envelope_path(message_id, State.READY),
-        )
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def read_envelope(spool: Spool, message_id: str, state: State) -> Envelope:
-    """Parse an envelope in any state without claiming it."""
-    path = spool.envelope_file(message_id, state)
-    data = read_regular(path, MAX_ENVELOPE_BYTES + 1)
-    if len(data) > MAX_ENVELOPE_BYTES:
-        raise EnvelopeError(f"larger than {MAX_ENVELOPE_BYTES} bytes: no envelope", path=path)
-    return parse_envelope(data, path=path)
-
-
 def recover_busy(spool: Spool, message_id: str) -> bool:
     """Put a `.busy` whose lock is free (its worker died) back to `.envelope`."""
     busy = spool.envelope_file(message_id, State.BUSY)
@@ -397,74 +347,9 @@ def recover_busy(spool: Spool, message_id: str) -> bool:
         os.close(fd)
 
 
-def remove_message(spool: Spool, message_id: str, state: State) -> bool:
-    """Remove a message in *state* (envelope first, then content) and sync the directory.
-
-    False, and the content left alone, when the envelope was no longer in *state*: the
-    message moved on (resubmitted, committed) and its content belongs to that state now.
-    """
-    try:
-        os.unlink(spool.envelope_path(message_id, state))
-    except FileNotFoundError:
-        return False
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(spool.content_path(message_id))
-    fsync_directory(spool.path)
-    return True
-
-
-def archive_failed(spool: Spool, message_id: str, folder_name: str = "failed") -> bool:
-    """Move a `.envelope.bad` and its content into a subfolder of the spool (kept for a person).
-
-    Both files are hard-linked into the folder first and only then removed from the spool,
-    so a crash at any step leaves the message in the spool. False if the `.bad` was gone.
-    Raises OSError (FileExistsError for a different file of the same name in the folder).
-    """
-    folder = spool.path / folder_name
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(folder, 0o700)
-    if not stat.S_ISDIR(os.lstat(folder).st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, "not a directory (or a symlink)", str(folder))
-    bad = spool.envelope_path(message_id, State.BAD)
-    content = spool.content_path(message_id)
-    if not _link_into(bad, folder / bad.name):
-        return False
-    if _plain_file(content):  # a FIFO, a link or a device at its name is no message's content
-        _link_into(content, folder / content.name)
-    fsync_directory(folder)
-    return remove_message(spool, message_id, State.BAD)
-
-
-def _plain_file(path: Path) -> bool:
-    """True for a regular file with one link (only hard-linked elsewhere, never read)."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
-
-
-def _link_into(source: Path, target: Path) -> bool:
-    """Hard-link *source* to *target* (an earlier half-done link of the same file is fine)."""
-    try:
-        os.link(source, target, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    except FileExistsError:
-        if not os.path.samefile(source, target):
-            raise
-    return True
-
-
 __all__ = [
     "DEFERRAL_KEY",
     "Claim",
-    "EnvelopeError",
-    "archive_failed",
     "claim",
-    "read_envelope",
     "recover_busy",
-    "remove_message",
-    "unfail",
-    "unhold",
 ]

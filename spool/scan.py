@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from spool.claims import recover_busy, remove_message
+from spool.claims import recover_busy
 from spool.names import TEMP_SUFFIX, State, parse_name
 from spool.store import Spool
+from spool.unclaimed import remove_message
 
 
 @dataclass(frozen=True, slots=True)

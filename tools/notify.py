@@ -47,10 +47,10 @@ from spool import (
     entries,
     parse_envelope,
 )
-from spool.claims import archive_failed, remove_message
 from spool.envelope import REASON_CODE_KEY, REASON_KEY, check_address
 from spool.files import read_regular
 from spool.names import TOOLS_LOCK_NAME
+from spool.unclaimed import archive_failed, remove_message
 from tools.common import (
     DRY_RUN_OPTION,
     MAX_RETRIES_OPTION,

@@ -14,9 +14,9 @@ import os
 import time
 from dataclasses import dataclass
 
-from spool import Claim, Envelope, Spool, State, claim
-from spool.claims import remove_message, unfail, unhold
+from spool import Claim, Envelope, EnvelopeError, Spool, State, claim
 from spool.files import HostileFile
+from spool.unclaimed import remove_message, unfail, unhold
 from tools.dsn import FailedMessage, build_dsn, dsn_bytes
 from tools.notify import MessageProblem, arrival_time, original_headers, read_facts
 from tools.queue_list import read_envelope_bytes
@@ -214,8 +214,10 @@ def bounce(spool: Spool, message_id: str, domain: str) -> Outcome:
     if state is State.READY:
         claimed = _claim(spool, message_id)
         with claimed:  # anything raised puts it back as it was
-            with open(claimed.envelope_path, "rb") as handle:
-                data = handle.read()
+            try:
+                data = claimed.envelope_bytes()  # through the claim's checked descriptor
+            except EnvelopeError as error:  # larger than any envelope: not read on
+                raise ActionError(f"{message_id}: {error}", os.EX_DATAERR) from None
             notification = _notification(spool, message_id, data, domain, BOUNCE_REASON)
             dsn_id = None if notification is None else spool.store(*notification)
             claimed.remove()
