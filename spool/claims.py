@@ -287,7 +287,7 @@ def claim(spool: Spool, message_id: str) -> Claim | None:
     """
     ready = spool.envelope_file(message_id, State.READY)
     try:
-        fd, _info = open_regular(ready, _ENVELOPE_ACCESS)
+        fd, info = open_regular(ready, _ENVELOPE_ACCESS)
     except (FileNotFoundError, PermissionError):
         return None
     except HostileFile:
@@ -303,7 +303,7 @@ def claim(spool: Spool, message_id: str) -> Claim | None:
         except FileNotFoundError:
             os.close(fd)
             return None
-        if os.fstat(fd).st_ino != os.stat(busy).st_ino:  # renamed someone else's file
+        if info.st_ino != os.stat(busy).st_ino:  # renamed someone else's file
             os.rename(busy, ready)
             os.close(fd)
             return None
