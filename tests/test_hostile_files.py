@@ -354,3 +354,27 @@ def test_open_regular_refuses_each_kind_on_the_descriptor(kind: str, tmp_path: P
             open_regular(str(path), flags)
         assert found in str(refused.value) or (kind == "directory" and "directory" in str(
             refused.value))
+
+
+def test_intakes_fsync_of_a_file_swapped_for_a_fifo_fails_that_message(spool: Spool) -> None:
+    """The storage process fsyncs a batch's files by name: a `.envelope.new` swapped for a
+    FIFO meanwhile fails that message (its files removed), at once, and its neighbour in
+    the batch is accepted."""
+    pending = []
+    for _ in range(2):
+        writer = spool.writer()
+        writer.write(b"Subject: x\r\n\r\nx\r\n")
+        pending.append(writer.finish(ENVELOPE, sync=False))
+    os.unlink(pending[0].new_path)
+    os.mkfifo(pending[0].new_path, 0o600)
+    results: list[list[OSError | None]] = []
+    thread = threading.Thread(target=lambda: results.append(
+        spool.commit(pending, sync_files=True)), daemon=True)
+    thread.start()
+    thread.join(5)
+    assert results, "the fsync blocked on a FIFO"
+    first, second = results[0]
+    assert isinstance(first, HostileFile) and "a FIFO" in str(first)
+    assert second is None
+    assert sorted(os.listdir(spool.path)) == sorted(
+        [f"{pending[1].message_id}.content", f"{pending[1].message_id}.envelope"])
