@@ -17,7 +17,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from common import eventloop
+from common import check, eventloop
+from common.check import CHECK_OPTION
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
 from common.metrics import METRICS_OPTION, DeliverMetrics, MetricsServer, parse_listen
@@ -89,8 +90,8 @@ async def _run(scheduler: Scheduler, started: Callable[[], None]) -> RunStats:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of relay-deliver."""
     try:
-        settings = load_settings(PROGRAM, DESCRIPTION, (*OPTIONS, METRICS_OPTION), argv,
-                                 section="deliver")
+        settings = load_settings(PROGRAM, DESCRIPTION, (*OPTIONS, METRICS_OPTION, CHECK_OPTION),
+                                 argv, section="deliver")
     except ConfigError as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return os.EX_CONFIG
@@ -107,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
                                   " would count only its own share)")
             metrics = DeliverMetrics()
         scheduler, spool = build(config, metrics=metrics)
+        if settings.check:  # loaded: say so, start nothing
+            return check.passed(PROGRAM, spool, f"forward to {config.forward_to}")
         if metrics is not None:
             metrics_server = MetricsServer(host, port, metrics.registry, scheduler.health)
     except (ConfigError, SpoolError, OSError) as error:
+        if settings.check:
+            return check.failed(PROGRAM, str(error))
         log.error("deliver_not_started", reason=str(error))
         return os.EX_CONFIG
     try:

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from common import eventloop
+from common import check, eventloop
 from common.config import ConfigError, load_settings
 from common.logs import setup_logging
 from common.metrics import IntakeMetrics, MetricsServer
@@ -134,11 +134,18 @@ def prepare(argv: list[str] | None) -> tuple[IntakeConfig, Spool, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `relay-intake`."""
+    checking = ("--check" in (sys.argv[1:] if argv is None else argv)
+                or os.environ.get("RELAY_CHECK", "").lower() in ("1", "true", "yes", "on"))
     try:
         config, spool, log = prepare(argv)
     except (ConfigError, SpoolError) as error:
+        if checking:
+            return check.failed(PROGRAM, str(error))
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return EX_CONFIG
+    if config.check:  # loaded: say so, start nothing
+        where = ", ".join(f"{i}:{config.port}" for i in config.interfaces)
+        return check.passed(PROGRAM, spool, f"listen on {where}")
     warn_about_configuration(config, log)
     return eventloop.run(run(config, spool, log), config.event_loop)
 

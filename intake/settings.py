@@ -14,6 +14,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from common import eventloop
+from common.check import CHECK_OPTION
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path
 from common.filterspec import FilterRunner, Spec, parse_filter, parse_verifier
 from common.metrics import METRICS_OPTION, parse_listen
@@ -104,6 +105,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="FILE"),
     eventloop.EVENT_LOOP_OPTION,
     METRICS_OPTION,
+    CHECK_OPTION,
 )
 
 
@@ -144,6 +146,7 @@ class IntakeConfig:
     event_loop: str = "asyncio"  # resolved: 'asyncio' or 'uvloop'
     pid_file: str | None = None
     metrics: tuple[str, int] | None = None  # --metrics HOST:PORT
+    check: bool = False  # --check: load everything, start nothing
 
     @property
     def open_relay(self) -> bool:
@@ -239,4 +242,5 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         event_loop=eventloop.resolve(settings.event_loop),
         pid_file=str(resolve_path(settings.pid_file)) if settings.pid_file else None,
         metrics=parse_listen(settings.metrics) if settings.metrics else None,
+        check=settings.check,
     )

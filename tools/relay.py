@@ -92,6 +92,8 @@ SWITCHES: tuple[Switch, ...] = (
            "accepted: --as-proxy forwards each message as soon as it is stored"),
     Switch("immediate", "m", False, "ignored", "accepted: see --forward-on-disconnect"),
     Switch("dont-serve", "x", False, "ignored", "accepted: --as-client does not serve"),
+    Switch("check", None, False, "both", "load the configuration, secrets, certificates,"
+           " filters and the spool; say what is wrong; exit 0 or 78 without starting"),
     Switch("admin", "a", True, "admin", "the admin interface on PORT (E-MailRelay's commands)"),
     Switch("admin-terminate", "Q", False, "admin", "the admin interface's terminate command"),
 )
@@ -275,6 +277,19 @@ def main(argv: list[str] | None = None) -> int:
             admin.stop()
 
 
+def _check(plan: Plan, forward: list[str]) -> int:
+    """--check: each program the mode would run checks what it would load; the worst code."""
+    from deliver.main import main as deliver_main  # noqa: PLC0415 (load only what runs)
+    from intake.main import main as intake_main  # noqa: PLC0415
+
+    codes = []
+    if plan.mode in ("as-server", "as-proxy"):
+        codes.append(intake_main(plan.intake_args))
+    if plan.mode in ("as-client", "as-proxy") or plan.forward_to:
+        codes.append(deliver_main([*forward, *plan.deliver_args]))
+    return max(codes, default=0)
+
+
 def _start_admin(plan: Plan, forward: list[str]) -> Any:
     """--admin PORT: tools.admin's server for this relay (it stops with the program)."""
     from tools.admin import start_for_relay  # noqa: PLC0415 (load only what runs)
@@ -294,6 +309,8 @@ def _start_admin(plan: Plan, forward: list[str]) -> Any:
 
 
 def _run(plan: Plan, forward: list[str]) -> int:
+    if "--check" in plan.intake_args:
+        return _check(plan, forward)
     if plan.mode == "as-server":
         from intake.main import main as intake_main  # noqa: PLC0415 (load only what runs)
 
