@@ -159,7 +159,7 @@ class MessageHandler:
         if refused is not None:
             return refused
         try:
-            size = claimed.open_content().st_size
+            size = claimed.content_size()
             content_mtime = claimed.content_mtime()
         except OSError as error:
             return self._fail(claimed, envelope,
