@@ -13,8 +13,9 @@ is stored, slice by slice, with only DATA's own rules applied on the way
 (`deliver.dotstuff`: dot-stuffing, bare CR or LF as CRLF, a CRLF before the final dot),
 through `common.compat_aiosmtplib.send_data`: never a whole-message copy, never a long
 stall of the event loop. An address aiosmtplib refuses to put on a command line (`<>` as
-a recipient, a space, a non-ASCII name without SMTPUTF8) is refused here for good, with
-code 553, before anything about it is sent.
+a recipient, a space, a non-ASCII name without SMTPUTF8) or would send as another address
+(its quoting parses comments, lists and routes) is refused here for good, with code 553,
+before anything about it is sent.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ IDLE_PROBE_SECONDS = 5.0
 # asks for 256 KiB, which the C library maps and unmaps for every read (three system
 # calls and a page fault per reply, four replies per message); replies are a few lines.
 REPLY_READ_SIZE = 16 * 1024
-# The content is cut into slices of this size when it is given as one `bytes`; pieces of
-# DATA smaller than COALESCE are joined into one write (a small message is one write).
+# The content is read (deliver.message) or cut (when given as one `bytes`) in slices of
+# this size; pieces of DATA smaller than COALESCE are joined into one write (a small
+# message is one write).
 SLICE_SIZE = 256 * 1024
 COALESCE = 64 * 1024
 # The reply code of an address aiosmtplib will not send (RFC 5321: mailbox name not
