@@ -14,6 +14,7 @@ every kind of filter with the same exit-code table. Reads only what the specs po
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from common.config import ConfigError, resolve_path
@@ -22,8 +23,10 @@ from common.programs import ProgramResult, run_program
 from common.spamd import spamd_check
 
 FILTER_KINDS = ("exit", "net", "spam", "spam-edit", "file")
+CLIENT_FILTER_KINDS = (*FILTER_KINDS, "mx")
 VERIFIER_KINDS = ("net", "account", "file")
 _UNSUPPORTED = ("copy", "deliver", "split", "mx", "msgid", "sleepms")
+
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,12 @@ class Spec:
         return self.value if self.kind == "file" else self.text
 
 
+# A built-in that lives with the program that runs it (deliver's mx:): a check of its
+# argument (ValueError) at start, and the coroutine that runs it as a filter would.
+Builtin = tuple[Callable[[str], object],
+                Callable[[Spec, str, str, float], Awaitable[ProgramResult]]]
+
+
 def _program(path: str, option: str) -> str:
     resolved = str(resolve_path(path))
     if not os.path.isfile(resolved) or not os.access(resolved, os.X_OK):
@@ -47,12 +56,20 @@ def _program(path: str, option: str) -> str:
     return os.path.abspath(resolved)
 
 
-def _one(text: str, option: str, kinds: tuple[str, ...]) -> Spec:
+def _one(text: str, option: str, kinds: tuple[str, ...],
+         builtins: dict[str, Builtin] | None = None) -> Spec:
     head, colon, tail = text.partition(":")
-    if colon and (head in kinds or head in _UNSUPPORTED or head in FILTER_KINDS):
+    if colon and (head in kinds or head in _UNSUPPORTED or head in CLIENT_FILTER_KINDS):
         if head not in kinds:
-            raise ConfigError(f"--{option}: {head}: is not supported by relay here"
+            where = " (a --client-filter in relay)" if head == "mx" else ""
+            raise ConfigError(f"--{option}: {head}: is not supported by relay here{where}"
                               " (see docs/filters.md)")
+        if builtins and head in builtins:
+            try:
+                builtins[head][0](tail)
+            except ValueError as error:
+                raise ConfigError(f"--{option}: {text}: {error}") from None
+            return Spec(head, tail, text)
         if head == "exit":
             if not tail.isdigit() or int(tail) > 999:
                 raise ConfigError(f"--{option}: exit: needs a number, not {tail!r}")
@@ -75,11 +92,14 @@ def _one(text: str, option: str, kinds: tuple[str, ...]) -> Spec:
     return Spec("file", _program(text, option), text)
 
 
-def parse_filter(text: str, option: str = "filter") -> list[Spec]:
-    """The specs of one `--filter`/`--client-filter` value (a comma-separated chain)."""
+def parse_filter(text: str, option: str = "filter",
+                 builtins: dict[str, Builtin] | None = None) -> list[Spec]:
+    """The specs of one `--filter`/`--client-filter` value (a comma-separated chain);
+    *builtins* adds the program's own (deliver's `mx:`)."""
     if not text:
         return [Spec("exit", "0", "exit:0")]
-    return [_one(part, option, FILTER_KINDS) for part in text.split(",")]
+    kinds = (*FILTER_KINDS, *(builtins or {}))
+    return [_one(part, option, kinds, builtins) for part in text.split(",")]
 
 
 def parse_verifier(text: str, option: str = "address-verifier") -> Spec:
@@ -90,8 +110,10 @@ def parse_verifier(text: str, option: str = "address-verifier") -> Spec:
 class FilterRunner:
     """Runs filter specs; keeps the connections of `net:` filters from one use to the next."""
 
-    def __init__(self, connect_timeout: float = 10.0) -> None:
+    def __init__(self, connect_timeout: float = 10.0,
+                 builtins: dict[str, Builtin] | None = None) -> None:
         self.connect_timeout = connect_timeout
+        self.builtins = builtins or {}
         self._clients: dict[str, LineClient] = {}
 
     async def run(self, spec: Spec, content: str, envelope: str, timeout: float) -> ProgramResult:
@@ -102,6 +124,8 @@ class FilterRunner:
             return await run_program([spec.value, content, envelope], timeout)
         if spec.kind == "net":
             return await self._net(spec, content, timeout)
+        if spec.kind in self.builtins:
+            return await self.builtins[spec.kind][1](spec, content, envelope, timeout)
         if spec.kind in ("spam", "spam-edit"):
             return await spamd_check(spec.value, content, edit=spec.kind == "spam-edit",
                                      timeout=timeout, connect_timeout=self.connect_timeout)

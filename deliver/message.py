@@ -24,6 +24,7 @@ from common.metrics import DeliverMetrics, reason_class
 from common.secrets import SecretsError, SecretsFile
 from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
 from deliver.forward import SLICE_SIZE, Route, SmarthostConnection
+from deliver.mxfilter import BUILTINS as MX_BUILTINS
 from deliver.outcome import Deferred, Failed, Reply, Sent, Stage, classify, next_attempt
 from deliver.remover import Remover
 from spool import Claim, Envelope, EnvelopeError, HostileFile, Spool, claim
@@ -57,7 +58,8 @@ class Policy:
     default_route: Route
     client_filters: tuple[Spec, ...] = ()
     filter_timeout: float = 60.0
-    filter_runner: FilterRunner = field(default_factory=FilterRunner)
+    filter_runner: FilterRunner = field(
+        default_factory=lambda: FilterRunner(builtins=MX_BUILTINS))
     client_auth: SecretsFile | None = None  # for the ClientAccountSelector check
     retry_first: float = 60.0
     retry_max: float = 3600.0

@@ -21,6 +21,7 @@ from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path, s
 from common.filterspec import Spec, parse_filter
 from common.secrets import SecretsError, SecretsFile
 from common.tlsconfig import SYSTEM_CAS, client_context, parse_tls_config
+from deliver.mxfilter import BUILTINS as MX_BUILTINS
 
 PROGRAM = "relay-deliver"
 DESCRIPTION = "Forward the spooled mail to the smarthost."
@@ -162,7 +163,7 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         concurrency=settings.concurrency,
         processes=settings.processes,
         client_filters=tuple(spec for text in settings.client_filter or ()
-                             for spec in parse_filter(text, "client-filter")),
+                             for spec in parse_filter(text, "client-filter", MX_BUILTINS)),
         filter_timeout=settings.filter_timeout,
         client_auth=client_auth,
         client_tls=settings.client_tls,
