@@ -26,6 +26,7 @@ FILTER_KINDS = ("exit", "net", "spam", "spam-edit", "file")
 CLIENT_FILTER_KINDS = (*FILTER_KINDS, "mx")
 VERIFIER_KINDS = ("net", "account", "file")
 _UNSUPPORTED = ("copy", "deliver", "split", "mx", "msgid", "sleepms")
+_SIDE = {"mx": " (a --client-filter in relay)", "split": " (a --filter in relay)"}
 
 
 
@@ -61,7 +62,7 @@ def _one(text: str, option: str, kinds: tuple[str, ...],
     head, colon, tail = text.partition(":")
     if colon and (head in kinds or head in _UNSUPPORTED or head in CLIENT_FILTER_KINDS):
         if head not in kinds:
-            where = " (a --client-filter in relay)" if head == "mx" else ""
+            where = _SIDE.get(head, "")
             raise ConfigError(f"--{option}: {head}: is not supported by relay here{where}"
                               " (see docs/filters.md)")
         if builtins and head in builtins:

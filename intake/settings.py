@@ -23,6 +23,7 @@ from common.tlsconfig import SYSTEM_CAS, parse_tls_config, server_context
 from intake.auth import Authenticator
 from intake.filters import Verifier
 from intake.limits import Network, parse_networks
+from intake.splitfilter import BUILTINS as SPLIT_BUILTINS
 
 PROGRAM = "relay-intake"
 DESCRIPTION = "relay's SMTP intake: stores each message durably in the spool before 250."
@@ -71,7 +72,7 @@ OPTIONS: tuple[Option, ...] = (
            "is refused (554). 0 refuses only what already arrived", 0.0, "duration",
            metavar="DURATION"),
     Option("filter", "program (or built-in: exit:N, net:HOST:PORT, spam:HOST:PORT, "
-           "spam-edit:HOST:PORT; a,b chains) run on each message before it is accepted", [],
+           "spam-edit:HOST:PORT, split:; a,b chains) run on each message before it is accepted", [],
            "list", metavar="PROGRAM"),
     Option("filter-timeout", "seconds a filter or the address verifier may run", 60.0,
            "duration", metavar="DURATION"),
@@ -134,7 +135,8 @@ class IntakeConfig:
     filters: list[Spec] = field(default_factory=list)
     filter_timeout: float = 60.0
     address_verifier: Verifier | None = None
-    filter_runner: FilterRunner = field(default_factory=FilterRunner)
+    filter_runner: FilterRunner = field(
+        default_factory=lambda: FilterRunner(builtins=SPLIT_BUILTINS))
     authenticator: Authenticator | None = None
     auth_insecure: bool = False
     tls_context: ssl.SSLContext | None = None
@@ -226,7 +228,8 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         auth_failure_limit=settings.auth_failure_limit,
         auth_failure_window=settings.auth_failure_window,
         greeting_delay=settings.greeting_delay,
-        filters=[spec for text in settings.filter for spec in parse_filter(text)],
+        filters=[spec for text in settings.filter
+                 for spec in parse_filter(text, builtins=SPLIT_BUILTINS)],
         filter_timeout=settings.filter_timeout,
         address_verifier=(Verifier(parse_verifier(settings.address_verifier), domain,
                                    settings.filter_timeout)

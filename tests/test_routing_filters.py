@@ -1,4 +1,5 @@
-"""The `mx:` client filter against a DNS server this test starts on 127.0.0.1 (dnslib).
+"""Routing: the `split:` server filter and the `mx:` client filter, against a DNS server
+this test starts on 127.0.0.1 (dnslib).
 
 A message whose ForwardTo is a domain goes to that domain's mail exchanger (found by MX,
 then A) while --forward-to points at a dead port; a domain that does not exist fails the
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from dnslib import QTYPE, RCODE, RR
 from dnslib.server import BaseResolver, DNSServer
 from support.deliver import run_once
+from support.intake import IntakeThread
 from support.sink import Sink, free_port
+from support.spool import accepted
 
 from deliver.main import main as deliver_main
 from spool import Envelope, Spool
@@ -109,3 +113,26 @@ def test_bad_mx_spec_stops_deliver_with_78(spool: Spool, spec: str) -> None:
     """A DNS server that is not HOST:PORT (an IP address), or a bad timeout: exit 78."""
     assert deliver_main(["--once", "--spool-dir", str(spool.path), "--forward-to",
                          "127.0.0.1:9", "--client-filter", spec]) == 78
+
+
+def test_split_then_mx_routes_each_domain(spool_dir: Path, sink: Sink, dns_server: str) -> None:
+    """E-MailRelay's routing pair: `--filter split:PORT` makes one message per domain (case
+    blind) with ForwardTo set, and `--client-filter mx:` sends each to its own exchanger."""
+    with IntakeThread(spool_dir, "--filter", f"split:{sink.port}") as intake, \
+            intake.smtp() as client:
+        client.sendmail("a@x.test", ["x@mail.test", "y@MAIL.test", "z@plain.test"], MESSAGE)
+    stored = sorted((e.forward_to, e.to_remote) for e, _content in accepted(spool_dir))
+    assert stored == [(f"mail.test:{sink.port}", ("x@mail.test", "y@MAIL.test")),
+                      (f"plain.test:{sink.port}", ("z@plain.test",))]
+    spool = Spool(spool_dir)
+    assert run_once(spool, f"127.0.0.1:{free_port()}", "--client-filter", f"mx:{dns_server}") == 0
+    assert sorted(m.rcpt_tos for m in sink.messages) == [["x@mail.test", "y@MAIL.test"],
+                                                        ["z@plain.test"]]
+
+
+def test_split_one_domain_only_sets_forward_to(spool_dir: Path) -> None:
+    """One domain: no new message, ForwardTo written; `split:raw` keeps case differences."""
+    with IntakeThread(spool_dir, "--filter", "split:raw") as intake, intake.smtp() as client:
+        client.sendmail("a@x.test", ["x@Mail.test", "y@mail.test"], MESSAGE)
+    stored = sorted((e.forward_to, e.to_remote) for e, _content in accepted(spool_dir))
+    assert stored == [("Mail.test", ("x@Mail.test",)), ("mail.test", ("y@mail.test",))]
