@@ -4,7 +4,8 @@
 N-1), and supervises them from the parent, which does nothing else: SIGTERM, SIGINT and
 SIGUSR1 are passed on to every child; when the parent is asked to stop it waits for them
 all. A child that ends on its own while the parent was not asked to stop ends the whole
-program (the others are stopped, and the parent exits with that child's code) unless the
+program (the others are stopped, and the parent exits with that child's code, or is
+killed by the same signal that killed the child) unless the
 children were meant to finish (`--once`): then the parent waits for them all. Either way
 supervisord sees one program (the group stays `relay:*`), and a supervisor that restarts it
 restarts all of it. Children die with the parent (PR_SET_PDEATHSIG), so a `kill -9` of the
@@ -51,6 +52,9 @@ def _start(index: int, work: Callable[[int], int], parent: int) -> int:
         return pid
     code = EX_SOFTWARE
     try:
+        # Held until the worker has its own handlers (signals_ready): a SIGTERM passed on
+        # while it starts up then stops it cleanly instead of killing it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         for signum in FORWARDED:
             signal.signal(signum, signal.SIG_DFL)
         _die_with_parent()
@@ -69,6 +73,15 @@ def _start(index: int, work: Callable[[int], int], parent: int) -> int:
     return 0  # not reached
 
 
+def signals_ready(*signums: int) -> None:
+    """A worker installed its handlers for *signums*: let them in (a no-op outside a worker).
+
+    Signals that arrived meanwhile are delivered now; the others of SIGTERM, SIGINT and
+    SIGUSR1 stay held (a worker that has no use for SIGUSR1 is not killed by one).
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
+
+
 def combined_exit_code(codes: list[int]) -> int:
     """One exit code for the children's: the first failure; else 75 if one had mail left."""
     failures = [code for code in codes if code not in (0, os.EX_TEMPFAIL)]
@@ -84,18 +97,21 @@ def _exit_code(status: int) -> int:
 
 
 def run_workers(count: int, work: Callable[[int], int], log: Any, *,
-                finish: bool = False, stop_timeout: float = 60.0) -> int:
+                finish: bool = False, stop_timeout: float = 60.0,
+                usr1: bool = True) -> int:
     """Run work(0) .. work(count - 1) in *count* child processes; the program's exit code.
 
     With *finish* (a `--once` run) the children are expected to end by themselves; without,
     a child ending before the parent was told to stop brings the others down. After a stop
-    request the children get *stop_timeout* seconds before SIGKILL. The parent sleeps in
+    request the children get *stop_timeout* seconds before SIGKILL; SIGUSR1 is passed on
+    only with *usr1*. The parent sleeps in
     waitpid(2) meanwhile (signals interrupt it): it costs no CPU while the workers run.
     """
     parent = os.getpid()
     children: dict[int, int] = {}  # pid -> index
     codes: dict[int, int] = {}  # index -> exit code
     state = {"stopping": False}
+    died_by: list[int] = []  # the signal that killed the first worker to end by itself
 
     def signal_children(signum: int) -> None:
         for pid in children:
@@ -110,7 +126,8 @@ def run_workers(count: int, work: Callable[[int], int], log: Any, *,
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGUSR1:
-            signal_children(signum)
+            if usr1:
+                signal_children(signum)
         elif signum == signal.SIGALRM:  # the stop timeout
             signal_children(signal.SIGKILL)
         else:
@@ -136,10 +153,19 @@ def run_workers(count: int, work: Callable[[int], int], log: Any, *,
                 log.error("worker_ended", process=index, pid=pid, code=codes[index],
                           reason="a worker ended by itself: stopping the others")
                 codes[index] = codes[index] or EX_SOFTWARE
+                if os.WIFSIGNALED(status) and not died_by:
+                    died_by.append(os.WTERMSIG(status))
                 stop_all()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal_children(signal.SIGKILL)  # only still there after an exception in the parent
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if died_by:  # end as the worker did, so the supervisor sees a killed program
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if died_by[0] != signal.SIGKILL:
+            signal.signal(died_by[0], signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [died_by[0]])
+        os.kill(os.getpid(), died_by[0])
     return combined_exit_code([codes[index] for index in sorted(codes)])

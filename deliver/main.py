@@ -23,7 +23,7 @@ from common.config import ConfigError, load_settings
 from common.logs import setup_logging
 from common.metrics import METRICS_OPTION, DeliverMetrics, MetricsServer, parse_listen
 from common.pidfile import remove_pid_file, write_pid_file
-from common.workers import run_workers
+from common.workers import run_workers, signals_ready
 from deliver.forward import ForwardSettings, Route, SmarthostConnection
 from deliver.message import MessageHandler, Policy
 from deliver.scheduler import RunStats, Scheduler
@@ -78,6 +78,7 @@ async def _run(scheduler: Scheduler, started: Callable[[], None]) -> RunStats:
     loop.add_signal_handler(signal.SIGTERM, scheduler.stop)
     loop.add_signal_handler(signal.SIGINT, scheduler.stop)
     loop.add_signal_handler(signal.SIGUSR1, scheduler.request_scan)
+    signals_ready(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
     # Said only now: a SIGTERM sent on seeing this line is handled, never the default kill.
     started()
     try:

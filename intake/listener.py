@@ -3,13 +3,16 @@
 `IntakeServer` holds the configuration, the spool, the group committer (intake.commit), the
 connection limits and AUTH failure counts (intake.limits), the free-space check, and the set
 of open sessions; it listens on every `--interface` and makes one `intake.session.Session`
-per connection. `stop` closes idle sessions at once and lets transactions finish, bounded
-by `--stop-timeout`. Writes message files only through the committer; reads nothing itself.
+per connection on the sockets it is given (bound beforehand by `intake.sockets`, so that
+worker processes can share a port). `stop` closes idle sessions at once and lets
+transactions finish, bounded by `--stop-timeout`. Writes message files only through the
+committer; reads nothing itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -53,23 +56,18 @@ class IntakeServer:
         """The protocol factory for asyncio."""
         return Session(self)
 
-    async def start(self) -> None:
-        """Start the committer and listen on every interface; OSError if one cannot bind."""
+    async def start(self, sockets: list[socket.socket]) -> None:
+        """Start the committer and serve on *sockets* (bound and listening, one per
+        interface: `intake.sockets.bind_listeners`)."""
         await self.committer.start()
         self.loop = loop = asyncio.get_running_loop()
-        for interface in self.config.interfaces:
-            try:
-                server = await loop.create_server(
-                    self.new_connection, host=interface, port=self.config.port,
-                    # --server-tls-connection: TLS from the first byte (port 465)
-                    ssl=self.config.tls_context if self.config.tls_connection else None,
-                )
-            except OSError as error:
-                await self.close_listeners()
-                raise OSError(
-                    error.errno, f"cannot listen on {interface} port {self.config.port}: "
-                    f"{error.strerror or error}"
-                ) from None
+        for sock in sockets:
+            # The backlog again: asyncio (and uvloop) call listen() once more with it.
+            server = await loop.create_server(
+                self.new_connection, sock=sock, backlog=self.config.listen_backlog,
+                # --server-tls-connection: TLS from the first byte (port 465)
+                ssl=self.config.tls_context if self.config.tls_connection else None,
+            )
             self._servers.append(server)
 
     @property

@@ -5,15 +5,20 @@
 
 Exit codes: 0 after SIGTERM/SIGINT (open transactions finished, bounded by
 --stop-timeout), 2 when a port cannot be bound, 64 for a usage error, 78 for bad
-configuration or an unusable spool directory. Writes the pid file (if asked) and,
-through `intake.listener`, message files into the spool; nothing else.
+configuration or an unusable spool directory. With --processes N (more than 1) the
+listening sockets are bound here, then N worker processes (`common.workers`) each serve
+on their own socket of each interface with their share of the connection limits. Writes
+the pid file (if asked) and, through `intake.listener`, message files into the spool;
+nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
+import socket
 import sys
 import warnings
 from collections.abc import Callable
@@ -24,8 +29,10 @@ from common.config import ConfigError, load_settings
 from common.logs import setup_logging
 from common.metrics import IntakeMetrics, MetricsServer
 from common.pidfile import remove_pid_file, write_pid_file
+from common.workers import run_workers, signals_ready
 from intake.listener import IntakeServer
 from intake.settings import DESCRIPTION, OPTIONS, PROGRAM, IntakeConfig, build_config
+from intake.sockets import bind_listeners
 from spool import Spool, SpoolError
 
 EX_BIND = 2
@@ -64,11 +71,14 @@ async def run(
     *,
     install_signals: bool = True,
     on_ready: Callable[[IntakeServer, Callable[[], None]], None] | None = None,
+    sockets: list[socket.socket] | None = None,
+    worker: int | None = None,
 ) -> int:
     """Serve until asked to stop; returns the exit code.
 
     *on_ready* receives the running server and a thread-safe function that stops it (for
-    tests that run intake in a thread).
+    tests that run intake in a thread). *sockets*: already listening (a worker process of
+    --processes, *worker* its index); without them intake binds its own.
     """
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -83,23 +93,33 @@ async def run(
             log.error("intake_not_started", reason=str(error))
             print(f"{PROGRAM}: {error}", file=sys.stderr)
             return EX_CONFIG
+    if sockets is None:
+        try:
+            sockets = bind_listeners(config.interfaces, config.port, config.listen_backlog,
+                                     1)[0][0]
+        except OSError as error:
+            if metrics_server is not None:
+                metrics_server.stop()
+            return listen_failed(error, log)
     try:
-        await server.start()
+        await server.start(sockets)
     except OSError as error:
         await server.committer.stop()
+        await server.close_listeners()
         if metrics_server is not None:
             metrics_server.stop()
-        log.error("listen_failed", reason=str(error))
-        print(f"{PROGRAM}: {error.strerror or error}", file=sys.stderr)
-        return EX_BIND
+        return listen_failed(error, log)
     if install_signals:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop_requested.set)
+        signals_ready(signal.SIGTERM, signal.SIGINT)
     if config.pid_file:
         write_pid_file(config.pid_file)
     try:
+        extra = {} if worker is None else {"process": worker}
         log.info("intake_started", listen=[f"{h}:{p}" for h, p in server.addresses],
-                 spool=str(spool.path), pid=os.getpid(), event_loop=config.event_loop)
+                 spool=str(spool.path), pid=os.getpid(), event_loop=config.event_loop,
+                 **extra)
         if on_ready is not None:
 
             def request_stop() -> None:
@@ -147,7 +167,60 @@ def main(argv: list[str] | None = None) -> int:
         where = ", ".join(f"{i}:{config.port}" for i in config.interfaces)
         return check.passed(PROGRAM, spool, f"listen on {where}")
     warn_about_configuration(config, log)
-    return eventloop.run(run(config, spool, log), config.event_loop)
+    if config.processes == 1:
+        return eventloop.run(run(config, spool, log), config.event_loop)
+    spread = [str(network) for network in (*config.exempt_networks, *config.proxy_networks)]
+    try:
+        groups, steered = bind_listeners(config.interfaces, config.port, config.listen_backlog,
+                                         config.processes, spread)
+    except OSError as error:
+        return listen_failed(error, log)
+    if not steered:
+        log.warning("steering_unavailable", reason="the kernel refused the BPF program that "
+                    "keeps a client network on one worker: per-client limits and AUTH "
+                    "failure counts are per worker process")
+    worker_config = per_worker(config)
+    if config.pid_file:
+        write_pid_file(config.pid_file)
+
+    def work(index: int) -> int:
+        for number, sockets in enumerate(groups):
+            if number != index:
+                for sock in sockets:
+                    sock.close()
+        return eventloop.run(run(worker_config, spool, log.bind(process=index),
+                                 sockets=groups[index], worker=index), config.event_loop)
+
+    try:
+        code = run_workers(config.processes, work, log, usr1=False,
+                           stop_timeout=config.stop_timeout + 10)
+    finally:
+        if config.pid_file:
+            remove_pid_file(config.pid_file)
+    return code
+
+
+def per_worker(config: IntakeConfig) -> IntakeConfig:
+    """One worker's configuration: its share of the total connection limits, no pid file.
+
+    The per-client and per-network limits stay whole: each client network's connections
+    all reach the same worker (intake.sockets).
+    """
+    share = config.processes
+
+    def part(total: int) -> int:
+        return -(-total // share) if total else 0
+
+    shared: IntakeConfig = dataclasses.replace(
+        config, pid_file=None, max_connections=part(config.max_connections),
+        reserved_connections=part(config.reserved_connections))
+    return shared
+
+
+def listen_failed(error: OSError, log: Any) -> int:
+    log.error("listen_failed", reason=str(error))
+    print(f"{PROGRAM}: {error.strerror or error}", file=sys.stderr)
+    return EX_BIND
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ from common.filterspec import FilterRunner, Spec, parse_filter, parse_verifier
 from common.metrics import METRICS_OPTION, parse_listen
 from common.secrets import SecretsError, SecretsFile
 from common.tlsconfig import SYSTEM_CAS, parse_tls_config, server_context
+from common.workers import default_processes
 from intake.auth import Authenticator
 from intake.filters import Verifier
 from intake.limits import Network, parse_networks
+from intake.sockets import default_backlog
 from intake.splitfilter import BUILTINS as SPLIT_BUILTINS
 
 PROGRAM = "relay-intake"
@@ -104,6 +106,15 @@ OPTIONS: tuple[Option, ...] = (
            20.0, "duration", metavar="DURATION"),
     Option("pid-file", "write the process id to this file (removed at exit)", None,
            metavar="FILE"),
+    Option("processes", "worker processes, each accepting on its own socket of the port "
+           "(SO_REUSEPORT) with its own storage process (default: the number of CPUs)", None,
+           "int", metavar="N"),
+    Option("listen-backlog", "connections the kernel may queue before intake accepts them "
+           "(default: the kernel's net.core.somaxconn)", None, "int", metavar="N"),
+    Option("proxy-protocol", "connections from --proxy-address start with a PROXY protocol "
+           "header (HAProxy's v1 or v2) naming the real client", False, "bool"),
+    Option("proxy-address", "address or network of a proxy that sends the PROXY protocol "
+           "header (repeatable)", [], "list", metavar="NETWORK"),
     eventloop.EVENT_LOOP_OPTION,
     METRICS_OPTION,
     CHECK_OPTION,
@@ -149,6 +160,9 @@ class IntakeConfig:
     pid_file: str | None = None
     metrics: tuple[str, int] | None = None  # --metrics HOST:PORT
     check: bool = False  # --check: load everything, start nothing
+    processes: int = 1
+    listen_backlog: int = 4096
+    proxy_networks: tuple[Network, ...] = ()  # empty: no PROXY protocol
 
     @property
     def open_relay(self) -> bool:
@@ -206,6 +220,21 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
                           "and --server-tls-verify need --server-tls-certificate")
     else:
         parse_tls_config(settings.tls_config)  # a bad value is refused even when unused
+    processes = default_processes() if settings.processes is None else settings.processes
+    if processes < 1:
+        raise ConfigError("--processes must be at least 1")
+    backlog = default_backlog() if settings.listen_backlog is None else settings.listen_backlog
+    if backlog < 1:
+        raise ConfigError("--listen-backlog must be at least 1")
+    try:
+        proxies = parse_networks(settings.proxy_address)
+    except ValueError as error:
+        raise ConfigError(f"--proxy-address: {error}") from None
+    if settings.proxy_protocol and not proxies:
+        raise ConfigError("--proxy-protocol needs --proxy-address: the proxies whose "
+                          "connections carry a PROXY header")
+    if proxies and not settings.proxy_protocol:
+        raise ConfigError("--proxy-address is only used with --proxy-protocol")
     min_free = settings.min_free_space
     if min_free is None:
         min_free = max(2 * settings.size, MIN_FREE_FLOOR)
@@ -246,4 +275,7 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         pid_file=str(resolve_path(settings.pid_file)) if settings.pid_file else None,
         metrics=parse_listen(settings.metrics) if settings.metrics else None,
         check=settings.check,
+        processes=processes,
+        listen_backlog=backlog,
+        proxy_networks=proxies,
     )
