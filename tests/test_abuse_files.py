@@ -200,7 +200,8 @@ def test_symlinks_planted_at_intakes_next_file_names_are_never_followed(
     target stays untouched, and the stored messages are delivered intact."""
     target = tmp_path / "target"
     target.write_bytes(b"precious\n")
-    with IntakeProcess(spool_dir) as intake:
+    # One worker: the names planted are those of its one storage process.
+    with IntakeProcess(spool_dir, "--processes", "1") as intake:
         with intake.smtp() as client:
             client.sendmail("a@example.org", ["b@example.com"], b"Subject: zero\r\n\r\nfirst\r\n")
         (first,) = spool_dir.glob("*.envelope")

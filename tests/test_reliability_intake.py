@@ -229,7 +229,8 @@ def test_storage_process_killed_alone_costs_no_acknowledged_message(spool_dir: P
     """kill -9 of intake's storage process alone, idle and mid-message: intake starts a new
     one; a message answered 250 is always stored, a 4xx one is retried, service resumes."""
     replies: dict[str, int | None] = {}
-    with IntakeProcess(spool_dir) as intake:
+    # One worker, so that the storage processes are the program's children.
+    with IntakeProcess(spool_dir, "--processes", "1") as intake:
         helpers = helper_processes(intake.process.pid)
         if not helpers:
             pytest.skip("relay-intake has no storage process to kill")
