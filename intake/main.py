@@ -179,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("steering_unavailable", reason="the kernel refused the BPF program that "
                     "keeps a client network on one worker: per-client limits and AUTH "
                     "failure counts are per worker process")
-    worker_config = per_worker(config)
     if config.pid_file:
         write_pid_file(config.pid_file)
 
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             if number != index:
                 for sock in sockets:
                     sock.close()
-        return eventloop.run(run(worker_config, spool, log.bind(process=index),
+        return eventloop.run(run(per_worker(config, index), spool, log.bind(process=index),
                                  sockets=groups[index], worker=index), config.event_loop)
 
     try:
@@ -200,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def per_worker(config: IntakeConfig) -> IntakeConfig:
-    """One worker's configuration: its share of the total connection limits, no pid file.
+def per_worker(config: IntakeConfig, index: int) -> IntakeConfig:
+    """Worker *index*'s configuration: its share of the total connection limits, no pid
+    file, and its own metrics port (--metrics PORT + index: each worker counts its own).
 
     The per-client and per-network limits stay whole: each client network's connections
     all reach the same worker (intake.sockets).
@@ -211,9 +211,12 @@ def per_worker(config: IntakeConfig) -> IntakeConfig:
     def part(total: int) -> int:
         return -(-total // share) if total else 0
 
+    metrics = config.metrics
+    if metrics is not None and metrics[1]:
+        metrics = (metrics[0], metrics[1] + index)
     shared: IntakeConfig = dataclasses.replace(
         config, pid_file=None, max_connections=part(config.max_connections),
-        reserved_connections=part(config.reserved_connections))
+        reserved_connections=part(config.reserved_connections), metrics=metrics)
     return shared
 
 

@@ -107,7 +107,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("pid-file", "write the process id to this file (removed at exit)", None,
            metavar="FILE"),
     Option("processes", "worker processes, each accepting on its own socket of the port "
-           "(SO_REUSEPORT) with its own storage process (default: the number of CPUs)", None,
+           "(SO_REUSEPORT) with its own storage process (default: the number of CPUs; 1 with "
+           "--metrics)", None,
            "int", metavar="N"),
     Option("listen-backlog", "connections the kernel may queue before intake accepts them "
            "(default: the kernel's net.core.somaxconn)", None, "int", metavar="N"),
@@ -220,7 +221,9 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
                           "and --server-tls-verify need --server-tls-certificate")
     else:
         parse_tls_config(settings.tls_config)  # a bad value is refused even when unused
-    processes = default_processes() if settings.processes is None else settings.processes
+    processes = settings.processes
+    if processes is None:  # one per CPU; one with --metrics (whose counts are per process)
+        processes = 1 if settings.metrics else default_processes()
     if processes < 1:
         raise ConfigError("--processes must be at least 1")
     backlog = default_backlog() if settings.listen_backlog is None else settings.listen_backlog
