@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench soak clean
+.PHONY: run test lint typecheck unit bench soak clean install uninstall
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,fast]'
+	$(BIN)/python -m pip install --quiet -e '.[test,fast,man]'
 	touch $(STAMP)
 
 ## make run: start relay under supervisord in the foreground (intake on 127.0.0.1:10025,
@@ -23,7 +23,7 @@ run: $(STAMP)
 test: $(STAMP) lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check common spool intake deliver tools tests bench
+	$(BIN)/ruff check common spool intake deliver tools tests bench packaging
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -36,6 +36,27 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m soak -s tests/test_soak.py
+
+## make install: relay for production (see docs/operations.md, "Installing"). Every path
+## can be changed, and DESTDIR puts them all under a staging directory for packaging.
+PREFIX ?= /opt/relay
+SYSCONFDIR ?= /etc/relay
+SPOOL_DIR ?= /var/spool/relay
+UNITDIR ?= /etc/systemd/system
+LOGDIR ?= /var/log/relay
+RUNDIR ?= /run/relay
+RELAY_USER ?= relay
+FORWARD_TO ?=
+DESTDIR ?=
+INSTALL_ARGS = --prefix '$(PREFIX)' --destdir '$(DESTDIR)' --sysconfdir '$(SYSCONFDIR)' \
+	--spool-dir '$(SPOOL_DIR)' --unitdir '$(UNITDIR)' --logdir '$(LOGDIR)' --rundir '$(RUNDIR)' \
+	--user '$(RELAY_USER)' --forward-to '$(FORWARD_TO)'
+
+install: $(STAMP)
+	$(BIN)/python packaging/install.py install $(INSTALL_ARGS)
+
+uninstall: $(STAMP)
+	$(BIN)/python packaging/install.py uninstall $(INSTALL_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

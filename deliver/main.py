@@ -31,6 +31,9 @@ from deliver.settings import DESCRIPTION, OPTIONS, PROGRAM, DeliverConfig, build
 from spool import Spool, SpoolError
 
 
+ALL_OPTIONS = (*OPTIONS, METRICS_OPTION, CHECK_OPTION)
+
+
 def build(config: DeliverConfig, concurrency: int | None = None,
           metrics: DeliverMetrics | None = None) -> tuple[Scheduler, Spool]:
     """The scheduler for *config*; SpoolError for an unusable spool directory.
@@ -91,8 +94,7 @@ async def _run(scheduler: Scheduler, started: Callable[[], None]) -> RunStats:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of relay-deliver."""
     try:
-        settings = load_settings(PROGRAM, DESCRIPTION, (*OPTIONS, METRICS_OPTION, CHECK_OPTION),
-                                 argv, section="deliver")
+        settings = load_settings(PROGRAM, DESCRIPTION, ALL_OPTIONS, argv, section="deliver")
     except ConfigError as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return os.EX_CONFIG

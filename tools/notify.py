@@ -63,6 +63,7 @@ from tools.common import (
 )
 from tools.dsn import FailedMessage, build_dsn, dsn_bytes
 
+DESCRIPTION = "Send delivery status notifications for failed messages and clear them."
 PROGRAM = "relay-notify"
 KEEP_FOLDER = "failed"
 PROCMAIL_TIMEOUT = 60.0
@@ -254,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(
             PROGRAM,
-            "Send delivery status notifications for failed messages and clear them.",
+            DESCRIPTION,
             OPTIONS,
             argv,
             section="notify",

@@ -303,13 +303,18 @@ def mailq_lines(directory: str) -> str:
     return format_mailq(read_queue(spool))
 
 
-def mailq_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `mailq`: the queue in sendmail's format."""
+def mailq_parser() -> argparse.ArgumentParser:
+    """mailq's command line (also the source of its man page)."""
     parser = _Parser(prog="mailq", description="List relay's queue in sendmail's format.")
     parser.add_argument("--spool-dir", metavar="DIR",
                         help=f"the spool directory (default: {DEFAULT_SPOOL_DIR})")
     parser.add_argument("--config", metavar="FILE", help="shared TOML config file")
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    return parser
+
+
+def mailq_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `mailq`: the queue in sendmail's format."""
+    args = mailq_parser().parse_args(list(argv) if argv is not None else None)
     try:
         _say(mailq_lines(spool_directory(args.spool_dir, args.config)))
     except (ConfigError, SpoolError) as error:

@@ -37,6 +37,7 @@ from tools.common import (
     tools_lock,
 )
 
+DESCRIPTION = "Move failed messages (.envelope.bad) with fewer than N failures back to the queue."
 PROGRAM = "relay-resubmit"
 OPTIONS = (SPOOL_DIR_OPTION, MAX_RETRIES_OPTION, DRY_RUN_OPTION)
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(
             PROGRAM,
-            "Move failed messages (.envelope.bad) with fewer than N failures back to the queue.",
+            DESCRIPTION,
             OPTIONS,
             argv,
             section="resubmit",

@@ -39,6 +39,7 @@ from tools.common import fail, local_domain
 from tools.queue import mailq_lines
 
 PROGRAM = "relay-submit"
+DESCRIPTION = "sendmail-compatible injector"
 EX_DATAERR = os.EX_DATAERR  # 65
 
 # sendmail's (and Postfix's sendmail's) short options; ':' marks those taking a value.
@@ -367,7 +368,7 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
         print(USAGE, end="")
         return os.EX_OK
     try:
-        settings = load_settings(PROGRAM, "sendmail-compatible injector", SETTINGS,
+        settings = load_settings(PROGRAM, DESCRIPTION, SETTINGS,
                                  request.settings_argv, section="submit")
         domain = local_domain(settings.domain)
     except (ConfigError, ValueError) as error:

@@ -1,0 +1,137 @@
+"""`make install` into a temporary PREFIX: the installed programs start (under the installed
+supervisord configuration) and relay mail; man pages, units and the spool are there with the
+right modes; a second install keeps relay.toml; `make uninstall` removes what install wrote
+and keeps the configuration and the spool; DESTDIR stages everything without leaking into
+the installed paths."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import smtplib
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from support.programs import program_env
+from support.sink import Sink, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+PROGRAMS = ("relay", "relay-intake", "relay-deliver", "relay-queue", "mailq", "relay-resubmit",
+            "relay-notify", "relay-submit", "relay-passwd")
+
+
+def make(target: str, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    user = pwd.getpwuid(os.getuid()).pw_name
+    variables = [f"PREFIX={root}/opt/relay", f"SYSCONFDIR={root}/etc/relay",
+                 f"SPOOL_DIR={root}/var/spool/relay", f"UNITDIR={root}/etc/systemd/system",
+                 f"LOGDIR={root}/var/log/relay", f"RUNDIR={root}/run/relay",
+                 f"RELAY_USER={user}", *extra]
+    done = subprocess.run(["make", "--no-print-directory", target, *variables], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env=program_env(),
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def wait_for_status(supervisorctl: list[str], timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run([*supervisorctl, "status"], capture_output=True, text=True,
+                              timeout=30, check=False)
+        if done.stdout.count("RUNNING") == 2 or time.monotonic() > deadline:
+            return done.stdout
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_install_start_reinstall_uninstall(tmp_path: Path, sink: Sink) -> None:
+    """Install, point relay.toml at a free port, start the installed programs through the
+    installed supervisord.conf, relay one message to the sink; reinstall keeps relay.toml;
+    uninstall removes programs, man pages, units and supervisord.conf, keeps the rest."""
+    root = tmp_path / "root"
+    output = make("install", root, f"FORWARD_TO={sink.address}").stdout
+    prefix = root / "opt" / "relay"
+    assert "9 programs in" in output
+    for program in PROGRAMS:
+        assert (prefix / "bin" / program).exists(), program
+        page = prefix / "share" / "man" / "man1" / f"{program}.1"
+        assert page.read_text().startswith(".TH"), program
+        if shutil.which("man"):
+            shown = subprocess.run(["man", "-l", str(page)], capture_output=True, text=True,
+                                   env={**os.environ, "MANWIDTH": "80"}, timeout=30)
+            assert shown.returncode == 0 and "SYNOPSIS" in shown.stdout, program
+    deliver_page = (prefix / "share" / "man" / "man1" / "relay-deliver.1").read_text()
+    assert "\\-\\-metrics" in deliver_page and "\\-\\-check" in deliver_page
+    spool = root / "var" / "spool" / "relay"
+    assert stat.S_IMODE(spool.stat().st_mode) == 0o700
+    assert spool.stat().st_uid == os.getuid()
+    config = root / "etc" / "relay" / "relay.toml"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    unit = (root / "etc" / "systemd" / "system" / "relay-intake.service").read_text()
+    assert f"ExecStart={prefix}/bin/relay-intake" in unit
+    assert f"ExecStartPre={prefix}/bin/relay-intake --check" in unit
+    assert f"ReadWritePaths={spool}" in unit and f"RELAY_CONFIG={config}" in unit
+    port = free_port()
+    config.write_text(config.read_text().replace("port = 25", f"port = {port}"))
+    for program in ("relay-intake", "relay-deliver"):
+        checked = subprocess.run([str(prefix / "bin" / program), "--config", str(config),
+                                  "--check"], capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stderr
+    conf = root / "etc" / "relay" / "supervisord.conf"
+    supervisorctl = [str(prefix / "venv" / "bin" / "supervisorctl"), "-c", str(conf)]
+    supervisord = subprocess.Popen([str(prefix / "venv" / "bin" / "supervisord"), "-n", "-c",
+                                    str(conf)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+    try:
+        status = wait_for_status(supervisorctl)
+        assert "relay:intake" in status and "relay:deliver" in status, status
+        assert status.count("RUNNING") == 2, status
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = smtplib.SMTP("127.0.0.1", port, timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        with client:
+            client.sendmail("a@a.test", ["b@b.test"], b"Subject: installed\r\n\r\nhi\r\n")
+        received = sink.wait_for(1, timeout=30)
+        assert b"Subject: installed" in received[0].data
+    finally:
+        subprocess.run([*supervisorctl, "shutdown"], capture_output=True, timeout=60)
+        try:
+            supervisord.wait(30)
+        except subprocess.TimeoutExpired:
+            supervisord.kill()
+            supervisord.wait()
+    assert "relay.toml exists: kept as it is" in make("install", root).stdout
+    assert f"port = {port}" in config.read_text()
+    output = make("uninstall", root).stdout
+    assert "kept" in output
+    assert not prefix.exists()
+    assert not (root / "etc" / "systemd" / "system" / "relay-intake.service").exists()
+    assert not conf.exists()
+    assert config.exists() and spool.is_dir()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_destdir_stages_everything(tmp_path: Path) -> None:
+    """DESTDIR=stage: every file lands under stage, and the installed scripts and units name
+    the final paths (no stage prefix in them)."""
+    stage = tmp_path / "stage"
+    make("install", Path("/opt/example"), f"DESTDIR={stage}")
+    prefix = stage / "opt" / "example" / "opt" / "relay"
+    script = (prefix / "venv" / "bin" / "relay-intake").read_text()
+    assert script.startswith("#!/opt/example/opt/relay/venv/bin/python")
+    assert str(stage) not in script
+    unit = (stage / "opt" / "example" / "etc" / "systemd" / "system" /
+            "relay-deliver.service").read_text()
+    assert str(stage) not in unit and "ExecStart=/opt/example/opt/relay/bin/relay-deliver" in unit
+    assert os.readlink(prefix / "bin" / "relay-queue") == \
+        "/opt/example/opt/relay/venv/bin/relay-queue"
+    assert not Path("/opt/example").exists()
