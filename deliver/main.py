@@ -30,7 +30,6 @@ from deliver.scheduler import RunStats, Scheduler
 from deliver.settings import DESCRIPTION, OPTIONS, PROGRAM, DeliverConfig, build_config
 from spool import Spool, SpoolError
 
-
 ALL_OPTIONS = (*OPTIONS, METRICS_OPTION, CHECK_OPTION)
 
 
