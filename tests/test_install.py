@@ -24,8 +24,9 @@ PROGRAMS = ("relay", "relay-intake", "relay-deliver", "relay-queue", "mailq", "r
             "relay-notify", "relay-submit", "relay-passwd")
 
 
-def make(target: str, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    user = pwd.getpwuid(os.getuid()).pw_name
+def make(target: str, root: Path, *extra: str,
+         user: str | None = None) -> subprocess.CompletedProcess[str]:
+    user = user or pwd.getpwuid(os.getuid()).pw_name
     variables = [f"PREFIX={root}/opt/relay", f"SYSCONFDIR={root}/etc/relay",
                  f"SPOOL_DIR={root}/var/spool/relay", f"UNITDIR={root}/etc/systemd/system",
                  f"LOGDIR={root}/var/log/relay", f"RUNDIR={root}/run/relay",
@@ -122,9 +123,10 @@ def test_install_start_reinstall_uninstall(tmp_path: Path, sink: Sink) -> None:
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_destdir_stages_everything(tmp_path: Path) -> None:
     """DESTDIR=stage: every file lands under stage, and the installed scripts and units name
-    the final paths (no stage prefix in them)."""
+    the final paths (no stage prefix in them); the spool is 0700 and the relay user's."""
     stage = tmp_path / "stage"
-    make("install", Path("/opt/example"), f"DESTDIR={stage}")
+    owner = "nobody" if os.geteuid() == 0 else None  # root can give the spool to another user
+    make("install", Path("/opt/example"), f"DESTDIR={stage}", user=owner)
     prefix = stage / "opt" / "example" / "opt" / "relay"
     script = (prefix / "venv" / "bin" / "relay-intake").read_text()
     assert script.startswith("#!/opt/example/opt/relay/venv/bin/python")
@@ -135,3 +137,8 @@ def test_destdir_stages_everything(tmp_path: Path) -> None:
     assert os.readlink(prefix / "bin" / "relay-queue") == \
         "/opt/example/opt/relay/venv/bin/relay-queue"
     assert not Path("/opt/example").exists()
+    spool = stage / "opt" / "example" / "var" / "spool" / "relay"
+    assert stat.S_IMODE(spool.stat().st_mode) == 0o700
+    if owner is not None:
+        assert spool.stat().st_uid == pwd.getpwnam(owner).pw_uid
+        assert f"User={owner}" in unit
