@@ -1,12 +1,14 @@
 """One SMTP connection to relay-intake: its protocol, its clocks and its state.
 
 `Session` is aiosmtpd's SMTP protocol (through `common.compat_aiosmtpd.SMTPBase`) where
-aiosmtpd's hooks are not enough: access and limits at connect (intake.limits), the
-early-talker check, the idle clock with a minimum data rate (intake.pace) and the session
-time limit, closing after the current transaction when the server stops, DATA read in
-chunks (intake.data), the replies to a pipelined group sent in one write, everyday paths
-parsed without the general parser, and AUTH (intake.sasl). What relay decides about
-HELO, MAIL, RCPT and the message is asked of `intake.handler.Handler`.
+aiosmtpd's hooks are not enough: the PROXY protocol header from a configured proxy
+(intake.proxy_protocol: the client it names is then the client), access and limits at
+connect (intake.limits), the early-talker check, the idle clock with a minimum data rate
+(intake.pace) and the session time limit, closing after the current transaction when the
+server stops, DATA read in chunks (intake.data), the replies to a pipelined group sent in
+one write, everyday paths parsed without the general parser, and AUTH (intake.sasl).
+What relay decides about HELO, MAIL, RCPT and the message is asked of
+`intake.handler.Handler`.
 
 The session's state is explicit and moves only along `MOVES`:
 
@@ -36,6 +38,7 @@ from intake.handler import Handler
 from intake.limits import in_networks
 from intake.pace import Pace
 from intake.policy import client_ip, client_port, is_loopback
+from intake.proxy_protocol import ProxyProtocolError, read_header
 from intake.sasl import AuthSession
 from intake.transaction import MailParameters, Transaction, parse_mail_parameters, simple_path
 
@@ -47,6 +50,7 @@ COMMAND_SIZE_LIMIT = 512
 # aiosmtpd uses its `line_length_limit` (1,001) here, which pauses and resumes a socket
 # several times per 4 KiB message; relay checks DATA line lengths itself (intake.data).
 STREAM_LIMIT = 32 * 1024
+PROXY_HEADER_TIMEOUT = 10.0  # seconds a proxy may take to send its PROXY header
 _HOLDABLE = frozenset({"MAIL", "RCPT", "RSET"})  # replies that may wait for the next one
 _mail_log = logging.getLogger("mail.log")  # aiosmtpd's logger: the dialogue with --verbose
 
@@ -108,6 +112,7 @@ class Session(AuthSession):
         self.counted = False
         self.exempt = False  # from the per-address and per-network limits (limits.py)
         self.trusted_keyword: str | None = None
+        self.proxied = False  # from a --proxy-address: the client comes in a PROXY header
         self._busy = False
         self.close_after_reply = False
         self.pace = Pace(config.idle_timeout, config.min_data_rate, self.loop.time())
@@ -141,7 +146,10 @@ class Session(AuthSession):
         if self.is_new_connection(transport):
             peer = transport.get_extra_info("peername")
             self.client_ip, self.client_port = client_ip(peer), client_port(peer)
-            self.admit()
+            proxies = self.server.config.proxy_networks
+            self.proxied = bool(proxies) and in_networks(self.client_ip, proxies)
+            if not self.proxied:  # else: once the PROXY header has named the client
+                self.admit()
             self.server.sessions.add(self)
             metrics = self.server.metrics
             if metrics is not None:
@@ -297,6 +305,8 @@ class Session(AuthSession):
     # -- before the greeting -----------------------------------------------------------
 
     async def before_greeting(self) -> bool:
+        if self.proxied and not await self._proxy_header():
+            return False
         refusal = self.refusal
         if refusal is None and not (self.server.config.remote_clients
                                     or is_loopback(self.client_ip)):
@@ -308,6 +318,22 @@ class Session(AuthSession):
             self.close_with(refusal)
             return False
         self.move(State.COMMANDS)
+        return True
+
+    async def _proxy_header(self) -> bool:
+        """Read the PROXY header; the client it names becomes this session's client."""
+        try:
+            header = await asyncio.wait_for(read_header(self.reader), PROXY_HEADER_TIMEOUT)
+        except (ProxyProtocolError, TimeoutError) as error:
+            self.server.log.warning("proxy_header_refused", client=self.client_ip,
+                                    reason=str(error) or "no PROXY header within "
+                                    f"{PROXY_HEADER_TIMEOUT:g} s")
+            if self.transport is not None:
+                self.transport.close()
+            return False
+        if header.source is not None:  # None: a health check (LOCAL, UNKNOWN): the proxy
+            self.client_ip, self.client_port = header.source
+        self.admit()
         return True
 
     async def _talks_first(self) -> bool:
