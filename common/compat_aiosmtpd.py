@@ -5,7 +5,7 @@ needs to decide before the greeting, count any bytes against its own idle clock,
 everyday paths without the general parser, read DATA itself, and know whether TLS is on.
 `SMTPBase` is aiosmtpd's `SMTP` with each internal it relies on given a public name here,
 so intake's session uses only these names and an aiosmtpd upgrade is checked in one file
-(tests/test_compat.py fails loudly when one of them is gone or no longer called):
+(tests/test_compat_aiosmtpd.py fails loudly when one of them is gone or no longer called):
 
 | relay's name | aiosmtpd's internal |
 |---|---|
@@ -23,23 +23,145 @@ so intake's session uses only these names and an aiosmtpd upgrade is checked in 
 | `parse_params()` | `_getparams` |
 | `end_data()` | `_set_post_data_state` |
 | `call_hook()` | `_call_handler_hook` |
+| `init_smtp()` (the constructor) | what `SMTP.__init__` sets, `_AuthMechAttr` |
 
 Everything else intake uses (`push`, `session`, `envelope`, `transport`, `loop`,
 `hostname`, `data_size_limit`, `local_part_limit`, `check_helo_needed`,
 `check_auth_needed`, `challenge_auth`, `smtp_*`, `auth_*`, `MISSING`, `syntax`,
 `AuthResult`, `LoginPassword`) is aiosmtpd's public API. Nothing here does I/O of its own.
+
+`init_smtp` is `SMTP.__init__` without its per-connection introspection: aiosmtpd builds
+three tables on every connection by walking the object with `inspect.getmembers` and
+`dir()` and checks the EHLO hook's signature, about a quarter of intake's event loop when
+each message comes on a connection of its own (docs/performance.md). The names in those
+tables depend only on the classes, so one full `SMTP.__init__` per (protocol class,
+handler class, excluded mechanisms) finds them; later connections bind the same names to
+their own objects and set every other attribute as `SMTP.__init__` would. Options relay
+does not use (`command_call_limit`, `proxy_protocol_timeout`, `auth_callback`) and a
+missing `hostname` take the full constructor. tests/test_compat_aiosmtpd_init.py builds
+connections both ways and compares every attribute.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
-from typing import Any
+import ssl
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
+from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, syntax
 
 __all__ = ["MISSING", "AuthResult", "Envelope", "LoginPassword", "SMTPBase", "syntax"]
+
+
+_FULL_ONLY = ("command_call_limit", "proxy_protocol_timeout", "auth_callback")
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """The names aiosmtpd's introspection found: (mechanism, method name, on the protocol)."""
+
+    auth: tuple[tuple[str, str, bool], ...]
+    hooks: tuple[str, ...]  # handle_* names of the handler, without the prefix
+    commands: tuple[str, ...]  # smtp_* names of the protocol, without the prefix
+    ehlo_hook_ver: str | None
+
+
+_tables: dict[tuple[type, type, tuple[str, ...]], _Tables] = {}
+
+
+class _Commands(Mapping[str, Any]):
+    """`_smtp_methods` bound on demand: aiosmtpd looks up one command per line read (and
+    lists them all for HELP), so building the whole dict per connection is wasted."""
+
+    __slots__ = ("_names", "_owner")
+
+    def __init__(self, owner: SMTP, names: tuple[str, ...]) -> None:
+        self._owner = owner
+        self._names = names
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        return getattr(self._owner, "smtp_" + name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _learn(smtp: SMTP, handler: Any) -> _Tables:
+    auth = []
+    for mechanism, attribute in smtp._auth_methods.items():
+        owner = smtp if attribute.is_builtin else handler
+        auth.append((mechanism, attribute.method.__name__, owner is smtp))
+    return _Tables(
+        auth=tuple(auth),
+        hooks=tuple(smtp._handle_hooks),
+        commands=tuple(smtp._smtp_methods),
+        ehlo_hook_ver=smtp._ehlo_hook_ver,
+    )
+
+
+def init_smtp(smtp: SMTP, handler: Any, **options: Any) -> None:
+    """`SMTP.__init__(smtp, handler, **options)`, the class introspection done only once."""
+    # Unused options, and no hostname (aiosmtpd then looks it up): the full constructor.
+    if any(options.get(name) is not None for name in _FULL_ONLY) or not options.get("hostname"):
+        SMTP.__init__(smtp, handler, **options)
+        return
+    exclude = tuple(options.get("auth_exclude_mechanism") or ())
+    key = (type(smtp), type(handler), exclude)
+    tables = _tables.get(key)
+    if tables is None:
+        SMTP.__init__(smtp, handler, **options)
+        _tables[key] = _learn(smtp, handler)
+        return
+    loop = options.get("loop") or aiosmtpd_smtp.make_loop()
+    smtp.__ident__ = options.get("ident") or aiosmtpd_smtp.__ident__
+    smtp.loop = loop
+    asyncio.StreamReaderProtocol.__init__(
+        smtp, asyncio.StreamReader(loop=loop, limit=smtp.line_length_limit),
+        client_connected_cb=smtp._cb_client_connected, loop=loop)
+    smtp.event_handler = handler
+    smtp.data_size_limit = options.get("data_size_limit", aiosmtpd_smtp.DATA_SIZE_DEFAULT)
+    smtp.enable_SMTPUTF8 = options.get("enable_SMTPUTF8", False)
+    smtp._decode_data = options.get("decode_data", False)
+    smtp.command_size_limits.clear()
+    smtp.hostname = options["hostname"]
+    tls_context: ssl.SSLContext | None = options.get("tls_context")
+    smtp.tls_context = tls_context
+    smtp.require_starttls = tls_context and options.get("require_starttls", False)
+    smtp._timeout_duration = options.get("timeout", 300)
+    smtp._timeout_handle = None
+    smtp._tls_handshake_okay = True
+    smtp._tls_protocol = None
+    smtp._original_transport = None
+    smtp.session = None
+    smtp.envelope = None
+    smtp.transport = None
+    smtp._handler_coroutine = None
+    smtp._auth_require_tls = options.get("auth_require_tls", True)
+    smtp._proxy_timeout = None
+    authenticator = options.get("authenticator")
+    if authenticator is not None:
+        smtp._authenticator, smtp._auth_callback = authenticator, None
+    else:
+        smtp._authenticator, smtp._auth_callback = None, aiosmtpd_smtp.login_always_fail
+    smtp._auth_required = options.get("auth_required", False)
+    smtp._auth_methods = {
+        mechanism: aiosmtpd_smtp._AuthMechAttr(getattr(smtp if own else handler, name), own)
+        for mechanism, name, own in tables.auth
+    }
+    smtp._handle_hooks = {name: getattr(handler, "handle_" + name) for name in tables.hooks}
+    smtp._ehlo_hook_ver = tables.ehlo_hook_ver
+    # Typed a dict by aiosmtpd, which only calls .get() and .items() on it.
+    smtp._smtp_methods = cast("dict[str, Any]", _Commands(smtp, tables.commands))
+    smtp._enforce_call_limit = False
 
 
 class SMTPBase(SMTP):
@@ -49,7 +171,7 @@ class SMTPBase(SMTP):
                  **options: Any) -> None:
         # aiosmtpd's __init__ creates the StreamReader with limit=self.line_length_limit.
         self.line_length_limit = stream_limit
-        super().__init__(handler, **options)
+        init_smtp(self, handler, **options)  # SMTP.__init__, its introspection done once
         # aiosmtpd keeps this dict on the class and grows it on every EHLO: keep our own.
         self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
             lambda: command_size_limit

@@ -18,6 +18,7 @@ from typing import Any
 
 from common.metrics import IntakeMetrics
 from intake.commit import GroupCommitter
+from intake.handler import Handler
 from intake.limits import AuthFailures, ConnectionLimits
 from intake.policy import SHUTTING_DOWN, SpaceCheck
 from intake.session import Session
@@ -43,6 +44,7 @@ class IntakeServer:
         self.metrics: IntakeMetrics | None = None  # --metrics
         self.loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
+        self.handler = Handler(self)  # it keeps nothing per connection: one for them all
 
     def health(self) -> str | None:
         """None while intake serves; else why not (for /healthz)."""

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, AnyStr, cast
 from common import compat_asyncio
 from common.compat_aiosmtpd import MISSING, Envelope, syntax
 from intake.data import DataCollector, DataProblem, read_data
-from intake.handler import Handler
 from intake.limits import in_networks
 from intake.pace import Pace
 from intake.policy import client_ip, client_port, is_loopback
@@ -85,7 +84,7 @@ class Session(AuthSession):
     def __init__(self, server: IntakeServer) -> None:
         config = server.config
         super().__init__(
-            Handler(server),
+            server.handler,
             stream_limit=STREAM_LIMIT,
             command_size_limit=COMMAND_SIZE_LIMIT,
             data_size_limit=config.size or None,
