@@ -62,9 +62,24 @@ COMMON_OPTIONS: tuple[Option, ...] = (
         "logfmt",
         choices=("console", "logfmt", "json"),
     ),
-    Option("syslog", "also log to syslog with the mail facility", False, "bool"),
+    Option("syslog", "also log to syslog (the facility: --syslog-facility)", False, "bool"),
+    Option("syslog-facility", "syslog facility for --syslog", "mail", metavar="FACILITY"),
+    Option("log-file", "log to this file instead of stderr; %d in the name is today's date "
+           "(YYYYMMDD: a file a day); reopened on SIGHUP", None, metavar="FILE"),
+    Option("log-time", "a timestamp on every line (--no-log-time: none, e.g. under syslog)",
+           True, "bool"),
     Option("verbose", "log debug detail, the SMTP dialogue included", False, "bool", short="v"),
 )
+
+
+def version() -> str:
+    """relay's version, from the installed package's metadata."""
+    from importlib import metadata  # noqa: PLC0415 (only --version needs it)
+
+    try:
+        return metadata.version("relay")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -150,6 +165,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(prog: str, description: str, options: Sequence[Option]) -> argparse.ArgumentParser:
     """The argparse parser for *options* (plus the common ones); defaults are left unset."""
     parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"{prog} {version()}",
+                        help="print the version and exit")
     for option in (*options, *COMMON_OPTIONS):
         flags = [f"--{option.name}"] + ([f"-{option.short}"] if option.short else [])
         shown = option.default not in (None, [], False)

@@ -7,16 +7,24 @@ whether it comes from relay (structlog) or from a library's standard-library log
 path (a filtering bound logger rendering straight to stderr) rather than the standard
 library's chain of logger, record, handler and formatter, which cost intake ~5% of its
 event loop. `--syslog` adds the mail facility (then relay's lines go through the standard
-library too, to reach its syslog handler); `--verbose` turns on debug lines, the SMTP
-dialogue included. Writes to stderr and syslog only.
+library too, to reach its syslog handler, with `--syslog-facility`); `--verbose` turns on
+debug lines, the SMTP dialogue included. `--log-file FILE` sends what would go to stderr to
+FILE instead (`%d` in the name: today's date, YYYYMMDD, a new file each day); SIGHUP makes
+every program reopen it (logrotate's `kill -HUP`), and never ends one. `--no-log-time`
+leaves the timestamp out (syslog adds its own); `close_stderr()` points stderr at /dev/null
+once a daemon has started (E-MailRelay's `--close-stderr`). Writes to stderr, the log file
+and syslog only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
+import signal
 import sys
+import time
 from typing import Any
 
 import structlog
@@ -25,16 +33,96 @@ _RENDERERS = ("console", "logfmt", "json")
 _QUIET_UNLESS_VERBOSE = ("mail.log", "aiosmtplib", "watchdog", "asyncio")
 
 
-class StderrLogger:
-    """structlog's last step: write the rendered line to the process's stderr.
+SYSLOG_FACILITIES = tuple(sorted(logging.handlers.SysLogHandler.facility_names))
+LOG_FILE_MODE = 0o660  # as E-MailRelay's log file (the umask may take more away)
 
-    `sys.stderr` is looked up on every line (not bound once, as structlog's own
-    `PrintLogger` does), so a test framework that swaps stderr still gets the lines.
-    stderr is line-buffered, so each line is one write.
+
+class LogDestination:
+    """Where the lines go: stderr, or the --log-file (reopened after SIGHUP and at midnight).
+
+    Each line is one write(2) to a descriptor opened with O_APPEND, so the lines of several
+    processes sharing one file (intake and deliver under `relay`) never interleave.
+    `sys.stderr` is looked up on every line (not bound once), so a test framework that
+    swaps stderr still gets them.
     """
 
+    def __init__(self, template: str | None = None) -> None:
+        self.template = template
+        self.path: str | None = None
+        self._fd: int | None = None
+        self._reopen = False
+
+    def request_reopen(self) -> None:
+        """Reopen the file before the next line (safe in a signal handler: sets a flag)."""
+        self._reopen = True
+
+    def current_path(self) -> str | None:
+        """The file name for now: the template with %d replaced by today's date."""
+        if self.template is None:
+            return None
+        return self.template.replace("%d", time.strftime("%Y%m%d"))
+
+    def _open(self) -> int:
+        path = self.current_path()
+        assert path is not None
+        if self._fd is None or self._reopen or path != self.path:
+            self._reopen = False
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         LOG_FILE_MODE)
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+            self._fd, self.path = fd, path
+        return self._fd
+
+    def open_now(self) -> None:
+        """Open the file at start, so that an unusable --log-file is found at once (OSError)."""
+        if self.template is not None:
+            self._open()
+
+    def write(self, text: str) -> None:
+        if self.template is None:
+            sys.stderr.write(text)
+            return
+        try:
+            os.write(self._open(), text.encode("utf-8", "replace"))
+        except OSError:
+            sys.stderr.write(text)  # the file went away or the disk is full: not silent
+
+    def flush(self) -> None:
+        if self.template is None:
+            sys.stderr.flush()
+
+
+_destination = LogDestination()
+
+
+def reopen() -> None:
+    """Reopen the log file before the next line (SIGHUP does this in every program)."""
+    _destination.request_reopen()
+
+
+def on_hangup(_signum: int, _frame: object) -> None:
+    """The SIGHUP handler: reopen the log file before the next line."""
+    _destination.request_reopen()
+
+
+def close_stderr() -> None:
+    """Point stderr (fd 2) at /dev/null: a daemon that has started logs to its file/syslog."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+    finally:
+        os.close(devnull)
+
+
+class StderrLogger:
+    """structlog's last step: write the rendered line to the destination (stderr or file)."""
+
     def msg(self, message: str) -> None:
-        sys.stderr.write(message + "\n")
+        _destination.write(message + "\n")
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
@@ -59,15 +147,28 @@ def setup_logging(
     log_format: str = "logfmt",
     syslog: bool = False,
     verbose: bool = False,
+    log_file: str | None = None,
+    log_time: bool = True,
+    syslog_facility: str = "mail",
 ) -> Any:
-    """Configure logging once for this process and return the program's (bound) logger."""
+    """Configure logging once for this process and return the program's (bound) logger.
+
+    Raises OSError when *log_file* cannot be opened, ValueError for a bad format or facility.
+    """
+    global _destination  # noqa: PLW0603 (one destination per process, reset by each call)
     if log_format not in _RENDERERS:
         raise ValueError(f"log format must be one of {', '.join(_RENDERERS)}")
+    if syslog_facility not in logging.handlers.SysLogHandler.facility_names:
+        raise ValueError(f"syslog facility must be one of {', '.join(SYSLOG_FACILITIES)}")
+    destination = LogDestination(log_file)
+    destination.open_now()
+    _destination = destination
+    with contextlib.suppress(ValueError):  # not the main thread: the caller handles SIGHUP
+        signal.signal(signal.SIGHUP, on_hangup)
     level = logging.DEBUG if verbose else logging.INFO
-    shared: list[Any] = [
-        structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+    shared: list[Any] = [structlog.stdlib.add_log_level]
+    if log_time:
+        shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
     if syslog:
         structlog.configure(
             processors=[
@@ -98,13 +199,14 @@ def setup_logging(
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    stream = logging.StreamHandler(sys.stderr)
+    stream = logging.StreamHandler(destination)
     stream.setFormatter(formatter)
     root.addHandler(stream)
     if syslog:
         address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
         handler = logging.handlers.SysLogHandler(
-            address=address, facility=logging.handlers.SysLogHandler.LOG_MAIL
+            address=address,
+            facility=logging.handlers.SysLogHandler.facility_names[syslog_facility],
         )
         handler.ident = f"{program}[{os.getpid()}]: "
         handler.setFormatter(
@@ -121,3 +223,16 @@ def setup_logging(
     for name in _QUIET_UNLESS_VERBOSE:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     return structlog.get_logger(program)
+
+
+def setup_logging_from(program: str, settings: Any) -> Any:
+    """`setup_logging` with the common options of `common.config` (a settings namespace)."""
+    return setup_logging(
+        program,
+        log_format=settings.log_format,
+        syslog=settings.syslog,
+        verbose=settings.verbose,
+        log_file=getattr(settings, "log_file", None),
+        log_time=getattr(settings, "log_time", True),
+        syslog_facility=getattr(settings, "syslog_facility", "mail"),
+    )

@@ -1,8 +1,8 @@
 """`--processes N`: one program as N worker processes under one parent (intake, deliver).
 
 `run_workers` forks N children, each running the same work function with its index (0 to
-N-1), and supervises them from the parent, which does nothing else: SIGTERM, SIGINT and
-SIGUSR1 are passed on to every child; when the parent is asked to stop it waits for them
+N-1), and supervises them from the parent, which does nothing else: SIGTERM, SIGINT,
+SIGUSR1 and SIGHUP are passed on to every child; when the parent is asked to stop it waits for them
 all. A child that ends on its own while the parent was not asked to stop ends the whole
 program (the others are stopped, and the parent exits with that child's code, or is
 killed by the same signal that killed the child) unless the
@@ -27,7 +27,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+from common.logs import on_hangup
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+HELD = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # until the worker's handlers are in
 EX_SOFTWARE = 70
 _PR_SET_PDEATHSIG = 1
 
@@ -54,9 +57,10 @@ def _start(index: int, work: Callable[[int], int], parent: int) -> int:
     try:
         # Held until the worker has its own handlers (signals_ready): a SIGTERM passed on
         # while it starts up then stops it cleanly instead of killing it.
-        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD)  # not SIGHUP: handled at once
         for signum in FORWARDED:
             signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, on_hangup)  # reopen the log file, as the parent does
         _die_with_parent()
         if os.getppid() != parent:  # the parent died before the line above took effect
             os._exit(EX_SOFTWARE)
@@ -125,7 +129,10 @@ def run_workers(count: int, work: Callable[[int], int], log: Any, *,
         signal_children(signal.SIGTERM)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGUSR1:
+        if signum == signal.SIGHUP:
+            on_hangup(signum, _frame)
+            signal_children(signum)
+        elif signum == signal.SIGUSR1:
             if usr1:
                 signal_children(signum)
         elif signum == signal.SIGALRM:  # the stop timeout

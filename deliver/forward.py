@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator
@@ -82,6 +83,8 @@ class ForwardSettings:
     tls_verify: str | None = None  # a CA file, "system", or None for no verification
     client_auth: SecretsFile | None = None
     log_dialogue: bool = False  # --verbose: every command and reply, AUTH exchanges hidden
+    client_interface: str | None = None  # --client-interface: the local address to bind
+    all_recipients: bool = False  # --forward-to-all: one refused recipient stops the message
 
     def tls_context(self) -> ssl.SSLContext:
         """The client TLS context: verified against *tls_verify*, or (as E-MailRelay) not."""
@@ -187,6 +190,9 @@ class SmarthostConnection:
                                                            str(error))))
                 else:
                     accepted.append(recipient)
+            if refused and self.settings.all_recipients:
+                await self._reset()
+                return Attempt(Stage.RCPT, *_all_refused(envelope.to_remote, refused))
             if not accepted:
                 await self._reset()
                 return Attempt(Stage.RCPT, refused[0][1], (), tuple(refused))
@@ -261,10 +267,12 @@ class SmarthostConnection:
         else:
             start_tls = False
         client_class = DialogueLoggingSMTP if settings.log_dialogue else aiosmtplib.SMTP
+        source = (settings.client_interface, 0) if settings.client_interface else None
         smtp = client_class(
             hostname=route.host,
             port=route.port,
-            local_hostname=settings.local_hostname,
+            local_hostname=_ehlo_name(settings.local_hostname, route, settings.client_interface),
+            source_address=source,
             timeout=settings.response_timeout,
             use_tls=use_tls,
             start_tls=start_tls,
@@ -386,6 +394,33 @@ def _unsendable(role: str, address: str, why: str) -> Reply:
     """A permanent refusal, made here, of an address aiosmtplib will not send as it is."""
     return Reply(UNSENDABLE, f"relay-deliver cannot send the {role} {address or '<>'}:"
                              f" {' '.join(why.split())}")
+
+
+def _all_refused(recipients: tuple[str, ...] | list[str], refused: list[tuple[str, Reply]]
+                 ) -> tuple[Reply, tuple[()], tuple[tuple[str, Reply], ...]]:
+    """--forward-to-all: the message is not sent; every recipient shares one refusal, the
+    first permanent one if there is one (the message fails, as in E-MailRelay), else the
+    first temporary one (relay retries it)."""
+    decisive = next((reply for _address, reply in refused if reply.permanent), refused[0][1])
+    return decisive, (), tuple((address, decisive) for address in recipients)
+
+
+def _ehlo_name(domain: str, route: Route, interface: str | None) -> str:
+    """The EHLO argument: *domain*, or, for a name without a dot, the address literal of the
+    local end (as E-MailRelay's client does), found by asking the routing table."""
+    if "." in domain.strip("."):
+        return domain
+    address = interface
+    if not address:
+        try:
+            family = socket.AF_INET6 if ":" in route.host else socket.AF_INET
+            info = socket.getaddrinfo(route.host, route.port, family, socket.SOCK_DGRAM)
+            with socket.socket(info[0][0], socket.SOCK_DGRAM) as probe:
+                probe.connect(info[0][4])  # UDP: no packet is sent, only a route is chosen
+                address = str(probe.getsockname()[0])
+        except OSError:
+            return domain
+    return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
 
 
 def _describe(error: BaseException) -> str:

@@ -3,9 +3,12 @@
 Reads the settings (`deliver.settings`), the client secrets file and the spool; writes the
 pid file when asked (atomically, `common.pidfile`). Stays in the foreground: SIGTERM and
 SIGINT stop it cleanly (in-flight messages finish or go back within --shutdown-timeout),
-SIGUSR1 asks for a scan now. With --processes N, N worker processes (`common.workers`)
-share the spool, each claiming messages as any two deliver processes would, and the signals
-go to each. Exit codes: 0 ok, 64 usage, 75 (--once) mail is still waiting, 78 configuration.
+SIGUSR1 flushes (every queued message is tried now, deferred ones included), SIGHUP reopens
+the log file. With --user (started as root) it runs as that user from before the first
+message is read; --ready-fd tells `relay` once it is running. With --processes N, N worker
+processes (`common.workers`) share the spool, each claiming messages as any two deliver
+processes would, and the signals go to each. Exit codes: 0 ok, 64 usage, 75 (--once) mail
+is still waiting, 78 configuration.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from typing import Any
 from common import check, eventloop
 from common.check import CHECK_OPTION
 from common.config import ConfigError, load_settings
-from common.logs import setup_logging
+from common.logs import close_stderr, setup_logging_from
 from common.metrics import METRICS_OPTION, DeliverMetrics, MetricsServer, parse_listen
 from common.pidfile import remove_pid_file, write_pid_file
+from common.process import drop_privileges, notify_ready
 from common.workers import run_workers, signals_ready
 from deliver.forward import ForwardSettings, Route, SmarthostConnection
 from deliver.message import MessageHandler, Policy
@@ -50,6 +54,8 @@ def build(config: DeliverConfig, concurrency: int | None = None,
         tls_verify=config.client_tls_verify,
         client_auth=config.client_auth,
         log_dialogue=config.verbose,
+        client_interface=config.client_interface,
+        all_recipients=config.forward_to_all,
     )
     tls_context = config.tls_context  # common.tlsconfig: E-MailRelay's switches
     policy = Policy(
@@ -69,6 +75,9 @@ def build(config: DeliverConfig, concurrency: int | None = None,
         concurrency=concurrency or config.concurrency,
         poll=config.poll,
         once=config.once,
+        flush_every=config.flush_every,
+        flush_at_start=config.flush or config.flush_at_start,
+        watch=config.watch,
         shutdown_timeout=config.shutdown_timeout,
         metrics=metrics,
     )
@@ -79,7 +88,7 @@ async def _run(scheduler: Scheduler, started: Callable[[], None]) -> RunStats:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, scheduler.stop)
     loop.add_signal_handler(signal.SIGINT, scheduler.stop)
-    loop.add_signal_handler(signal.SIGUSR1, scheduler.request_scan)
+    loop.add_signal_handler(signal.SIGUSR1, scheduler.flush)
     signals_ready(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
     # Said only now: a SIGTERM sent on seeing this line is handled, never the default kill.
     started()
@@ -97,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return os.EX_CONFIG
-    log = setup_logging(PROGRAM, log_format=settings.log_format, syslog=settings.syslog,
-                        verbose=settings.verbose)
+    try:
+        log = setup_logging_from(PROGRAM, settings)
+    except (OSError, ValueError) as error:
+        print(f"{PROGRAM}: logging: {error}", file=sys.stderr)
+        return os.EX_CONFIG
     metrics_server: MetricsServer | None = None
     try:
         config = build_config(settings)
@@ -135,6 +147,18 @@ def _start(config: DeliverConfig, scheduler: Scheduler, spool: Spool, log: Any) 
             log.error("deliver_not_started",
                       reason=f"pid file {config.pid_file}: {error.strerror}")
             return os.EX_CONFIG
+    try:
+        user = drop_privileges(config.user)
+    except (ConfigError, OSError) as error:
+        log.error("deliver_not_started", reason=f"--user: {error}")
+        if config.pid_file is not None:
+            remove_pid_file(config.pid_file)
+        return os.EX_CONFIG
+    if user is not None:
+        log.info("user_switched", user=user, uid=os.getuid())
+    notify_ready(config.ready_fd)
+    if config.close_stderr:
+        close_stderr()
     try:
         if config.processes == 1:
             return serve(config, scheduler, spool, log)

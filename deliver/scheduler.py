@@ -7,12 +7,20 @@ time in a thread (a request during a scan sets a "scan again" flag) and keep onl
 ids: envelopes are parsed by the worker that claims them. N workers each own one reusable
 smarthost connection. Reads directory listings; every change to a message goes through
 `deliver.message`. Never parses an envelope itself.
+
+A flush (`flush()`: SIGUSR1, the trigger file, `relay --as-client`, the admin interface's
+`flush`, `--flush-every`, `--flush-at-start`) lists every waiting message, deferred ones
+included, and tries them all now, as sendmail -q and E-MailRelay do: after a network outage
+nothing waits for its backoff. A message that fails again gets its next backoff as usual.
+Without the watch (`--no-watch`, E-MailRelay's server without --forward-on-disconnect), new
+mail waits for a flush; deferred mail is still retried when due.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections import deque
@@ -60,6 +68,9 @@ class Scheduler:
     concurrency: int = 4
     poll: float = 60.0
     once: bool = False
+    flush_every: float = 0.0  # > 0: a flush every this many seconds
+    flush_at_start: bool = False  # --once with this: every queued message, not just due ones
+    watch: bool = True
     shutdown_timeout: float = 10.0
     log: Any = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
     stats: RunStats = field(default_factory=RunStats)
@@ -71,6 +82,8 @@ class Scheduler:
         self._in_flight = 0
         self._stopping = False
         self._scan_wanted = False
+        self._flush_wanted = self.flush_at_start
+        self.flushes = 0
         self._wakeup = asyncio.Event()
         self._work_ready = asyncio.Event()
         self._idle = asyncio.Event()
@@ -85,6 +98,22 @@ class Scheduler:
         """Ask for a scan soon (SIGUSR1, the trigger file, a watchdog event)."""
         self._scan_wanted = True
         self._wakeup.set()
+
+    def flush(self) -> None:
+        """Try every waiting message now, deferred ones included (sendmail -q).
+
+        For SIGUSR1, the trigger file and the admin interface; call in the loop's thread
+        (`flush_threadsafe` from another)."""
+        self._flush_wanted = True
+        self.request_scan()
+
+    def flush_threadsafe(self) -> None:
+        """`flush` from another thread (watchdog's, an admin interface's)."""
+        if self._loop is None:
+            self._flush_wanted = True
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            self._loop.call_soon_threadsafe(self.flush)
 
     def request_scan_threadsafe(self) -> None:
         """From watchdog's thread: at most one hand-over to the loop is outstanding."""
@@ -118,8 +147,9 @@ class Scheduler:
             # The first scan need not wait for the recovery's own listing of a big spool;
             # what the recovery puts back is found by the scan it asks for.
             recovery = asyncio.create_task(self._recover_then_scan())
-        self._watch = None if self.once else _Watch.start(self.spool, self.request_scan_threadsafe,
-                                                           self.log)
+        watching = self.watch and not self.once
+        self._watch = (_Watch.start(self.spool, self.request_scan_threadsafe,
+                                    self.flush_threadsafe, self.log) if watching else None)
         workers = [asyncio.create_task(self._worker(), name=f"worker-{n}")
                    for n in range(self.concurrency)]
         try:
@@ -149,12 +179,26 @@ class Scheduler:
         self.stats.waiting_at_end = final.counts.get(State.READY, 0)
         return self.stats
 
+    async def _scan(self) -> ScanResult:
+        """List what is due, or, for a flush, everything waiting (a flush is taken here)."""
+        if self._flush_wanted:
+            self._flush_wanted = False
+            self.flushes += 1
+            result = await asyncio.to_thread(scan_due, self.spool, math.inf)
+            self.log.info("spool_flushed", waiting=len(result.due))
+            return result
+        return await asyncio.to_thread(scan_due, self.spool)
+
     async def _run_forever(self) -> None:
         next_recover = time.monotonic() + RECOVER_INTERVAL
+        next_flush = (time.monotonic() + self.flush_every) if self.flush_every > 0 else math.inf
         while not self._stopping:
             self._scan_wanted = False
             self._wakeup.clear()
-            result = await asyncio.to_thread(scan_due, self.spool)
+            if time.monotonic() >= next_flush:
+                self._flush_wanted = True
+                next_flush = time.monotonic() + self.flush_every
+            result = await self._scan()
             self._scanned(result)
             now = time.monotonic()
             self._pending = deque(i for i in result.due if not self.handler.held(i, now))
@@ -163,7 +207,8 @@ class Scheduler:
             if self._backlog():
                 await self._work_down_backlog()
             else:
-                timeout = self.poll
+                timeout = self.poll if self._watch is not None else math.inf
+                timeout = min(timeout, max(0.0, next_flush - now))
                 if result.next_due is not None:
                     timeout = min(timeout, max(0.0, result.next_due - time.time()) + 0.05)
                 hold_expiry = self.handler.next_hold_expiry()
@@ -201,7 +246,9 @@ class Scheduler:
 
     async def _run_once(self) -> None:
         while not self._stopping:
-            result = await asyncio.to_thread(scan_due, self.spool)
+            if self.flush_at_start:
+                self._flush_wanted = True  # each pass of a flushing --once lists everything
+            result = await self._scan()
             self._scanned(result)
             due = [i for i in result.due if i not in self._attempted]
             if not due:
@@ -305,11 +352,12 @@ class _Watch:
         self.armed = True
 
     @classmethod
-    def start(cls, spool: Spool, wake: Callable[[], None], log: Any) -> _Watch | None:
+    def start(cls, spool: Spool, wake: Callable[[], None], flush: Callable[[], None],
+              log: Any) -> _Watch | None:
         """Watch *spool*; None when the watch cannot be had (--poll still finds the mail)."""
         no_move_pairing_delay()  # relay takes events as hints: pairing moves only delays
         observer = Observer()
-        handler = _SpoolEvents(wake)
+        handler = _SpoolEvents(wake, flush)
         observer.schedule(handler, str(spool.path), recursive=False)
         observer.daemon = True
         try:
@@ -340,29 +388,29 @@ class _Watch:
 
 
 class _SpoolEvents(FileSystemEventHandler):
-    """Turns file events that may mean new mail into scan requests (hints only)."""
+    """Turns file events that may mean new mail into scan requests (hints only); the trigger
+    file into a flush."""
 
-    def __init__(self, wake: Callable[[], None]) -> None:
+    def __init__(self, wake: Callable[[], None], flush: Callable[[], None]) -> None:
         self._wake = wake
+        self._flush = flush
 
-    @staticmethod
-    def _interesting(path: str | bytes) -> bool:
+    def _event(self, path: str | bytes) -> None:
         name = path.decode(errors="replace") if isinstance(path, bytes) else path
         name = name.rsplit("/", 1)[-1]
-        return name.endswith(State.READY.suffix) or name == TRIGGER_NAME
+        if name == TRIGGER_NAME:
+            self._flush()
+        elif name.endswith(State.READY.suffix):
+            self._wake()
 
     def on_created(self, event: FileSystemEvent) -> None:
-        if self._interesting(event.src_path):
-            self._wake()
+        self._event(event.src_path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        if self._interesting(event.dest_path):
-            self._wake()
+        self._event(event.dest_path)
 
     def on_closed(self, event: FileSystemEvent) -> None:
-        if self._interesting(event.src_path):
-            self._wake()
+        self._event(event.src_path)
 
     def on_modified(self, event: FileSystemEvent) -> None:
-        if self._interesting(event.src_path):  # the trigger file, or an envelope written in place
-            self._wake()
+        self._event(event.src_path)  # the trigger file, or an envelope written in place

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from common import eventloop
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path, split_host_port
 from common.filterspec import Spec, parse_filter
+from common.process import CLOSE_STDERR_OPTION, READY_FD_OPTION, USER_OPTION, lookup_user
 from common.secrets import SecretsError, SecretsFile
 from common.tlsconfig import SYSTEM_CAS, client_context, parse_tls_config
 from deliver.mxfilter import BUILTINS as MX_BUILTINS
@@ -32,6 +33,15 @@ OPTIONS: tuple[Option, ...] = (
            None, metavar="HOST:PORT"),
     Option("once", "forward everything that is due, then exit (0, or 75 if mail is left)",
            False, "bool"),
+    Option("flush", "with --once: every queued message, deferred ones too (sendmail -q), "
+           "not only what is due", False, "bool"),
+    Option("flush-every", "try every queued message, deferred ones too, every DURATION "
+           "(E-MailRelay's --poll; 0: never)", 0.0, "duration", metavar="DURATION"),
+    Option("flush-at-start", "try every queued message once at start (E-MailRelay's --forward)",
+           False, "bool"),
+    Option("watch", "forward new mail as soon as it is stored (file-system events and the "
+           "--poll rescans); --no-watch: only on a flush, --flush-every, and deferred retries",
+           True, "bool"),
     Option("poll", "seconds between safety-net rescans of the spool", 60.0, "duration",
            metavar="DURATION"),
     Option("concurrency", "parallel connections to the smarthost (in all, shared out over"
@@ -59,8 +69,11 @@ OPTIONS: tuple[Option, ...] = (
            " it twice: the key file, then the certificate file", [], "list", metavar="FILE"),
     Option("tls-config", "TLS versions: tlsv1.2 (the lowest allowed), -tlsv1.3 (the highest),"
            " comma-separated", None, metavar="KEYWORDS"),
-    Option("domain", "this host's name in EHLO (default: the host name, no DNS lookup)", None,
-           metavar="NAME"),
+    Option("domain", "this host's name in EHLO (default: the fully qualified host name; a "
+           "name without a dot: EHLO [local address], as E-MailRelay)", None, metavar="NAME"),
+    Option("client-interface", "local address to connect from", None, metavar="ADDRESS"),
+    Option("forward-to-all", "send a message only if the smarthost accepts every recipient "
+           "(E-MailRelay's default); otherwise refused recipients are split off", False, "bool"),
     Option("connection-timeout", "seconds to connect and get the greeting", 40.0, "duration",
            metavar="DURATION"),
     Option("response-timeout", "seconds to wait for each reply", 60.0, "duration",
@@ -79,6 +92,9 @@ OPTIONS: tuple[Option, ...] = (
            10.0, "duration", metavar="DURATION"),
     Option("pid-file", "write the process id to this file (removed at exit)", None,
            metavar="FILE"),
+    USER_OPTION,
+    READY_FD_OPTION,
+    CLOSE_STDERR_OPTION,
     eventloop.EVENT_LOOP_OPTION,
 )
 
@@ -93,6 +109,10 @@ class DeliverConfig:
     forward_to: str
     once: bool
     poll: float
+    flush: bool
+    flush_every: float
+    flush_at_start: bool
+    watch: bool
     concurrency: int
     processes: int
     client_filters: tuple[Spec, ...]
@@ -104,6 +124,8 @@ class DeliverConfig:
     client_tls_verify: str | None
     tls_context: ssl.SSLContext
     domain: str
+    client_interface: str | None
+    forward_to_all: bool
     connection_timeout: float
     response_timeout: float
     data_timeout: float
@@ -115,6 +137,9 @@ class DeliverConfig:
     pid_file: str | None
     event_loop: str  # resolved: 'asyncio' or 'uvloop'
     verbose: bool
+    user: str | None = None
+    ready_fd: int | None = None
+    close_stderr: bool = False
 
 
 def build_config(settings: argparse.Namespace) -> DeliverConfig:
@@ -133,6 +158,10 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
                  "data_timeout", "shutdown_timeout"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be more than 0 seconds")
+    if settings.flush_every < 0:
+        raise ConfigError("--flush-every must not be negative")
+    if settings.user:
+        lookup_user(settings.user)
     client_auth = None
     auth_path = resolve_path(settings.client_auth)
     if auth_path is not None:
@@ -160,6 +189,10 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         forward_to=settings.forward_to,
         once=settings.once,
         poll=settings.poll,
+        flush=settings.flush,
+        flush_every=settings.flush_every,
+        flush_at_start=settings.flush_at_start,
+        watch=settings.watch,
         concurrency=settings.concurrency,
         processes=settings.processes,
         client_filters=tuple(spec for text in settings.client_filter or ()
@@ -171,7 +204,9 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         client_tls_required=settings.client_tls_required,
         client_tls_verify=tls_verify,
         tls_context=tls_context,
-        domain=settings.domain or socket.gethostname() or "localhost",
+        domain=settings.domain or socket.getfqdn() or socket.gethostname() or "localhost",
+        client_interface=settings.client_interface,
+        forward_to_all=settings.forward_to_all,
         connection_timeout=settings.connection_timeout,
         response_timeout=settings.response_timeout,
         data_timeout=settings.data_timeout,
@@ -183,4 +218,7 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         pid_file=str(resolve_path(settings.pid_file)) if settings.pid_file else None,
         event_loop=eventloop.resolve(settings.event_loop),
         verbose=settings.verbose,
+        user=settings.user,
+        ready_fd=settings.ready_fd,
+        close_stderr=settings.close_stderr,
     )

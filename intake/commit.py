@@ -27,6 +27,7 @@ import time
 import structlog
 
 from common.metrics import IntakeMetrics
+from common.process import USER_ENV
 from intake.frames import (
     OP_COMMIT,
     OP_DISCARD,
@@ -58,6 +59,7 @@ class GroupCommitter:
         self._last_batch = 0
         self.messages = 0  # committed by the storage processes of this run
         self.batches = 0  # the batches they were committed in
+        self.user: str | None = None  # --user: the storage process runs as this user
         self.metrics: IntakeMetrics | None = None  # --metrics: commit latency, batch sizes
         self._committing: dict[int, float] = {}  # request id -> when it was sent (commits)
         self._batch_sizes: dict[int, int] = {}  # batch number -> commits answered so far
@@ -72,6 +74,8 @@ class GroupCommitter:
         """Start the storage process (call from the running event loop)."""
         environment = dict(os.environ)
         environment["RELAY_TEST_CRASH_PARENT"] = "1"  # a test crash there is intake's crash
+        if self.user:
+            environment[USER_ENV] = self.user  # it switches before reading a message
         self._process = await asyncio.create_subprocess_exec(
             # -P: the working directory is not put on sys.path (a `spool` folder there
             # would shadow the spool package).

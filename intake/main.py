@@ -26,9 +26,10 @@ from typing import Any
 
 from common import check, eventloop
 from common.config import ConfigError, load_settings
-from common.logs import setup_logging
+from common.logs import close_stderr, setup_logging_from
 from common.metrics import IntakeMetrics, MetricsServer
 from common.pidfile import remove_pid_file, write_pid_file
+from common.process import drop_privileges, notify_ready
 from common.workers import run_workers, signals_ready
 from intake.listener import IntakeServer
 from intake.settings import DESCRIPTION, OPTIONS, PROGRAM, IntakeConfig, build_config
@@ -83,6 +84,7 @@ async def run(
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     server = IntakeServer(config, spool, log)
+    server.committer.user = config.user  # the storage process switches before reading
     metrics_server = None
     if config.metrics is not None:
         server.metrics = server.committer.metrics = IntakeMetrics()
@@ -115,11 +117,24 @@ async def run(
         signals_ready(signal.SIGTERM, signal.SIGINT)
     if config.pid_file:
         write_pid_file(config.pid_file)
+    # Bound and (as root) the pid file written: from here on, as --user. No await since
+    # start(), so no connection has been served yet.
+    try:
+        user = drop_privileges(config.user)
+    except (ConfigError, OSError) as error:
+        log.error("intake_not_started", reason=f"--user: {error}")
+        await server.stop()
+        if config.pid_file:
+            remove_pid_file(config.pid_file)
+        return EX_CONFIG
     try:
         extra = {} if worker is None else {"process": worker}
         log.info("intake_started", listen=[f"{h}:{p}" for h, p in server.addresses],
                  spool=str(spool.path), pid=os.getpid(), event_loop=config.event_loop,
-                 **extra)
+                 **extra, **({"user": user} if user else {}))
+        notify_ready(config.ready_fd)
+        if config.close_stderr:
+            close_stderr()
         if on_ready is not None:
 
             def request_stop() -> None:
@@ -145,8 +160,10 @@ async def run(
 def prepare(argv: list[str] | None) -> tuple[IntakeConfig, Spool, Any]:
     """Options, logging, configuration and the spool; ConfigError/SpoolError on a problem."""
     settings = load_settings(PROGRAM, DESCRIPTION, OPTIONS, argv, section="intake")
-    log = setup_logging(PROGRAM, log_format=settings.log_format, syslog=settings.syslog,
-                        verbose=settings.verbose)
+    try:
+        log = setup_logging_from(PROGRAM, settings)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"logging: {error}") from None
     config = build_config(settings)
     spool = Spool(config.spool_dir)
     return config, spool, log

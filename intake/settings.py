@@ -18,6 +18,7 @@ from common.check import CHECK_OPTION
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path
 from common.filterspec import FilterRunner, Spec, parse_filter, parse_verifier
 from common.metrics import METRICS_OPTION, parse_listen
+from common.process import CLOSE_STDERR_OPTION, READY_FD_OPTION, USER_OPTION, lookup_user
 from common.secrets import SecretsError, SecretsFile
 from common.tlsconfig import SYSTEM_CAS, parse_tls_config, server_context
 from common.workers import default_processes
@@ -35,7 +36,8 @@ DEFAULT_EXEMPT = parse_networks(["127.0.0.0/8", "::1/128"])
 
 OPTIONS: tuple[Option, ...] = (
     SPOOL_DIR_OPTION,
-    Option("interface", "address to listen on, IPv4 or IPv6", ["127.0.0.1"], "list",
+    Option("interface", "address to listen on, IPv4 or IPv6 (repeatable, or a comma list; "
+           "E-MailRelay's smtp= prefix is accepted)", ["127.0.0.1"], "list",
            metavar="ADDRESS"),
     Option("port", "SMTP port to listen on", 25, "int"),
     Option("domain", "this host's name in the greeting, EHLO reply and Received line "
@@ -116,6 +118,9 @@ OPTIONS: tuple[Option, ...] = (
            "header (HAProxy's v1 or v2) naming the real client", False, "bool"),
     Option("proxy-address", "address or network of a proxy that sends the PROXY protocol "
            "header (repeatable)", [], "list", metavar="NETWORK"),
+    USER_OPTION,
+    READY_FD_OPTION,
+    CLOSE_STDERR_OPTION,
     eventloop.EVENT_LOOP_OPTION,
     METRICS_OPTION,
     CHECK_OPTION,
@@ -164,11 +169,31 @@ class IntakeConfig:
     processes: int = 1
     listen_backlog: int = 4096
     proxy_networks: tuple[Network, ...] = ()  # empty: no PROXY protocol
+    user: str | None = None
+    ready_fd: int | None = None
+    close_stderr: bool = False
 
     @property
     def open_relay(self) -> bool:
         """Untrusted remote clients may relay: remote clients, no AUTH and no verifier."""
         return self.remote_clients and self.authenticator is None and not self.address_verifier
+
+
+def _interfaces(values: list[str]) -> list[str]:
+    """--interface values: comma lists flattened, `smtp=` dropped; pop=/admin= refused."""
+    found: list[str] = []
+    for value in values:
+        for piece in value.split(","):
+            kind, equals, address = piece.strip().partition("=")
+            if equals and kind != "smtp":
+                raise ConfigError(f"--interface: {piece.strip()!r}: relay-intake listens for "
+                                  "SMTP only (smtp=ADDRESS)")
+            item = address.strip() if equals else kind
+            if item:
+                found.append(item)
+    if not found:
+        raise ConfigError("--interface: give at least one address")
+    return found
 
 
 def build_config(settings: argparse.Namespace) -> IntakeConfig:
@@ -196,8 +221,7 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         raise ConfigError("--max-recipients must be at least 1")
     if not 0 <= settings.port < 65536:
         raise ConfigError("--port must be 0-65535")
-    if not settings.interface:
-        raise ConfigError("--interface: give at least one address")
+    interfaces = _interfaces(settings.interface)
     domain = settings.domain or socket.getfqdn() or "localhost"
     if any(not (33 <= ord(c) <= 126) for c in domain):
         raise ConfigError(f"--domain: {domain!r} is not a host name")
@@ -243,7 +267,7 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         min_free = max(2 * settings.size, MIN_FREE_FLOOR)
     return IntakeConfig(
         spool_dir=str(resolve_path(settings.spool_dir)),
-        interfaces=list(settings.interface),
+        interfaces=interfaces,
         port=settings.port,
         domain=domain,
         remote_clients=settings.remote_clients,
@@ -281,4 +305,7 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         processes=processes,
         listen_backlog=backlog,
         proxy_networks=proxies,
+        user=lookup_user(settings.user).pw_name if settings.user else None,
+        ready_fd=settings.ready_fd,
+        close_stderr=settings.close_stderr,
     )

@@ -22,6 +22,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from common.process import USER_ENV, drop_privileges
 from intake.frames import (
     MAX_BATCH,
     OP_COMMIT,
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # intake started as root with --user: become that user before the first message.
+    drop_privileges(os.environ.pop(USER_ENV, None))
     spool = Spool(arguments[0], check=False)  # intake checked it before starting us
     try:
         sync = arguments[1] if len(arguments) > 1 else "syncfs"

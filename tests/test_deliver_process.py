@@ -69,9 +69,10 @@ def make_due_silently(spool: Spool, deliver: Deliver, message_id: str, count: in
     os.utime(path, (time.time(), time.time() - 1))
 
 
-def test_trigger_file_and_sigusr1_ask_for_a_scan(spool: Spool, sink: Sink,
-                                                 running: list[Deliver]) -> None:
-    """Mail made due by hand (no event for it) is sent at once on SIGUSR1 or the trigger file."""
+def test_trigger_file_and_sigusr1_flush_deferred_mail_too(spool: Spool, sink: Sink,
+                                                           running: list[Deliver]) -> None:
+    """SIGUSR1 and the trigger file are flushes: every queued message goes now, deferred ones
+    included (sendmail -q, E-MailRelay), long before its backoff ends."""
     sink.behaviour.mail_reply = "451 later"
     deliver = Deliver(spool, sink.address, "--poll", "3600", "--retry-first", "1h")
     running.append(deliver)
@@ -79,18 +80,27 @@ def test_trigger_file_and_sigusr1_ask_for_a_scan(spool: Spool, sink: Sink,
     second = store(spool, 2)
     make_due_silently(spool, deliver, first, 2)
     make_due_silently(spool, deliver, second, 2)
+    sink.behaviour.mail_reply = "451 still later"
+    deliver.process.send_signal(signal.SIGUSR1)  # both fail again: deferred for an hour
+    deadline = time.monotonic() + 10
+    while deliver.log().count("delivery_deferred") < 4:
+        assert time.monotonic() < deadline, deliver.log()
+        time.sleep(0.02)
     sink.behaviour.mail_reply = None
     time.sleep(0.3)
-    assert sink.messages == []  # due, but deliver has no reason to look
-    os.utime(spool.envelope_path(second, State.READY), (time.time(), time.time() + 3600))
+    assert sink.messages == []  # deferred for an hour: nothing is due
     deliver.process.send_signal(signal.SIGUSR1)
-    assert [m.data for m in sink.wait_for(1)] == [body(1)]
-    os.utime(spool.envelope_path(second, State.READY), (time.time(), time.time() - 1))
-    time.sleep(0.3)
-    assert len(sink.messages) == 1
-    Spool(spool.path).trigger_scan()  # what intake and the tools do
     assert sorted(m.data for m in sink.wait_for(2)) == [body(1), body(2)]
-    assert deliver.stop() == 0
+    wait_until_empty(spool)
+    sink.behaviour.mail_reply = "451 later"
+    third = store(spool, 3)
+    while (deliver.log().count("delivery_deferred") < 5
+           or not spool.envelope_path(third, State.READY).exists()):
+        assert time.monotonic() < deadline + 10, deliver.log()
+        time.sleep(0.02)
+    sink.behaviour.mail_reply = None
+    Spool(spool.path).trigger_scan()  # what intake (filter exit 103) and the tools do
+    assert sorted(m.data for m in sink.wait_for(3)) == [body(1), body(2), body(3)]
 
 
 def test_sigterm_exits_0_and_leaves_no_busy(spool: Spool, running: list[Deliver]) -> None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, load_settings
-from common.logs import setup_logging
+from common.logs import setup_logging_from
 from spool import (
     Envelope,
     EnvelopeError,
@@ -265,9 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROGRAM, str(error), os.EX_CONFIG)
     if settings.max_retries < 0:
         return fail(PROGRAM, "--max-retries must be 0 or more", os.EX_USAGE)
-    log = setup_logging(
-        PROGRAM, log_format=settings.log_format, syslog=settings.syslog, verbose=settings.verbose
-    )
+    try:
+        log = setup_logging_from(PROGRAM, settings)
+    except (OSError, ValueError) as error:
+        return fail(PROGRAM, f"logging: {error}", os.EX_CONFIG)
     procmail: str | None = None
     if settings.procmail:
         procmail = shutil.which("procmail")

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from common.config import SPOOL_DIR_OPTION, ConfigError, load_settings
-from common.logs import setup_logging
+from common.logs import setup_logging_from
 from spool import HostileFile, SpoolError, State, entries, unfail
 from spool.store import fsync_directory
 from tools.common import (
@@ -56,9 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROGRAM, str(error), os.EX_CONFIG)
     if settings.max_retries < 0:
         return fail(PROGRAM, "--max-retries must be 0 or more", os.EX_USAGE)
-    log = setup_logging(
-        PROGRAM, log_format=settings.log_format, syslog=settings.syslog, verbose=settings.verbose
-    )
+    try:
+        log = setup_logging_from(PROGRAM, settings)
+    except (OSError, ValueError) as error:
+        return fail(PROGRAM, f"logging: {error}", os.EX_CONFIG)
     try:
         spool = open_spool(settings.spool_dir)
         with tools_lock(spool):

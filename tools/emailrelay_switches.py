@@ -1,0 +1,196 @@
+"""E-MailRelay 2.6.1's command line: every switch, its letter, its value, and relay's answer.
+
+The table is data: `tools.relay` parses with it, prints `--help` from it and plans what to
+run from the switches given. Each switch has the long name and the short letter of
+`emailrelay --help --verbose` (2.6.1) exactly, whether it takes a value (some take one
+optionally: `--syslog[=facility]`, `--anonymous[=scope]`), and either `refused`, the one
+line relay exits 64 with (POP and Windows-only switches, and what relay does not do yet),
+or None (relay does it). The admin interface's switches (`--admin`, `--admin-terminate`)
+are in the table; `ADMIN_SUPPORT` says whether a build has the interface, and `tools.relay`
+hands them to it. Reads and writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NONE = "none"
+REQUIRED = "required"
+OPTIONAL = "optional"
+
+_POP = ("relay is not a POP server: E-MailRelay's POP server serves the spool to mail "
+        "readers, relay only forwards (see docs/emailrelay.md)")
+_ISSUE_15 = "not in relay yet (filters, verifiers, secrets and TLS: issue 15)"
+
+# Whether the admin interface (issue 16) is built in; its module sets this when imported.
+ADMIN_SUPPORT = False
+ADMIN_REFUSAL = "the admin interface is not in this build of relay yet (issue 16)"
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One switch of `emailrelay`: names, value, help group and line, or why relay refuses it."""
+
+    name: str
+    short: str | None
+    value: str  # NONE, REQUIRED or OPTIONAL
+    group: str
+    help: str
+    metavar: str = ""
+    refused: str | None = None
+
+
+def _s(name: str, short: str | None, value: str, group: str, text: str,  # noqa: PLR0917
+       metavar: str = "", refused: str | None = None) -> Switch:
+    return Switch(name, short, value, group, text, metavar, refused)
+
+
+BASIC = "Basic options"
+CLIENT = "SMTP client options"
+SERVER = "SMTP server options"
+POP = "POP server options"
+ADMIN = "Admin server options"
+AUTH = "Authentication options"
+TLS = "TLS options"
+PROCESS = "Process options"
+LOGGING = "Logging options"
+
+SWITCHES: tuple[Switch, ...] = (
+    _s("as-client", "q", REQUIRED, BASIC, "forward the spool to HOST:PORT, then exit: "
+       "--log --no-syslog --no-daemon --dont-serve --forward --forward-to", "host:port"),
+    _s("as-proxy", "y", REQUIRED, BASIC, "store and forward each message once its client "
+       "disconnects: --log --close-stderr --forward-on-disconnect --forward-to", "host:port"),
+    _s("as-server", "d", NONE, BASIC, "storage daemon, forwarding only when told to: "
+       "--log --close-stderr"),
+    _s("spool-dir", "s", REQUIRED, BASIC, "the spool directory", "dir"),
+    _s("help", "h", NONE, BASIC, "this help (with --verbose: every switch)"),
+    _s("version", "V", NONE, BASIC, "the version (with --verbose: the build's features)"),
+    # SMTP client
+    _s("client-smtp-config", "c", REQUIRED, CLIENT, "client protocol features: "
+       "[+-]pipelining, smtputf8strict, eightbitstrict, binarymimestrict", "config"),
+    _s("forward", "f", NONE, CLIENT, "forward the spool at start-up (needs --forward-to)"),
+    _s("forward-on-disconnect", "1", NONE, CLIENT,
+       "forward the spool whenever an SMTP client disconnects (needs --forward-to)"),
+    _s("forward-to", "o", REQUIRED, CLIENT, "the smarthost", "host:port"),
+    _s("poll", "O", REQUIRED, CLIENT,
+       "forward the whole spool every PERIOD seconds (needs --forward-to)", "period"),
+    _s("client-filter", "Y", REQUIRED, CLIENT, "program run on each message as it is "
+       "forwarded", "program"),
+    _s("client-interface", "6", REQUIRED, CLIENT, "local address of outgoing connections",
+       "ip-address"),
+    _s("connection-timeout", "U", REQUIRED, CLIENT,
+       "seconds to connect to the smarthost (default 40)", "time"),
+    _s("idle-timeout", None, REQUIRED, CLIENT,
+       "seconds without traffic before a client is dropped (default 60)", "time"),
+    _s("response-timeout", "T", REQUIRED, CLIENT,
+       "seconds to wait for each smarthost reply (default 60)", "time"),
+    _s("forward-to-all", None, NONE, CLIENT,
+       "a message goes out only if every recipient is accepted (the default)"),
+    _s("forward-to-some", None, NONE, CLIENT,
+       "send to the recipients the smarthost accepts, even if it refuses others"),
+    _s("immediate", "m", NONE, CLIENT, "forward each message before its client gets the "
+       "answer (needs --forward-to)", refused="not in relay yet: use --as-proxy "
+       "(the message is stored, then forwarded at once)"),
+    # SMTP server
+    _s("port", "p", REQUIRED, SERVER, "SMTP port (default 25)", "port"),
+    _s("remote-clients", "r", NONE, SERVER, "accept clients that are not local"),
+    _s("address-verifier", None, REQUIRED, SERVER, "program that checks each recipient",
+       "program"),
+    _s("anonymous", "A", OPTIONAL, SERVER, "no VRFY, a terse greeting, no Received line, no "
+       "AUTH= on MAIL (scope: vrfy,server,content,client)", "scope",
+       refused="not in relay yet"),
+    _s("delivery-dir", None, REQUIRED, SERVER, "base directory for local mailbox delivery",
+       "dir", refused="relay does not deliver to local mailboxes: it forwards everything to "
+       "the smarthost"),
+    _s("dnsbl", None, REQUIRED, SERVER, "DNSBL servers that refuse clients", "config",
+       refused="not in relay yet"),
+    _s("domain", "D", REQUIRED, SERVER, "this host's name in EHLO, greetings and Received "
+       "(default: the host's fully qualified name)", "fqdn"),
+    _s("filter", "z", REQUIRED, SERVER, "program run on each message as it is stored",
+       "program"),
+    _s("filter-timeout", "W", REQUIRED, SERVER, "seconds a filter may run (default 60)", "time"),
+    _s("interface", "I", REQUIRED, SERVER, "listening addresses: a comma list, each "
+       "optionally smtp=, pop= or admin=", "ip-address-list"),
+    _s("prompt-timeout", "w", REQUIRED, SERVER,
+       "seconds to wait for the smarthost's greeting (default 20)", "time"),
+    _s("server-smtp-config", "Z", REQUIRED, SERVER, "server protocol features: pipelining, "
+       "chunking, smtputf8, smtputf8strict, nostrictparsing, noalabels", "config"),
+    _s("size", "M", REQUIRED, SERVER, "largest message accepted, in bytes", "bytes"),
+    # POP
+    _s("pop", "B", NONE, POP, "the POP server", refused=_POP),
+    _s("pop-by-name", "J", NONE, POP, "POP spool per user", refused=_POP),
+    _s("pop-no-delete", "G", NONE, POP, "POP without DELE", refused=_POP),
+    _s("pop-port", "E", REQUIRED, POP, "POP port", "port", refused=_POP),
+    _s("pop-auth", "F", REQUIRED, AUTH, "POP secrets file", "file", refused=_POP),
+    # admin (issue 16)
+    _s("admin", "a", REQUIRED, ADMIN, "the administration interface on PORT", "port"),
+    _s("admin-terminate", "Q", NONE, ADMIN, "the admin interface's terminate command"),
+    # authentication
+    _s("client-auth", "C", REQUIRED, AUTH, "secrets file for AUTH to the smarthost", "file"),
+    _s("client-auth-config", None, REQUIRED, AUTH, "client AUTH mechanisms (m:, x:, a:, d:)",
+       "config", refused=_ISSUE_15),
+    _s("server-auth", "S", REQUIRED, AUTH, "secrets file: clients authenticate", "file"),
+    _s("server-auth-config", None, REQUIRED, AUTH, "server AUTH mechanisms: m: and x: before "
+       "TLS, a: and d: after (m:;a:plain)", "config"),
+    # TLS
+    _s("client-tls", "j", NONE, TLS, "STARTTLS to the smarthost when offered"),
+    _s("client-tls-certificate", None, REQUIRED, TLS, "client key and certificate (PEM)",
+       "pem-file", refused=_ISSUE_15),
+    _s("client-tls-connection", "b", NONE, TLS, "implicit TLS to the smarthost (SMTPS)"),
+    _s("client-tls-required", None, NONE, TLS, "never send without TLS"),
+    _s("client-tls-server-name", None, REQUIRED, TLS, "server name sent in the TLS handshake",
+       "hostname", refused=_ISSUE_15),
+    _s("client-tls-verify", None, REQUIRED, TLS, "verify the smarthost against these CAs "
+       "(<default>: the system's)", "ca-list"),
+    _s("client-tls-verify-name", None, REQUIRED, TLS, "name the smarthost's certificate must "
+       "have", "cname", refused=_ISSUE_15),
+    _s("server-tls", "K", NONE, TLS, "offer STARTTLS (needs --server-tls-certificate)"),
+    _s("server-tls-certificate", None, REQUIRED, TLS, "server key and certificate (PEM); "
+       "twice: the key file, then the certificate file", "pem-file"),
+    _s("server-tls-connection", None, NONE, TLS, "implicit TLS on the SMTP port (SMTPS)",
+       refused=_ISSUE_15),
+    _s("server-tls-required", None, NONE, TLS, "clients must STARTTLS before AUTH or MAIL"),
+    _s("server-tls-verify", None, REQUIRED, TLS, "verify client certificates against these CAs",
+       "ca-list", refused=_ISSUE_15),
+    _s("tls-config", "9", REQUIRED, TLS, "TLS library options (tlsv1.2, ...)", "options",
+       refused=_ISSUE_15),
+    # process
+    _s("dont-serve", "x", NONE, PROCESS, "no listening at all; end after --forward"),
+    _s("localedir", None, REQUIRED, PROCESS, "message catalogues (relay speaks English only: "
+       "accepted, nothing to load)", "dir"),
+    _s("no-daemon", "t", NONE, PROCESS, "stay in the foreground"),
+    _s("no-smtp", "X", NONE, PROCESS, "no SMTP listening (with --admin)"),
+    _s("pid-file", "i", REQUIRED, PROCESS, "write the daemon's process id here", "path"),
+    _s("user", "u", REQUIRED, PROCESS, "started as root: the user to run as after binding "
+       "(default daemon; root: stay root)", "username"),
+    _s("hidden", "H", NONE, PROCESS, "hide the window", refused="--hidden is Windows only"),
+    _s("show", None, REQUIRED, PROCESS, "window style", "style",
+       refused="--show is Windows only"),
+    # logging
+    _s("verbose", "v", NONE, LOGGING, "more detail in the log (the SMTP dialogue) and in --help"),
+    _s("log", "l", NONE, LOGGING, "log to stderr and syslog (see --close-stderr, --no-syslog)"),
+    _s("debug", "g", NONE, LOGGING, "debug-level logging"),
+    _s("log-address", None, NONE, LOGGING, "the client's address on every log line"),
+    _s("log-file", "N", REQUIRED, LOGGING, "log to this file instead of stderr (%d: the "
+       "date, a file a day)", "file"),
+    _s("log-format", None, REQUIRED, LOGGING, "fields to add: time, unit, address, port, "
+       "msgid (and relay's line formats: logfmt, json, console)", "value"),
+    _s("log-time", "L", NONE, LOGGING, "a timestamp on every log line"),
+    _s("no-syslog", "n", NONE, LOGGING, "no syslog (overridden by --syslog)"),
+    _s("syslog", "k", OPTIONAL, LOGGING, "syslog even with --no-syslog (facility: mail by "
+       "default)", "facility"),
+    _s("close-stderr", "e", NONE, LOGGING, "close stderr once started"),
+)
+
+BY_LONG: dict[str, Switch] = {switch.name: switch for switch in SWITCHES}
+BY_SHORT: dict[str, Switch] = {switch.short: switch for switch in SWITCHES if switch.short}
+# --help --verbose of 2.6.1 on Unix lists these; --hidden and --show are Windows-only extras.
+WINDOWS_ONLY = ("hidden", "show")
+GROUPS = (BASIC, CLIENT, SERVER, POP, ADMIN, AUTH, TLS, PROCESS, LOGGING)
+
+
+def refusal(switch: Switch) -> str | None:
+    """Why relay refuses *switch*, or None when it does what E-MailRelay does."""
+    if switch.group == ADMIN and not ADMIN_SUPPORT:
+        return ADMIN_REFUSAL
+    return switch.refused
