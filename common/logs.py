@@ -67,8 +67,13 @@ class LogDestination:
         assert path is not None
         if self._fd is None or self._reopen or path != self.path:
             self._reopen = False
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         LOG_FILE_MODE)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                             LOG_FILE_MODE)
+            except OSError:
+                if self._fd is None:
+                    raise
+                return self._fd  # cannot reopen (e.g. --user may not create it): keep the old
             if self._fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)

@@ -147,9 +147,10 @@ class Scheduler:
             # The first scan need not wait for the recovery's own listing of a big spool;
             # what the recovery puts back is found by the scan it asks for.
             recovery = asyncio.create_task(self._recover_then_scan())
-        watching = self.watch and not self.once
-        self._watch = (_Watch.start(self.spool, self.request_scan_threadsafe,
-                                    self.flush_threadsafe, self.log) if watching else None)
+        # Without the watch for new mail (--no-watch) the trigger file is still watched.
+        wake = self.request_scan_threadsafe if self.watch else _ignore
+        self._watch = None if self.once else _Watch.start(self.spool, wake,
+                                                           self.flush_threadsafe, self.log)
         workers = [asyncio.create_task(self._worker(), name=f"worker-{n}")
                    for n in range(self.concurrency)]
         try:
@@ -207,7 +208,7 @@ class Scheduler:
             if self._backlog():
                 await self._work_down_backlog()
             else:
-                timeout = self.poll if self._watch is not None else math.inf
+                timeout = self.poll if self.watch else math.inf
                 timeout = min(timeout, max(0.0, next_flush - now))
                 if result.next_due is not None:
                     timeout = min(timeout, max(0.0, result.next_due - time.time()) + 0.05)
@@ -339,6 +340,10 @@ class Scheduler:
             self.stats.failed += 1
         elif result is Result.HELD:
             self.stats.held += 1
+
+def _ignore() -> None:
+    """A file event that needs nothing (new mail under --no-watch waits for a flush)."""
+
 
 class _Watch:
     """The watchdog observer of the spool directory, which can be paused and resumed."""

@@ -34,7 +34,9 @@ from spool.files import HostileFile, open_regular
 from spool.names import TRIGGER_NAME, State, content_name, envelope_name
 from spool.testhooks import checkpoint
 
-FILE_MODE = 0o600
+# Group read/write, as E-MailRelay's spool files: the umask decides (`relay` sets 007, so
+# 0660, group the --user's; a spool directory that is setgid gives its own group).
+FILE_MODE = 0o660
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

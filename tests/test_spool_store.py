@@ -68,13 +68,16 @@ def _accepted(spool_dir: Path) -> list[str]:
     ]
 
 
-def test_stored_files_are_0600_and_parse(spool: Spool) -> None:
-    """A stored message is a 0600 content file with the exact bytes and a parsing .envelope."""
+def test_stored_files_are_0660_less_umask_and_parse(spool: Spool) -> None:
+    """A stored message is a 0660 (less the umask) content file with the exact bytes and a
+    parsing .envelope."""
     message_id = spool.store(CONTENT, ENVELOPE)
     content = spool.content_path(message_id)
     envelope = spool.envelope_path(message_id, State.READY)
     for path in (content, envelope):
-        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o660 & ~umask
     assert content.read_bytes() == CONTENT
     assert parse_envelope(envelope.read_bytes()) == ENVELOPE
     assert _names(spool.path) == sorted([content.name, envelope.name])

@@ -1,326 +1,488 @@
-"""The `relay` command: E-MailRelay's command line, mapped onto relay-intake and relay-deliver.
+"""The `relay` command: E-MailRelay 2.6.1's command line, run as relay-intake + relay-deliver.
 
-    relay --as-server --port 10025 --spool-dir DIR         intake only (storage daemon)
-    relay --as-client HOST:PORT --spool-dir DIR            forward what is due, then exit
-    relay --as-proxy HOST:PORT --spool-dir DIR [--filter]  intake and deliver together
+    relay --as-server [--forward-to HOST:PORT --poll N] ...   daemon: store; forward when told
+    relay --as-proxy HOST:PORT ...                            daemon: store, then forward
+    relay --as-client HOST:PORT --spool-dir DIR               forward the spool, then exit
+    relay [switches] /etc/emailrelay.conf                     the switches of a config file
 
-E-MailRelay's main switches are accepted with their long and short names and passed to
-the program they belong to; switches about daemons and log destinations that do not
-apply (relay always stays in the foreground and logs to stderr) are accepted and noted.
-`relay --help --verbose` lists them all. Unknown switches: a clear error, exit 64.
-Reads and writes nothing itself: the programs it runs do.
+Every switch of `emailrelay --help --verbose` (`tools.emailrelay_switches`) is accepted with
+its long name and letter; a few are refused with one line saying why (exit 64). `parse`
+reads the command line (and the config file, E-MailRelay's "name value" lines) into the
+switches given; `plan` decides, as E-MailRelay does, what runs: relay-intake unless
+--dont-serve/--no-smtp; relay-deliver when there is a --forward-to, woken as the switches
+say (--forward-on-disconnect: as mail arrives; --poll N: the whole spool every N s;
+--forward: once at start; otherwise only on a flush: SIGUSR1 to `relay`, the trigger file,
+the admin interface); --as-client: one flush in the foreground. Then `tools.daemon` runs
+them, in the background unless --no-daemon. Reads the config file; the programs do the rest.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
+import pwd
+import socket
+import ssl
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import FrameType
-from typing import Any
 
-from common.config import DEFAULT_SPOOL_DIR
+from common.config import version
+from common.process import DEFAULT_USER
+from tools import daemon
+from tools import emailrelay_switches as table
+from tools.emailrelay_switches import NONE, OPTIONAL, REQUIRED, Switch
 
 EX_USAGE = os.EX_USAGE
+EMAILRELAY_VERSION = "2.6.1"  # the E-MailRelay whose command line this is
 
-
-@dataclass(frozen=True)
-class Switch:
-    """One E-MailRelay switch: where it goes (intake, deliver, both, mode or nowhere)."""
-
-    name: str
-    short: str | None
-    takes_value: bool
-    goes_to: str  # "intake" | "deliver" | "both" | "mode" | "ignored" | "help"
-    help: str
-    relay_name: str | None = None  # the relay flag it becomes, when it is spelt differently
-    basic: bool = False
-
-
-SWITCHES: tuple[Switch, ...] = (
-    Switch("as-server", "d", False, "mode", "storage daemon: accept mail and spool it", basic=True),
-    Switch("as-client", "q", True, "mode",
-           "forward spooled mail to HOST:PORT, then exit", basic=True),
-    Switch("as-proxy", "y", True, "mode",
-           "accept mail and forward each message to HOST:PORT as soon as it is stored",
-           basic=True),
-    Switch("spool-dir", "s", True, "both", "the spool directory", basic=True),
-    Switch("port", "p", True, "intake", "SMTP port to listen on", basic=True),
-    Switch("forward-to", "o", True, "deliver", "the smarthost HOST:PORT", basic=True),
-    Switch("help", "h", False, "help", "show help; with --verbose, every switch", basic=True),
-    Switch("verbose", "v", False, "both", "more detail, the SMTP dialogue included", basic=True),
-    Switch("interface", "I", True, "intake", "address to listen on (repeatable)"),
-    Switch("remote-clients", "r", False, "intake", "allow clients that are not local"),
-    Switch("domain", "D", True, "both", "this host's name in SMTP greetings and Received"),
-    Switch("size", "M", True, "intake", "largest message accepted, in bytes"),
-    Switch("filter", "z", True, "intake", "program run on each message as it is received"),
-    Switch("filter-timeout", "W", True, "both", "seconds a filter may run"),
-    Switch("address-verifier", "Y", True, "intake", "program that checks each recipient"),
-    Switch("client-filter", "Z", True, "deliver", "program run on each message before sending"),
-    Switch("server-auth", "S", True, "intake", "secrets file: clients must authenticate"),
-    Switch("server-tls-certificate", "K", True, "intake", "PEM certificate for STARTTLS"),
-    Switch("server-tls-key", None, True, "intake", "PEM private key for STARTTLS"),
-    Switch("server-tls-required", None, False, "intake", "refuse mail before STARTTLS"),
-    Switch("client-auth", "C", True, "deliver", "secrets file: authenticate to the smarthost"),
-    Switch("client-tls", "j", False, "deliver", "use STARTTLS to the smarthost"),
-    Switch("client-tls-connection", "b", False, "deliver", "implicit TLS to the smarthost"),
-    Switch("client-tls-required", None, False, "deliver", "never send without TLS"),
-    Switch("client-tls-verify", None, True, "deliver", "CA file to verify the smarthost"),
-    Switch("client-tls-verify-name", None, True, "deliver", "the name the smarthost's "
-           "certificate must be for"),
-    Switch("client-tls-server-name", None, True, "deliver", "the name sent in the handshake"),
-    Switch("client-tls-certificate", None, True, "deliver", "this client's PEM key and "
-           "certificate"),
-    Switch("server-tls-connection", None, False, "intake", "TLS from the first byte (465)"),
-    Switch("server-tls-verify", None, True, "intake", "CA file to check client certificates"),
-    Switch("tls-config", "9", True, "both", "TLS versions: tlsv1.2, -tlsv1.3"),
-    Switch("poll", "O", True, "deliver", "seconds between spool scans"),
-    Switch("idle-timeout", None, True, "intake", "seconds before an idle client is dropped"),
-    Switch("pid-file", "i", True, "both", "write the process id to this file"),
-    Switch("syslog", "k", False, "both", "also log to syslog (mail facility)"),
-    Switch("no-syslog", "n", False, "ignored", "accepted: relay logs to syslog only with --syslog"),
-    Switch("log", "l", False, "ignored", "accepted: relay always logs to stderr"),
-    Switch("log-format", None, True, "both", "console, logfmt or json", relay_name="log-format"),
-    Switch("no-daemon", "t", False, "ignored", "accepted: relay always stays in the foreground"),
-    Switch("close-stderr", "e", False, "ignored", "accepted and ignored: logs go to stderr"),
-    Switch("forward", "f", False, "ignored", "accepted: --as-client forwards already"),
-    Switch("forward-on-disconnect", "1", False, "ignored",
-           "accepted: --as-proxy forwards each message as soon as it is stored"),
-    Switch("immediate", "m", False, "ignored", "accepted: see --forward-on-disconnect"),
-    Switch("dont-serve", "x", False, "ignored", "accepted: --as-client does not serve"),
-    Switch("check", None, False, "both", "load the configuration, secrets, certificates,"
-           " filters and the spool; say what is wrong; exit 0 or 78 without starting"),
-    Switch("admin", "a", True, "admin", "the admin interface on PORT (E-MailRelay's commands)"),
-    Switch("admin-terminate", "Q", False, "admin", "the admin interface's terminate command"),
-)
-_BY_LONG = {switch.name: switch for switch in SWITCHES}
-_BY_SHORT = {switch.short: switch for switch in SWITCHES if switch.short}
+# Switches whose value is a file or directory: made absolute before the daemon leaves the
+# working directory (E-MailRelay's @app is the directory of the `relay` executable).
+_PATHS = ("spool-dir", "pid-file", "log-file", "filter", "client-filter", "address-verifier",
+          "server-auth", "client-auth", "server-tls-certificate", "client-tls-verify")
+# Repeatable switches (all values kept); every other switch: the first value given wins.
+_MULTI = ("interface", "server-tls-certificate", "filter", "client-filter")
+_LOG_FIELDS = ("time", "unit", "address", "port", "msgid")
+_RELAY_FORMATS = ("logfmt", "json", "console")
+_SMTP_FEATURES = {
+    "client-smtp-config": ("pipelining", "smtputf8strict", "eightbitstrict", "binarymimestrict"),
+    "server-smtp-config": ("pipelining", "chunking", "smtputf8", "smtputf8strict",
+                           "nostrictparsing", "noalabels"),
+}
 
 
 class UsageError(Exception):
-    """A command line that relay cannot understand."""
+    """A command line that relay cannot run (exit 64)."""
 
 
 @dataclass
-class Plan:
-    """What to run: mode, the smarthost, and the arguments for each program."""
+class Given:
+    """The switches given (command line first, then the config file), by long name."""
 
-    mode: str | None
-    forward_to: str | None
-    intake_args: list[str]
-    deliver_args: list[str]
-    wants_help: bool
-    verbose: bool
-    notes: list[str]
-    admin: dict[str, str] = field(default_factory=dict)  # --admin, --admin-terminate
+    values: dict[str, list[str | None]] = field(default_factory=dict)
+    config_file: str | None = None
+
+    def add(self, name: str, value: str | None) -> None:
+        self.values.setdefault(name, []).append(value)
+
+    def has(self, name: str) -> bool:
+        return name in self.values
+
+    def value(self, name: str) -> str | None:
+        found = self.values.get(name)
+        return found[0] if found else None
+
+    def all(self, name: str) -> list[str]:
+        return [value for value in self.values.get(name, []) if value is not None]
 
 
-def parse(argv: Sequence[str]) -> Plan:
-    """Map an E-MailRelay command line onto relay-intake and relay-deliver arguments."""
-    plan = Plan(None, None, [], [], False, False, [])
+def parse(argv: Sequence[str]) -> Given:
+    """The switches of an E-MailRelay command line (and of its config file, if one is given)."""
+    given = Given()
     args = list(argv)
     index = 0
     while index < len(args):
         word = args[index]
         index += 1
-        value: str | None = None
-        if word.startswith("--"):
+        if word.startswith("--") and len(word) > 2:
             name, eq, inline = word[2:].partition("=")
-            switch = _BY_LONG.get(name)
+            switch = table.BY_LONG.get(name)
             if switch is None:
                 raise UsageError(f"unknown switch --{name} (see relay --help --verbose)")
             value = inline if eq else None
-        elif word.startswith("-") and len(word) >= 2:
-            switch = _BY_SHORT.get(word[1])
-            if switch is None:
-                raise UsageError(f"unknown switch {word[:2]} (see relay --help --verbose)")
-            value = word[2:] or None
+            if switch.value == REQUIRED and value is None:
+                if index >= len(args):
+                    raise UsageError(f"--{name} needs a value")
+                value = args[index]
+                index += 1
+            elif switch.value == NONE and value is not None:
+                raise UsageError(f"--{name} takes no value")
+            given.add(switch.name, value)
+        elif word.startswith("-") and len(word) > 1:
+            letters = word[1:]
+            while letters:
+                switch = table.BY_SHORT.get(letters[0])
+                if switch is None:
+                    raise UsageError(f"unknown switch -{letters[0]} (see relay --help --verbose)")
+                letters = letters[1:]
+                argument: str | None = None
+                if switch.value == REQUIRED:
+                    if letters:
+                        argument, letters = letters, ""
+                    elif index < len(args):
+                        argument = args[index]
+                        index += 1
+                    else:
+                        raise UsageError(f"-{switch.short} (--{switch.name}) needs a value")
+                given.add(switch.name, argument)
         else:
-            raise UsageError(f"unexpected argument {word!r}: relay takes switches only")
-        if switch.takes_value and value is None:
-            if index >= len(args):
-                raise UsageError(f"--{switch.name} needs a value")
-            value = args[index]
-            index += 1
-        elif not switch.takes_value and value is not None:
-            raise UsageError(f"--{switch.name} takes no value")
-        _apply(plan, switch, value)
-    return plan
+            if given.config_file is not None or index < len(args):
+                raise UsageError(f"unexpected argument {word!r}: only the config file may "
+                                 "follow the switches")
+            given.config_file = word
+    if given.config_file is not None:
+        read_config_file(given.config_file, given)
+    return given
 
 
-def _apply(plan: Plan, switch: Switch, value: str | None) -> None:
-    if switch.goes_to == "help":
-        plan.wants_help = True
-        return
-    if switch.name == "verbose":
-        plan.verbose = True
-    if switch.goes_to == "mode":
-        mode = switch.name
-        if plan.mode and plan.mode != mode:
-            raise UsageError(f"--{mode} cannot be combined with --{plan.mode}")
-        plan.mode = mode
-        if value is not None:
-            plan.forward_to = value
-        return
-    if switch.goes_to == "admin":
-        plan.admin[switch.name] = value or ""
-        return
-    if switch.goes_to == "ignored":
-        plan.notes.append(f"--{switch.name} accepted: {switch.help.removeprefix('accepted: ')}")
-        return
-    flag = [f"--{switch.relay_name or switch.name}"] + ([value] if value is not None else [])
-    if switch.name == "forward-to":
-        plan.forward_to = value
-        return
-    if switch.goes_to in ("intake", "both"):
-        plan.intake_args += flag
-    if switch.goes_to in ("deliver", "both"):
-        plan.deliver_args += flag
+def read_config_file(path: str, given: Given) -> None:
+    """E-MailRelay's config file: "name value" or "name" per line, '#' comments."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as error:
+        raise UsageError(f"config file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path}: not UTF-8 text") from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.partition(" ")
+        name = name.strip()
+        text = value.strip() or None
+        if text is not None and len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
+            text = text[1:-1]
+        switch = table.BY_LONG.get(name)
+        where = f"config file {path} line {number}"
+        if switch is None:
+            raise UsageError(f"{where}: unknown switch {name!r}")
+        if switch.value == REQUIRED and text is None:
+            raise UsageError(f"{where}: {name} needs a value")
+        if switch.value == NONE and text is not None:
+            raise UsageError(f"{where}: {name} takes no value")
+        given.add(name, text)
+
+
+def _absolute(path: str) -> str:
+    if path.startswith("@app"):
+        path = os.path.dirname(os.path.abspath(sys.argv[0])) + path[len("@app"):]
+    if ":" in path.split("/", 1)[0] and not path.startswith("/"):
+        return path  # a filter spec like net:host:port or exit:0
+    return os.path.abspath(os.path.expanduser(path))
+
+
+@dataclass
+class Plan:
+    """What `relay` runs for one command line."""
+
+    intake: list[str] | None = None  # relay-intake's arguments, or None: no SMTP server
+    deliver: list[str] | None = None  # relay-deliver's arguments, or None
+    deliver_once: bool = False  # --as-client / --dont-serve --forward: one flush, foreground
+    daemon: bool = True
+    close_stderr: bool = False
+    pid_file: str | None = None
+    user: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def refuse_what_relay_does_not_do(given: Given) -> None:
+    """UsageError naming the first switch relay refuses, with the reason."""
+    for name in given.values:
+        reason = table.refusal(table.BY_LONG[name])
+        if reason is not None:
+            raise UsageError(f"--{name}: {reason}")
+
+
+def _features(name: str, text: str) -> list[str]:
+    known = _SMTP_FEATURES[name]
+    words = [word.strip().lstrip("+-") for word in text.split(",") if word.strip()]
+    for word in words:
+        if word not in known:
+            raise UsageError(f"--{name}: unknown feature {word!r} (one of {', '.join(known)})")
+    return words
+
+
+def _default_interfaces(remote: bool) -> list[str]:
+    """Without --interface: loopback, or (with --remote-clients) every address, IPv6 too."""
+    if not remote:
+        return ["127.0.0.1"]
+    found = ["0.0.0.0"]
+    if socket.has_ipv6:
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(("::", 0))
+            found.append("::")
+        except OSError:
+            pass
+    return found
+
+
+def plan(given: Given) -> Plan:
+    """Decide, as E-MailRelay does, what runs and with which arguments."""
+    refuse_what_relay_does_not_do(given)
+    has, value = given.has, given.value
+    result = Plan()
+    forward_to = value("forward-to")
+    implied: set[str] = set()
+    modes = [name for name in ("as-client", "as-proxy", "as-server") if has(name)]
+    if len(modes) > 1:
+        raise UsageError(f"--{modes[0]} cannot be combined with --{modes[1]}")
+    if has("as-client"):
+        forward_to = value("as-client")
+        implied |= {"log", "no-syslog", "no-daemon", "dont-serve", "forward"}
+    elif has("as-proxy"):
+        forward_to = value("as-proxy")
+        implied |= {"log", "close-stderr", "forward-on-disconnect"}
+    elif has("as-server"):
+        implied |= {"log", "close-stderr"}
+
+    def on(name: str) -> bool:
+        return has(name) or name in implied
+
+    for name in ("forward", "forward-on-disconnect", "poll"):
+        if on(name) and not forward_to:
+            raise UsageError(f"--{name} needs --forward-to")
+    paths = {name: [_absolute(v) for v in given.all(name)] for name in _PATHS}
+
+    # logging: every program gets the same switches
+    logging: list[str] = []
+    if on("verbose") or on("debug"):
+        logging.append("--verbose")
+    syslog = (has("syslog") or (on("log") and not on("no-syslog")))
+    if syslog:
+        logging += ["--syslog", "--syslog-facility", value("syslog") or "mail"]
+    if paths["log-file"]:
+        logging += ["--log-file", paths["log-file"][0]]
+    log_time = on("log-time")
+    for fields in given.all("log-format"):
+        for item in (word.strip() for word in fields.split(",") if word.strip()):
+            if item in _RELAY_FORMATS:
+                logging += ["--log-format", item]
+            elif item not in _LOG_FIELDS:
+                raise UsageError(f"--log-format: unknown field {item!r} (time, unit, address, "
+                                 "port, msgid; or logfmt, json, console)")
+            log_time = log_time or item == "time"
+    logging.append("--log-time" if log_time else "--no-log-time")
+    result.close_stderr = on("close-stderr")
+
+    # the process
+    result.daemon = not on("no-daemon")
+    result.pid_file = paths["pid-file"][0] if paths["pid-file"] else None
+    spool = ["--spool-dir", paths["spool-dir"][0]] if paths["spool-dir"] else []
+    user = value("user") or DEFAULT_USER
+    if os.geteuid() == 0 and user != "root":
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise UsageError(f"--user: no such user {user!r}") from None
+        result.user = user
+    common = [*spool, *logging]
+    if result.user:
+        common += ["--user", result.user]
+    if result.close_stderr:
+        common.append("--close-stderr")
+    if has("localedir"):
+        result.notes.append("--localedir: relay's messages are English only (nothing to load)")
+    for name in ("client-smtp-config", "server-smtp-config"):
+        for text in given.all(name):
+            _features(name, text)
+            result.notes.append(f"--{name}: accepted; relay's SMTP features are fixed "
+                                "(see docs/emailrelay.md)")
+    if has("prompt-timeout"):
+        result.notes.append("--prompt-timeout: accepted; relay waits for the greeting up to "
+                            "--connection-timeout")
+
+    timeout_filter = ["--filter-timeout", value("filter-timeout") or ""] \
+        if has("filter-timeout") else []
+    # relay-intake
+    serving = not on("dont-serve") and not on("no-smtp")
+    if serving:
+        args = [*common, "--port", value("port") or "25"]
+        interfaces: list[str] = []
+        for text in given.all("interface"):
+            for item in (word.strip() for word in text.split(",") if word.strip()):
+                kind, equals, address = item.partition("=")
+                if not equals:
+                    interfaces.append(item)
+                elif kind == "smtp":
+                    interfaces.append(address)
+                elif kind not in ("pop", "admin"):
+                    raise UsageError(f"--interface: {item!r}: the qualifiers are smtp=, pop= "
+                                     "and admin=")
+        if not interfaces:
+            interfaces = _default_interfaces(on("remote-clients"))
+        for address in interfaces:
+            args += ["--interface", address]
+        if on("remote-clients"):
+            args.append("--remote-clients")
+        for name in ("domain", "size", "idle-timeout"):
+            if has(name):
+                args += [f"--{name}", value(name) or ""]
+        for path in paths["filter"]:
+            args += ["--filter", path]
+        if paths["address-verifier"]:
+            args += ["--address-verifier", paths["address-verifier"][0]]
+        args += timeout_filter
+        if paths["server-auth"]:
+            args += ["--server-auth", paths["server-auth"][0]]
+        config = value("server-auth-config")
+        if config is not None and _mechanisms_before_tls(config):
+            args.append("--server-auth-insecure")
+        certificates = paths["server-tls-certificate"]
+        if on("server-tls"):
+            if not certificates:
+                raise UsageError("--server-tls needs --server-tls-certificate")
+            args += ["--server-tls-certificate", certificates[-1]]
+            if len(certificates) > 1:
+                args += ["--server-tls-key", certificates[0]]
+        elif certificates:
+            result.notes.append("--server-tls-certificate without --server-tls: STARTTLS is "
+                                "not offered")
+        if on("server-tls-required"):
+            args.append("--server-tls-required")
+        result.intake = args
+    # relay-deliver
+    if forward_to and (serving or on("forward") or on("no-smtp")):
+        args = [*common, "--forward-to", forward_to]
+        for name in ("domain", "client-interface", "connection-timeout", "response-timeout"):
+            if has(name):
+                args += [f"--{name}", value(name) or ""]
+        for path in paths["client-filter"]:
+            args += ["--client-filter", path]
+        args += timeout_filter
+        if paths["client-auth"]:
+            args += ["--client-auth", paths["client-auth"][0]]
+        for name in ("client-tls", "client-tls-connection", "client-tls-required"):
+            if on(name):
+                args.append(f"--{name}")
+        verify = given.value("client-tls-verify")
+        if verify is not None:
+            args += ["--client-tls-verify",
+                     "system" if verify == "<default>" else paths["client-tls-verify"][0]]
+        if not on("forward-to-some"):
+            args.append("--forward-to-all")
+        if on("dont-serve"):
+            result.deliver_once = True
+            args += ["--once", "--flush"]
+        else:
+            if not on("forward-on-disconnect"):
+                args.append("--no-watch")
+            if on("poll"):
+                args += ["--flush-every", value("poll") or "0"]
+            if on("forward"):
+                args.append("--flush-at-start")
+        result.deliver = args
+    if result.deliver_once:
+        result.daemon = False  # it ends once the spool is forwarded
+    return result
+
+
+def _mechanisms_before_tls(config: str) -> bool:
+    """--server-auth-config: True when the 'm:' list (mechanisms without TLS) is not empty."""
+    for item in config.split(";"):
+        key, _, mechanisms = item.strip().partition(":")
+        if key.strip() == "m":
+            return any(word.strip() for word in mechanisms.split(","))
+    return False
 
 
 def help_text(verbose: bool) -> str:
-    """The help: the basic switches, or every one with --verbose."""
-    lines = [
-        "usage: relay --as-server | --as-client HOST:PORT | --as-proxy HOST:PORT [switches]",
-        "",
-        "E-MailRelay's command line for relay. Switches:",
-    ]
-    for switch in SWITCHES:
-        if not verbose and not switch.basic:
+    """The help: the basic switches, or (with --verbose) every one, grouped as E-MailRelay."""
+    lines = [f"relay {version()}: E-MailRelay {EMAILRELAY_VERSION}'s command line", "",
+             "usage: relay [<switch> ...] [<config-file>]", ""]
+    for group in table.GROUPS:
+        switches = [s for s in table.SWITCHES if s.group == group]
+        if not verbose and group != table.BASIC:
             continue
-        short = f"-{switch.short}, " if switch.short else "    "
-        value = " VALUE" if switch.takes_value else ""
-        lines.append(f"  {short}--{switch.name}{value}".ljust(40) + f" {switch.help}")
+        lines.append(group)
+        for switch in switches:
+            lines.append(_help_line(switch))
+        lines.append("")
     if not verbose:
-        lines += ["", "relay --help --verbose lists every switch."]
-    lines += [
-        "",
-        "relay-intake --help and relay-deliver --help list relay's own options.",
-    ]
+        lines.append("relay --help --verbose lists every switch.")
+    else:
+        lines.append("Refused switches exit 64 with the reason; docs/emailrelay.md has them all.")
     return "\n".join(lines) + "\n"
 
 
-def _program(module: str) -> list[str]:
-    return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
+def _help_line(switch: Switch) -> str:
+    short = f"-{switch.short}, " if switch.short else "    "
+    metavar = f"=<{switch.metavar or 'value'}>"
+    value = "" if switch.value == NONE else (f"[{metavar}]" if switch.value == OPTIONAL
+                                             else metavar)
+    reason = table.refusal(switch)
+    text = switch.help + (f" [refused: {reason}]" if reason else "")
+    return f"  {short}--{switch.name}{value}".ljust(40) + f" {text}"
 
 
-def run_proxy(intake_args: list[str], deliver_args: list[str]) -> int:
-    """Run intake and deliver side by side until a signal (or one of them) ends them."""
-    children = [
-        subprocess.Popen([*_program("intake.main"), *intake_args]),
-        subprocess.Popen([*_program("deliver.main"), *deliver_args]),
-    ]
-    stopping = False
+def version_text(verbose: bool) -> str:
+    """`relay --version`: E-MailRelay's shape; with --verbose the build's features."""
+    lines = [f"relay V{version()} (E-MailRelay {EMAILRELAY_VERSION} command line)"]
+    if verbose:
+        try:
+            import uvloop  # noqa: F401, PLC0415 (only to say whether it is there)
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        targets = children[1:] if signum == signal.SIGUSR1 else children
-        for child in targets:
-            if child.poll() is None:
-                child.send_signal(signum)
+            loop = "uvloop"
+        except ImportError:
+            loop = "asyncio"
+        lines += [
+            "",
+            f"Python: {sys.version.split()[0]}",
+            f"Event loop: {loop}",
+            "Multi-threading: enabled (storage and delivery threads)",
+            "Unix domain sockets: disabled",
+            "POP server: disabled",
+            f"Admin server: {'enabled' if table.ADMIN_SUPPORT else 'disabled'}",
+            f"TLS library: {ssl.OPENSSL_VERSION}",
+        ]
+    return "\n".join(lines) + "\n"
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(signum, forward)
-    status = 0
-    while True:
-        ended = [child for child in children if child.poll() is not None]
-        if ended:
-            if not stopping:
-                status = ended[0].returncode or 1  # one died on its own: stop the other
-                stopping = True
-                for child in children:
-                    if child.poll() is None:
-                        child.terminate()
-            if len(ended) == len(children):
-                break
-        time.sleep(0.1)
-    if status == 0:
-        status = max((child.returncode for child in children), default=0)
-    return status if status > 0 else 0
+
+def _run_deliver_once(args: list[str]) -> int:
+    from deliver.main import main as deliver_main  # noqa: PLC0415 (load only what runs)
+
+    return deliver_main(args)
+
+
+def run(the_plan: Plan) -> int:
+    """Run the plan: a flush in the foreground, or the programs (as a daemon by default)."""
+    for note in the_plan.notes:
+        sys.stderr.write(f"relay: {note}\n")
+    if the_plan.deliver_once:
+        assert the_plan.deliver is not None
+        return _run_deliver_once(the_plan.deliver)
+    programs = []
+    if the_plan.intake is not None:
+        programs.append(daemon.Program("relay-intake", "intake.main", the_plan.intake))
+    if the_plan.deliver is not None:
+        programs.append(daemon.Program("relay-deliver", "deliver.main", the_plan.deliver))
+    if not programs:
+        return 0  # --dont-serve without --forward: nothing to do, as E-MailRelay
+    if the_plan.daemon:
+        code = daemon.detach()
+        if code is not None:
+            return code  # the parent: the daemon is ready (0) or failed
+        os.chdir("/")
+    os.umask(0o007)  # spool files 0660 (and the log file), as E-MailRelay's
+    group = pwd.getpwnam(the_plan.user).pw_gid if the_plan.user else None
+    supervisor = daemon.Supervisor(programs, pid_file=the_plan.pid_file, pid_group=group)
+    code = supervisor.start(detached=the_plan.daemon)
+    if code != 0:
+        daemon.tell_parent(str(code))
+        return code
+    daemon.tell_parent("ready")
+    if the_plan.daemon:
+        daemon.quiet_stdio(close_stderr=the_plan.close_stderr)
+    return supervisor.run()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `relay`."""
     arguments = sys.argv[1:] if argv is None else argv
     try:
-        plan = parse(arguments)
+        given = parse(arguments)
+        if given.has("help"):
+            sys.stdout.write(help_text(given.has("verbose")))
+            return 0
+        if given.has("version"):
+            sys.stdout.write(version_text(given.has("verbose")))
+            return 0
+        the_plan = plan(given)
     except UsageError as error:
         sys.stderr.write(f"relay: {error}\n")
         return EX_USAGE
-    if plan.wants_help:
-        sys.stdout.write(help_text(plan.verbose))
-        return 0
-    if plan.mode is None:
-        sys.stderr.write("relay: give one of --as-server, --as-client HOST:PORT, --as-proxy"
-                         " HOST:PORT (see relay --help)\n")
-        return EX_USAGE
-    for note in plan.notes:
-        sys.stderr.write(f"relay: {note}\n")
-    forward = ["--forward-to", plan.forward_to] if plan.forward_to else []
-    admin = None
-    if "admin" in plan.admin and plan.mode != "as-client":
-        try:
-            admin = _start_admin(plan, forward)
-        except (ValueError, OSError) as error:
-            sys.stderr.write(f"relay: {error}\n")
-            return os.EX_CONFIG
-    try:
-        return _run(plan, forward)
-    finally:
-        if admin is not None:
-            admin.stop()
-
-
-def _check(plan: Plan, forward: list[str]) -> int:
-    """--check: each program the mode would run checks what it would load; the worst code."""
-    from deliver.main import main as deliver_main  # noqa: PLC0415 (load only what runs)
-    from intake.main import main as intake_main  # noqa: PLC0415
-
-    codes = []
-    if plan.mode in ("as-server", "as-proxy"):
-        codes.append(intake_main(plan.intake_args))
-    if plan.mode in ("as-client", "as-proxy") or plan.forward_to:
-        codes.append(deliver_main([*forward, *plan.deliver_args]))
-    return max(codes, default=0)
-
-
-def _start_admin(plan: Plan, forward: list[str]) -> Any:
-    """--admin PORT: tools.admin's server for this relay (it stops with the program)."""
-    from tools.admin import start_for_relay  # noqa: PLC0415 (load only what runs)
-
-    def value(args: list[str], flag: str) -> str | None:
-        return args[args.index(flag) + 1] if flag in args else None
-
-    spool_dir = value(plan.intake_args, "--spool-dir") or DEFAULT_SPOOL_DIR
-    deliver = None  # --as-proxy runs relay-deliver; --as-server has none, so a flush runs one
-    if plan.mode == "as-server" and plan.forward_to:
-        deliver = [*_program("deliver.main"), "--once", *forward, *plan.deliver_args]
-    return start_for_relay(plan.admin["admin"], spool_dir=spool_dir,
-                           forward_to=plan.forward_to,
-                           with_terminate="admin-terminate" in plan.admin,
-                           remote_clients="--remote-clients" in plan.intake_args,
-                           deliver_command=deliver)
-
-
-def _run(plan: Plan, forward: list[str]) -> int:
-    if "--check" in plan.intake_args:
-        return _check(plan, forward)
-    if plan.mode == "as-server":
-        from intake.main import main as intake_main  # noqa: PLC0415 (load only what runs)
-
-        return intake_main(plan.intake_args)
-    if plan.mode == "as-client":
-        from deliver.main import main as deliver_main  # noqa: PLC0415 (load only what runs)
-
-        status: int = deliver_main(["--once", *forward, *plan.deliver_args])
-        return status
-    return run_proxy(plan.intake_args, [*forward, *plan.deliver_args])
+    return run(the_plan)
 
 
 if __name__ == "__main__":

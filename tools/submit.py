@@ -32,7 +32,7 @@ from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from pathlib import Path
 from typing import BinaryIO
 
-from common.config import SPOOL_DIR_OPTION, ConfigError, Option, load_settings
+from common.config import SPOOL_DIR_OPTION, ConfigError, Option, load_settings, version
 from spool import Envelope, SpoolError
 from spool.store import MessageWriter, Spool
 from tools.common import fail, local_domain
@@ -44,7 +44,7 @@ EX_DATAERR = os.EX_DATAERR  # 65
 
 # sendmail's (and Postfix's sendmail's) short options; ':' marks those taking a value.
 SHORT_OPTIONS = "46A:B:b:C:cd:e:F:f:GIh:iL:mN:nO:o:p:R:r:stUV:vX:x"
-LONG_OPTIONS = ["spool-dir=", "config=", "domain=", "help"]
+LONG_OPTIONS = ["spool-dir=", "config=", "domain=", "help", "version"]
 SUPPORTED_MODES = ("m", "p")  # -bm: read a message and deliver it (the default); -bp: mailq
 
 SETTINGS = (
@@ -96,6 +96,7 @@ class Request:
     settings_argv: list[str] = field(default_factory=list)
     help: bool = False
     list_queue: bool = False  # -bp: print the queue (mailq) instead of reading a message
+    version: bool = False
 
 
 def parse_command_line(argv: Sequence[str]) -> Request:
@@ -127,6 +128,8 @@ def parse_command_line(argv: Sequence[str]) -> Request:
             raise UsageError("-I (newaliases) is not supported")
         elif flag == "--help":
             request.help = True
+        elif flag == "--version":
+            request.version = True
         elif flag.startswith("--"):
             request.settings_argv += [flag, value]
         # Everything else (-o..., -v, -N, -R, -V, -X, -C, -B, -L, -h, -O, -U, -G, -A, -d,
@@ -366,6 +369,9 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
         return fail(PROGRAM, str(error), error.code)
     if request.help:
         print(USAGE, end="")
+        return os.EX_OK
+    if request.version:
+        print(f"{PROGRAM} {version()}")
         return os.EX_OK
     try:
         settings = load_settings(PROGRAM, DESCRIPTION, SETTINGS,

@@ -34,6 +34,7 @@ class Received:
     data: bytes
     mail_options: list[str]
     peer: Any = None
+    ehlo: str | None = None  # what the client said in EHLO/HELO
 
 
 @dataclass
@@ -99,7 +100,7 @@ class _Handler:
         with sink.lock:
             sink.messages.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content),
-                         list(envelope.mail_options), session.peer)
+                         list(envelope.mail_options), session.peer, session.host_name)
             )
             sink.connections_seen.add(id(session))
         return "250 OK queued"

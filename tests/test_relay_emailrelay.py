@@ -1,0 +1,328 @@
+"""`relay` run as E-MailRelay is run: real daemons, pid files, signals, users, a real sink.
+
+Every test starts `relay` itself (the console script) from a working directory that holds
+folders named spool, intake, deliver, tools and common, which must shadow nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sink import Sink, free_port
+from system import BIN, program_env, spool_files, wait_until
+
+RELAY = str(BIN / "relay")
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (--user)")
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A working directory (world-readable, for --user tests) with decoy package folders."""
+    base = Path(tempfile.mkdtemp(prefix="rl-er-", dir="/tmp"))
+    base.chmod(0o755)
+    for name in ("spool", "intake", "deliver", "tools", "common"):
+        (base / name).mkdir()
+        (base / name / "__init__.py").write_text("raise ImportError('the wrong package')\n")
+    (base / "queue").mkdir(mode=0o770)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def relay(workdir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `relay ARGS` in *workdir*; returns when it does (a daemon: once it is ready)."""
+    return subprocess.run([RELAY, *args], cwd=workdir, env=program_env(), text=True,
+                          capture_output=True, timeout=timeout, check=False)
+
+
+def send(port: int, number: int = 1) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail("a@example.com", ["b@example.net"],
+                        f"Subject: relay {number}\r\n\r\nbody {number}\r\n".encode())
+
+
+def read_pid(path: Path) -> int:
+    return int(path.read_text().strip())
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+class Daemon:
+    """A `relay` daemon started in a test: stopped by its pid file at the end."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.pid_file = workdir / "relay.pid"
+        self.port = free_port()
+        started = time.monotonic()
+        self.done = relay(workdir, "-p", str(self.port), "--pid-file", str(self.pid_file),
+                          *args)
+        self.start_seconds = time.monotonic() - started
+        assert self.done.returncode == 0, self.done.stderr
+        self.pid = read_pid(self.pid_file)
+
+    def program(self, module: str) -> int:
+        return next(p for p in children(self.pid) if f"-m {module}" in command_line(p))
+
+    def stop(self) -> None:
+        if alive(self.pid):
+            os.kill(self.pid, signal.SIGTERM)
+            assert wait_until(lambda: not alive(self.pid), 45)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    running: list[Daemon] = []
+    yield running
+    for daemon in running:
+        daemon.stop()
+
+
+def test_daemon_returns_once_listening_and_stops_by_its_pid_file(
+        workdir: Path, sink: Sink, daemons: list[Daemon]) -> None:
+    """relay --as-server forks, the parent exits 0 only once the port answers and the pid file
+    is written; the daemon leads its own session; kill $(cat pidfile) stops every program and
+    removes the pid file."""
+    daemon = Daemon(workdir, "--as-server", "-u", "root", "-s", str(workdir / "queue"))
+    daemons.append(daemon)
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=2):
+        pass  # no wait: it was listening when relay returned
+    assert os.getsid(daemon.pid) == daemon.pid
+    assert daemon.pid_file.stat().st_mode & 0o777 == 0o644
+    intake = daemon.program("intake.main")
+    os.kill(daemon.pid, signal.SIGTERM)
+    assert wait_until(lambda: not alive(daemon.pid) and not alive(intake), 45)
+    assert not daemon.pid_file.exists()
+
+
+def test_no_daemon_stays_in_the_foreground(workdir: Path, sink: Sink) -> None:
+    """--no-daemon: relay runs in the foreground and exits 0 after SIGTERM."""
+    port = free_port()
+    process = subprocess.Popen([RELAY, "-d", "-t", "-u", "root", "-p", str(port), "-s",
+                                str(workdir / "queue")], cwd=workdir, env=program_env(),
+                               stderr=subprocess.PIPE)
+    try:
+        assert wait_until(lambda: _listening(port), 30)
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        assert process.wait(45) == 0
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_as_server_with_forward_to_and_poll_forwards(workdir: Path, sink: Sink,
+                                                     daemons: list[Daemon]) -> None:
+    """relay --as-server --forward-to H --poll 1 forwards what it stores within the period
+    (and not before a poll: no --forward-on-disconnect)."""
+    daemon = Daemon(workdir, "--as-server", "-u", "root", "-s", str(workdir / "queue"),
+                    "--forward-to", sink.address, "--poll", "1")
+    daemons.append(daemon)
+    send(daemon.port)
+    assert [m.data.endswith(b"\r\nbody 1\r\n") for m in sink.wait_for(1, timeout=10)] == [True]
+    assert wait_until(lambda: spool_files(workdir / "queue") == [], 10)
+
+
+def test_as_server_without_poll_forwards_only_when_told(workdir: Path, sink: Sink,
+                                                        daemons: list[Daemon]) -> None:
+    """--as-server --forward-to H: stored mail waits; SIGUSR1 to relay forwards it."""
+    daemon = Daemon(workdir, "--as-server", "-u", "root", "-s", str(workdir / "queue"),
+                    "--forward-to", sink.address)
+    daemons.append(daemon)
+    send(daemon.port)
+    time.sleep(1.5)
+    assert sink.messages == [] and len(spool_files(workdir / "queue")) == 2
+    os.kill(daemon.pid, signal.SIGUSR1)
+    sink.wait_for(1)
+
+
+def test_ip_up_hook_sends_mail_deferred_during_the_outage(workdir: Path, sink: Sink,
+                                                          daemons: list[Daemon]) -> None:
+    """A proxy whose smarthost refused (451: deferred, next try in a minute) sends it all at
+    once on the network-up hook's `relay --as-client`, and on SIGUSR1 to the daemon."""
+    sink.behaviour.mail_reply = "451 link down"
+    queue = workdir / "queue"
+    daemon = Daemon(workdir, "--as-proxy", sink.address, "-u", "root", "-s", str(queue))
+    daemons.append(daemon)
+    send(daemon.port, 1)
+    send(daemon.port, 2)
+    envelopes = lambda: [n for n in spool_files(queue) if n.endswith(".envelope")]  # noqa: E731
+    assert wait_until(lambda: len(envelopes()) == 2 and all(
+        (queue / n).stat().st_mtime > time.time() + 10 for n in envelopes()), 15)
+    sink.behaviour.mail_reply = None
+    hook = relay(workdir, "--as-client", sink.address, "--spool-dir", str(queue), "-u", "root")
+    assert hook.returncode == 0, hook.stderr
+    assert len(sink.messages) == 2 and spool_files(queue) == []
+    sink.behaviour.mail_reply = "451 link down again"
+    send(daemon.port, 3)
+    assert wait_until(lambda: len(envelopes()) == 1 and (
+        queue / envelopes()[0]).stat().st_mtime > time.time() + 10, 15)
+    sink.behaviour.mail_reply = None
+    os.kill(daemon.pid, signal.SIGUSR1)
+    assert len(sink.wait_for(3)) == 3
+
+
+def test_a_missing_client_filter_stops_the_start(workdir: Path, sink: Sink) -> None:
+    """-Y with a typo: relay exits 78 at start (nothing listens), not every message to .bad."""
+    port = free_port()
+    done = relay(workdir, "--as-proxy", sink.address, "-p", str(port), "-u", "root",
+                 "-s", str(workdir / "queue"), "-Y", "./no-such-filter")
+    assert done.returncode == 78, done.stderr
+    assert "no-such-filter is not an executable file" in done.stderr
+    assert not _listening(port)
+
+
+def test_refused_switch_exits_64_with_one_line(workdir: Path) -> None:
+    """--pop exits 64 with one line saying why."""
+    done = relay(workdir, "--pop", "-d")
+    assert done.returncode == 64
+    assert done.stderr.count("\n") == 1 and "POP" in done.stderr
+
+
+def test_init_script_command_line(workdir: Path, sink: Sink) -> None:
+    """The Debian init script's `emailrelay --as-server --syslog=mail --pid-file P CONFIG`,
+    with the config file's forward-to and poll: starts, forwards, stops by the pid file."""
+    port = free_port()
+    pid_file = workdir / "run" / "emailrelay.pid"  # its directory is made
+    config = workdir / "emailrelay.conf"
+    config.write_text(f"# emailrelay.conf\nspool-dir {workdir / 'queue'}\nport {port}\n"
+                      f"forward-to {sink.address}\npoll 1\nuser root\nlog-time\n")
+    done = relay(workdir, "--as-server", "--syslog=mail", "--pid-file", str(pid_file),
+                 str(config))
+    assert done.returncode == 0, done.stderr
+    pid = read_pid(pid_file)
+    try:
+        send(port)
+        sink.wait_for(1)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: not alive(pid), 45) and not pid_file.exists()
+
+
+def test_logrotate_hangup_reopens_the_log_and_delivery_goes_on(
+        workdir: Path, sink: Sink, daemons: list[Daemon]) -> None:
+    """logrotate moves the log file and sends SIGHUP: every program writes to a new file, and
+    none stops (relay-deliver used to die of SIGHUP)."""
+    log = workdir / "relay.log"
+    daemon = Daemon(workdir, "--as-proxy", sink.address, "-u", "root", "-s",
+                    str(workdir / "queue"), "--log-file", str(log), "--log-time")
+    daemons.append(daemon)
+    send(daemon.port, 1)
+    sink.wait_for(1)
+    assert wait_until(lambda: "message_forwarded" in log.read_text(), 10)
+    log.rename(workdir / "relay.log.1")
+    deliver = daemon.program("deliver.main")
+    os.kill(daemon.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    send(daemon.port, 2)
+    sink.wait_for(2)
+    assert wait_until(lambda: log.exists() and "message_forwarded" in log.read_text(), 10)
+    assert "message_stored" in log.read_text()
+    assert alive(deliver) and alive(daemon.pid)
+
+
+def test_log_file_with_a_date(workdir: Path, sink: Sink, daemons: list[Daemon]) -> None:
+    """--log-file NAME.%d writes to NAME.YYYYMMDD (today's date)."""
+    daemon = Daemon(workdir, "-d", "-u", "root", "-s", str(workdir / "queue"),
+                    "--log-file", str(workdir / "relay.%d"))
+    daemons.append(daemon)
+    today = workdir / f"relay.{time.strftime('%Y%m%d')}"
+    assert wait_until(lambda: today.exists() and "intake_started" in today.read_text(), 10)
+
+
+@as_root
+def test_user_nobody_runs_every_program_and_filter_as_nobody(workdir: Path, sink: Sink,
+                                                             daemons: list[Daemon]) -> None:
+    """Started as root with --user nobody: intake (after binding), its storage process,
+    deliver and the filter all run as nobody (seen in /proc); spool files are 0660."""
+    nobody = pwd.getpwnam("nobody")
+    queue = workdir / "queue"
+    os.chown(queue, nobody.pw_uid, nobody.pw_gid)
+    filter_script = workdir / "filter.sh"
+    filter_script.write_text(f"#!/bin/sh\nid -u > {workdir}/queue/filter-uid\nexit 0\n")
+    filter_script.chmod(0o755)
+    daemon = Daemon(workdir, "--as-proxy", sink.address, "--user", "nobody", "-s", str(queue),
+                    "--filter", str(filter_script))
+    daemons.append(daemon)
+    for pid in (daemon.program("intake.main"), daemon.program("deliver.main")):
+        status = Path(f"/proc/{pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+    intake = daemon.program("intake.main")
+    storage = next(p for p in children(intake) if "storage_process" in command_line(p))
+    assert f"Uid:\t{nobody.pw_uid}\t{nobody.pw_uid}" in Path(f"/proc/{storage}/status").read_text()
+    sink.behaviour.mail_reply = "451 hold it"
+    send(daemon.port)
+    assert wait_until(lambda: (queue / "filter-uid").exists(), 10)
+    assert (queue / "filter-uid").read_text().strip() == str(nobody.pw_uid)
+    content = next(queue.glob("*.content"))
+    assert content.stat().st_uid == nobody.pw_uid
+    assert content.stat().st_mode & 0o777 == 0o660
+
+
+def test_version_in_every_program(workdir: Path) -> None:
+    """--version prints the version and exits 0 in every program; relay --version --verbose
+    lists the build's features as E-MailRelay does."""
+    for program in ("relay-intake", "relay-deliver", "relay-resubmit", "relay-notify",
+                    "relay-submit"):
+        done = subprocess.run([str(BIN / program), "--version"], cwd=workdir,
+                              env=program_env(), text=True, capture_output=True, timeout=30,
+                              check=False)
+        assert done.returncode == 0 and program in done.stdout, (program, done.stderr)
+    verbose = relay(workdir, "--version", "--verbose")
+    assert verbose.returncode == 0
+    assert "TLS library: OpenSSL" in verbose.stdout and "POP server: disabled" in verbose.stdout
+
+
+def test_a_domain_without_a_dot_says_ehlo_with_the_address(workdir: Path, sink: Sink) -> None:
+    """--domain without a dot: the client says EHLO [127.0.0.1], as E-MailRelay's does;
+    with a dot, the name."""
+    queue = workdir / "queue"
+    for domain, expected in (("nodot", "[127.0.0.1]"), ("relay.example.org",
+                                                        "relay.example.org")):
+        subprocess.run([str(BIN / "relay-submit"), "--spool-dir", str(queue), "b@x.test"],
+                       input=b"Subject: s\n\nbody\n", env=program_env(), check=True,
+                       timeout=30)
+        done = relay(workdir, "--as-client", sink.address, "-s", str(queue), "-u", "root",
+                     "--domain", domain)
+        assert done.returncode == 0, done.stderr
+        assert sink.messages[-1].ehlo == expected

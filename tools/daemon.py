@@ -1,0 +1,270 @@
+"""`relay` as a daemon: detach, start relay-intake and relay-deliver, watch them, pass signals.
+
+`detach()` is E-MailRelay's start-up: fork; the child calls setsid() and carries on, the
+parent waits on a pipe and returns (exit 0) only once the child says that everything is
+listening and the pid file is written, or returns the child's failure code. `Supervisor`
+starts each program by module with `python -I` (isolated: neither the working directory nor
+PYTHON* variables reach sys.path, so a folder named `spool` in the cwd shadows nothing),
+hands each a pipe to say it is ready on (`--ready-fd`), and then runs until SIGTERM/SIGINT
+(passed on; it waits for them), SIGUSR1 (a flush: passed to relay-deliver), SIGHUP (passed
+on: every program reopens its log file) or a child ending on its own (the others are
+stopped; the exit code is that child's). Writes the pid file (mode 0644, the --user's
+group, its parent directory made if missing) and removes it at exit; touches nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+from common.pidfile import remove_pid_file, write_pid_file
+
+READY_TIMEOUT = 60.0  # seconds a program may take to say it is ready
+STOP_TIMEOUT = 40.0  # after SIGTERM, before SIGKILL (intake's stop timeout is 20 s)
+EX_SOFTWARE = 70
+
+
+@dataclass
+class Program:
+    """One program to run: its name, module and arguments; the running process."""
+
+    name: str
+    module: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def command(self, ready_fd: int) -> list[str]:
+        return [sys.executable, "-I", "-m", self.module, *self.args, "--ready-fd", str(ready_fd)]
+
+
+def detach() -> int | None:
+    """Fork into the background. In the parent: wait for the child's word, return the exit
+    code (0 once it is ready). In the child (a new session): None, with READY_FD set."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.setsid()
+        global READY_FD  # noqa: PLW0603 (set once, in the child only)
+        READY_FD = write_end
+        return None
+    os.close(write_end)
+    chunks: list[bytes] = []
+    while chunk := os.read(read_end, 256):
+        chunks.append(chunk)
+    os.close(read_end)
+    word = b"".join(chunks).decode("ascii", "replace").strip()
+    if word == "ready":
+        return 0
+    if word.isdigit():
+        return int(word)
+    _done, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) or EX_SOFTWARE
+
+
+READY_FD: int | None = None  # the daemon child's pipe to its waiting parent
+
+
+def tell_parent(word: str) -> None:
+    """Say "ready" (or a failure code) to the parent waiting in `detach` (if there is one)."""
+    global READY_FD  # noqa: PLW0603
+    if READY_FD is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(READY_FD, word.encode() + b"\n")
+    with contextlib.suppress(OSError):
+        os.close(READY_FD)
+    READY_FD = None
+
+
+def quiet_stdio(close_stderr: bool) -> None:
+    """Point stdin and stdout (and, with *close_stderr*, stderr) at /dev/null."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in (0, 1, 2) if close_stderr else (0, 1):
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def write_daemon_pid_file(path: str, gid: int | None) -> None:
+    """The pid file, as E-MailRelay writes it: 0644, parent directory made if missing."""
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        os.makedirs(parent, 0o755, exist_ok=True)
+    write_pid_file(path)
+    os.chmod(path, 0o644)
+    if gid is not None and os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            os.chown(path, -1, gid)
+
+
+@dataclass
+class Supervisor:
+    """The programs of one `relay`, and what is done to them."""
+
+    programs: list[Program]
+    pid_file: str | None = None
+    pid_group: int | None = None
+    stopping: bool = False
+    _signals: list[int] = field(default_factory=list)  # received, not yet handled
+    _errors: list[int] = field(default_factory=list)  # the programs' stderr pipes
+
+    def start(self, *, detached: bool = False) -> int:
+        """Start every program and wait until each is ready; 0, or the failing one's code.
+
+        Their stderr comes through a pipe that this process copies to its own stderr (and,
+        after `quiet_stdio`, to /dev/null), so that --close-stderr closes the terminal for
+        every process of the daemon, the programs' own children too."""
+        for program in self.programs:
+            read_end, write_end = os.pipe()
+            try:
+                program.process = subprocess.Popen(
+                    program.command(write_end), pass_fds=(write_end,), stderr=subprocess.PIPE,
+                    stdin=subprocess.DEVNULL if detached else None,
+                    stdout=subprocess.DEVNULL if detached else None)
+            except OSError as error:
+                sys.stderr.write(f"relay: cannot start {program.name}: {error}\n")
+                os.close(read_end)
+                return EX_SOFTWARE
+            finally:
+                os.close(write_end)
+            assert program.process.stderr is not None
+            self._errors.append(program.process.stderr.fileno())
+            code = self._wait_ready(program, read_end)
+            if code != 0:
+                self.stop()
+                return code
+        if self.pid_file:
+            try:
+                write_daemon_pid_file(self.pid_file, self.pid_group)
+            except OSError as error:
+                sys.stderr.write(f"relay: pid file {self.pid_file}: {error.strerror}\n")
+                self.stop()
+                return os.EX_CANTCREAT
+        return 0
+
+    def pump(self, timeout: float, also: int | None = None) -> bool:
+        """Copy what the programs wrote to stderr (waiting up to *timeout*); True if *also*
+        became readable."""
+        watched = [*self._errors, *([also] if also is not None else [])]
+        if not watched:
+            time.sleep(timeout)
+            return False
+        try:
+            readable, _, _ = select.select(watched, [], [], timeout)
+        except InterruptedError:
+            return False
+        for fd in readable:
+            if fd == also:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._errors.remove(fd)
+                continue
+            with contextlib.suppress(OSError):
+                os.write(2, chunk)
+        return also is not None and also in readable
+
+    def _wait_ready(self, program: Program, read_end: int) -> int:
+        """Read the program's ready line; its exit code if it ends first (70 on a timeout)."""
+        assert program.process is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        data = b""
+        try:
+            while b"\n" not in data:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    sys.stderr.write(f"relay: {program.name} did not start in "
+                                     f"{READY_TIMEOUT:.0f} s\n")
+                    return EX_SOFTWARE
+                if self.pump(min(left, 0.5), also=read_end):
+                    chunk = os.read(read_end, 64)
+                    if not chunk:  # it closed the pipe without a word: it ended
+                        code = program.process.wait()
+                        self.pump(0.1)  # what it said on the way out
+                        return code if code > 0 else EX_SOFTWARE
+                    data += chunk
+        finally:
+            os.close(read_end)
+        return 0
+
+    def flush(self) -> None:
+        """Try every queued message now (SIGUSR1 to relay-deliver): the admin `flush`."""
+        self._send(signal.SIGUSR1, names=("relay-deliver",))
+
+    def _send(self, signum: int, names: Sequence[str] | None = None) -> None:
+        for program in self.programs:
+            if names is not None and program.name not in names:
+                continue
+            if program.process is not None and program.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    program.process.send_signal(signum)
+
+    def stop(self) -> None:
+        """SIGTERM to every program; wait (SIGKILL after STOP_TIMEOUT), copying their stderr."""
+        self.stopping = True
+        self._send(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for program in self.programs:
+            if program.process is None:
+                continue
+            while program.process.poll() is None and time.monotonic() < deadline:
+                self.pump(0.1)
+            if program.process.poll() is None:
+                program.process.kill()
+                program.process.wait()
+        while self._errors:
+            self.pump(0.5)  # the rest, up to the end of each pipe
+            if not any(p.process is not None and p.process.poll() is None
+                       for p in self.programs):
+                break
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def run(self) -> int:
+        """Until asked to stop or a program ends; the exit code (0 after SIGTERM)."""
+        handled: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
+                                    signal.SIGHUP)
+        for signum in handled:
+            signal.signal(signum, self._on_signal)
+        status = 0
+        try:
+            while True:
+                while self._signals:
+                    signum = self._signals.pop(0)
+                    if signum in (signal.SIGTERM, signal.SIGINT):
+                        self.stop()
+                        return 0
+                    if signum == signal.SIGUSR1:
+                        self.flush()
+                    else:
+                        self._send(signum)
+                ended = [p for p in self.programs
+                         if p.process is not None and p.process.poll() is not None]
+                if ended:
+                    code = ended[0].process.returncode if ended[0].process else 1
+                    sys.stderr.write(f"relay: {ended[0].name} ended (exit {code}): "
+                                     "stopping\n")
+                    status = code if code and code > 0 else EX_SOFTWARE
+                    self.stop()
+                    return status
+                self.pump(0.1)
+        finally:
+            for signum in handled:
+                signal.signal(signum, signal.SIG_DFL)
+            if self.pid_file:
+                remove_pid_file(self.pid_file)
+
