@@ -230,3 +230,51 @@ def test_spool_dir_from_env_and_config(spool_dir: Path, tmp_path: Path) -> None:
                       stdin=b"x\n")
     assert result.returncode == 0, result.stderr
     assert stored(spool_dir)[0].to_remote == ("b@example.org",)
+
+
+def test_emailrelay_submit_switches(spool_dir: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """emailrelay-submit's --from, --to, --input-file, --content-to, --content-from,
+    --content-message-id=DOMAIN, --auth, --from-auth-in/out and --verbose do what they do
+    there."""
+    message = tmp_path / "message.txt"
+    message.write_bytes(b"From: someone@else.test\nTo: old@x.test\nSubject: s\n\nbody\n")
+    code = submit_in_process(spool_dir, [
+        "--from", "me@host.test", "--to", "you@x.test", "--input-file", str(message),
+        "--content-to", "--content-from", "--content-message-id=ids.test", "--auth", "alice",
+        "--from-auth-in", "<>", "--from-auth-out", "bob", "--verbose", "extra@x.test"], b"")
+    assert code == 0
+    envelope, content = stored(spool_dir)
+    assert envelope.sender == "me@host.test"
+    assert envelope.to_remote == ("extra@x.test", "you@x.test")
+    assert envelope.authentication == "alice" and envelope.mail_from_auth_out == "bob"
+    head = content.split(b"\r\n\r\n", 1)[0]
+    assert b"To: extra@x.test, you@x.test" in head and b"old@x.test" not in head
+    assert b"From: me@host.test" in head and b"someone@else.test" not in head
+    assert b"@ids.test>" in head and content.endswith(b"\r\n\r\nbody\r\n")
+    printed = capsys.readouterr().out.strip()
+    assert printed.endswith(".content") and os.path.isabs(printed)
+
+
+def test_emailrelay_submit_body_content_and_no_stdin(spool_dir: Path) -> None:
+    """--content lines (base64) and --body with --no-stdin: a message made on the command line,
+    its lines the body (a header-looking line stays body)."""
+    code = submit_in_process(spool_dir, ["--no-stdin", "--body", "--content",
+                                         "U3ViamVjdDogbm90IGEgaGVhZGVy", "--content",
+                                         "bGluZSB0d28=", "b@x.test"], b"ignored\n")
+    assert code == 0
+    _envelope, content = stored(spool_dir)
+    assert content.endswith(b"\r\n\r\nSubject: not a header\r\nline two\r\n")
+    assert b"ignored" not in content
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--copy", "b@x.test"], "one spool directory"),
+    (["--bcc-split", "b@x.test"], "--bcc-split"),
+    (["--content", "%%%", "b@x.test"], "not base64"),
+])
+def test_emailrelay_submit_refusals(spool_dir: Path, args: list[str], message: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """What relay-submit does not do of emailrelay-submit's exits 64 with the reason."""
+    assert submit_in_process(spool_dir, args, b"x\n") == 64
+    assert message in capsys.readouterr().err

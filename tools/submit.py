@@ -11,16 +11,21 @@ a line are kept as they are: message bytes are opaque.
 
 The other flags programs pass to sendmail (-oXXX, -odi, -oem, -bm, -v, -N, -R, -V, -X,
 -B, -C, -L, -h, -O, -U, -G ...) are accepted and ignored: in particular -oQ, -C and -X
-never make relay-submit read or write anything outside the spool. Modes it does not
-implement (-bs, -bp, -bd, -q, ...) exit 64. Writes only new files in the spool.
+never make relay-submit read or write anything outside the spool. emailrelay-submit's long
+switches (--from, --to, --input-file, --content, --body, --content-to, --verbose, ...) work
+as there; its letters are sendmail's here (both use -t, -F, -i, -b for other things).
+Modes it does not implement (-bs, -bp, -bd, -q, ...) exit 64. Writes only new files in the spool.
 Exit 0; 64 usage (no recipients, bad address), 65 bad input addresses, 73 spool not
 writable, 75 temporary failure (disk full, I/O error), 78 unusable spool directory.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import getopt
+import io
 import itertools
 import os
 import pwd
@@ -30,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, load_settings, version
 from spool import Envelope, SpoolError
@@ -44,8 +49,17 @@ EX_DATAERR = os.EX_DATAERR  # 65
 
 # sendmail's (and Postfix's sendmail's) short options; ':' marks those taking a value.
 SHORT_OPTIONS = "46A:B:b:C:cd:e:F:f:GIh:iL:mN:nO:o:p:R:r:stUV:vX:x"
-LONG_OPTIONS = ["spool-dir=", "config=", "domain=", "help", "version"]
 SUPPORTED_MODES = ("m", "p")  # -bm: read a message and deliver it (the default); -bp: mailq
+LONG_OPTIONS = ["spool-dir=", "config=", "domain=", "help", "version",
+                # emailrelay-submit's long switches (its letters are sendmail's here)
+                "from=", "to=", "input-file=", "verbose", "filename", "no-stdin", "content=",
+                "body", "content-date", "content-message-id=", "content-to", "content-from",
+                "auth=", "from-auth-in=", "from-auth-out=", "bcc-split", "copy"]
+_REFUSED_LONG = {
+    "--bcc-split": "--bcc-split is not in relay-submit yet (Bcc is removed; one message "
+                   "goes to every recipient)",
+    "--copy": "--copy: relay has one spool directory (no sub-directories to copy to)",
+}
 
 SETTINGS = (
     SPOOL_DIR_OPTION,
@@ -67,6 +81,11 @@ Reads a message on stdin and stores it in relay's spool, like sendmail.
   -bp             print the queue in sendmail's format instead (what mailq prints)
 Other sendmail flags (-oXXX, -odi, -bm, -v, -N, -R, -V, -X, -C, -B, -L, -h, -O, -U, -G)
 are accepted and ignored.
+emailrelay-submit's long switches: --from ADDR, --to ADDR, --input-file FILE, --no-stdin,
+--content BASE64 (a line), --body (no header section in the input), --content-to,
+--content-from, --content-date, --content-message-id[=DOMAIN], --auth NAME,
+--from-auth-in NAME, --from-auth-out NAME, --verbose (print the content file's path),
+--filename (its name), --version.
 """
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -97,6 +116,19 @@ class Request:
     help: bool = False
     list_queue: bool = False  # -bp: print the queue (mailq) instead of reading a message
     version: bool = False
+    # emailrelay-submit's switches
+    input_file: str | None = None
+    no_stdin: bool = False
+    content_lines: list[bytes] = field(default_factory=list)
+    body_only: bool = False
+    message_id_domain: str | None = None
+    content_to: bool = False
+    content_from: bool = False
+    authentication: str | None = None
+    from_auth_in: str = ""
+    from_auth_out: str = ""
+    print_path: bool = False
+    print_name: bool = False
 
 
 def parse_command_line(argv: Sequence[str]) -> Request:
@@ -106,6 +138,8 @@ def parse_command_line(argv: Sequence[str]) -> Request:
             break
         if arg.startswith("-q"):
             raise UsageError("queue runs (-q) are relay-deliver's job")
+    # --content-message-id takes its domain optionally: getopt wants a value.
+    argv = [f"{arg}=" if arg == "--content-message-id" else arg for arg in argv]
     try:
         options, arguments = getopt.gnu_getopt(list(argv), SHORT_OPTIONS, LONG_OPTIONS)
     except getopt.GetoptError as error:
@@ -130,11 +164,51 @@ def parse_command_line(argv: Sequence[str]) -> Request:
             request.help = True
         elif flag == "--version":
             request.version = True
-        elif flag.startswith("--"):
+        elif flag in ("--spool-dir", "--config", "--domain"):
             request.settings_argv += [flag, value]
+        else:
+            _emailrelay_switch(request, flag, value)
         # Everything else (-o..., -v, -N, -R, -V, -X, -C, -B, -L, -h, -O, -U, -G, -A, -d,
         # -e, -p, -c, -m, -n, -s, -x, -4, -6) is accepted and deliberately ignored.
     return request
+
+
+def _emailrelay_switch(request: Request, flag: str, value: str) -> None:
+    """One of emailrelay-submit's long switches."""
+    if flag in _REFUSED_LONG:
+        raise UsageError(_REFUSED_LONG[flag])
+    if flag == "--from":
+        request.sender = value
+    elif flag == "--to":
+        request.recipients.append(value)
+    elif flag == "--input-file":
+        request.input_file = value
+    elif flag == "--no-stdin":
+        request.no_stdin = True
+    elif flag == "--content":
+        try:
+            request.content_lines.append(base64.b64decode(value, validate=True))
+        except binascii.Error:
+            raise UsageError(f"--content: not base64: {value!r}") from None
+    elif flag == "--body":
+        request.body_only = True
+    elif flag == "--content-message-id":
+        request.message_id_domain = value or None
+    elif flag == "--content-to":
+        request.content_to = True
+    elif flag == "--content-from":
+        request.content_from = True
+    elif flag == "--auth":
+        request.authentication = value
+    elif flag == "--from-auth-in":
+        request.from_auth_in = value
+    elif flag == "--from-auth-out":
+        request.from_auth_out = value
+    elif flag == "--verbose":
+        request.print_path = True
+    elif flag == "--filename":
+        request.print_name = True
+    # --content-date: a Date field is added whenever there is none, as it always is.
 
 
 def login_name() -> str:
@@ -267,20 +341,26 @@ def unique(addresses: Sequence[str]) -> list[str]:
 
 def added_headers(
     headers: HeaderSection, request: Request, *, sender: str, domain: str, user: str,
-    writer_id: str,
+    writer_id: str, recipients: Sequence[str] = (),
 ) -> list[bytes]:
-    """Received (always), and Date, Message-ID, From when the message lacks them."""
+    """Received (always), and Date, Message-ID, From when the message lacks them (To and From
+    in place of the message's own with --content-to and --content-from)."""
     now = formatdate(localtime=True)
     lines = [f"Received: by {domain} (relay-submit, from user {user}) id {writer_id}; {now}"]
     names = headers.names()
-    if "from" not in names:
+    if request.content_to:
+        lines.append("To: " + ", ".join(recipients))
+    if request.content_from:
+        lines.append(f"From: {sender}")
+    elif "from" not in names:
         address = sender or f"{user}@{domain}"
         name = request.full_name or ""
         lines.append("From: " + (formataddr((name, address)) if name else address))
     if "date" not in names:
         lines.append(f"Date: {now}")
     if "message-id" not in names:
-        lines.append(f"Message-ID: {make_msgid('relay-submit', domain=domain)}")
+        lines.append("Message-ID: "
+                     + make_msgid("relay-submit", domain=request.message_id_domain or domain))
     return [line.encode("utf-8") for line in lines]
 
 
@@ -302,8 +382,11 @@ def store(spool: Spool, request: Request, domain: str, stdin: BinaryIO) -> str:
         sender = f"{user}@{domain}"
     else:
         sender = clean_address(request.sender, "sender", domain)
-    lines = input_lines(stdin)
-    state = read_headers(lines, request.ignore_dots)
+    lines = input_lines(_input(request, stdin))
+    if request.body_only:
+        state = ReadState(HeaderSection(), [], True, False)
+    else:
+        state = read_headers(lines, request.ignore_dots)
     recipients = [clean_address(r, "recipient", domain) for r in request.recipients]
     if request.extract_recipients:
         recipients += [
@@ -324,10 +407,15 @@ def store(spool: Spool, request: Request, domain: str, stdin: BinaryIO) -> str:
             writer.write(data)
 
         for line in added_headers(state.headers, request, sender=sender, domain=domain,
-                                  user=user, writer_id=writer.message_id):
+                                  user=user, writer_id=writer.message_id,
+                                  recipients=recipients):
             write(line + b"\r\n")
-        for item in state.headers.without("bcc"):
-            write(b"".join(line + b"\r\n" for line in item))
+        dropped = {"bcc"}
+        dropped |= {"to", "cc"} if request.content_to else set()
+        dropped |= {"from", "sender"} if request.content_from else set()
+        for item in state.headers.fields:
+            if name_of(item) not in dropped:
+                write(b"".join(line + b"\r\n" for line in item))
         write(b"\r\n")
         if not state.ended_by_dot:
             _copy_body(state.first_body, lines, request.ignore_dots, write)
@@ -335,8 +423,10 @@ def store(spool: Spool, request: Request, domain: str, stdin: BinaryIO) -> str:
             sender=sender,
             to_remote=tuple(recipients),
             body_type="8bit" if eight_bit else "7bit",
-            authentication=user,
+            authentication=user if request.authentication is None else request.authentication,
             client="127.0.0.1",
+            mail_from_auth_in=request.from_auth_in,
+            mail_from_auth_out=request.from_auth_out,
             utf8_mailbox_names=not all(a.isascii() for a in (sender, *recipients)),
         )
         pending = writer.finish(envelope)
@@ -346,7 +436,44 @@ def store(spool: Spool, request: Request, domain: str, stdin: BinaryIO) -> str:
     (error,) = spool.commit([pending])
     if error is not None:
         raise error
+    if request.print_path or request.print_name:
+        path = spool.content_path(pending.message_id)
+        print(path if request.print_path else path.name)
     return pending.message_id
+
+
+def _input(request: Request, stdin: BinaryIO) -> BinaryIO:
+    """The input: --content lines, then --input-file or stdin (none with --no-stdin)."""
+    parts: list[BinaryIO] = []
+    if request.content_lines:
+        parts.append(io.BytesIO(b"".join(line + b"\n" for line in request.content_lines)))
+    if request.input_file is not None:
+        try:
+            parts.append(open(request.input_file, "rb"))  # noqa: SIM115 (read to the end)
+        except OSError as error:
+            raise UsageError(f"--input-file: {error.strerror or error}", os.EX_NOINPUT
+                             ) from None
+    elif not request.no_stdin:
+        parts.append(stdin)
+    return cast(BinaryIO, _Chain(parts))
+
+
+class _Chain(io.RawIOBase):
+    """Several binary streams read one after the other."""
+
+    def __init__(self, parts: list[BinaryIO]) -> None:
+        self._parts = parts
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while self._parts:
+            data = self._parts[0].read(size)
+            if data:
+                return data
+            self._parts.pop(0)
+        return b""
 
 
 def _copy_body(first: list[tuple[bytes, bool]], lines: Iterator[tuple[bytes, bool]],
