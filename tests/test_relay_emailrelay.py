@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sink import Sink, free_port
-from system import BIN, program_env, spool_files, wait_until
+from support.programs import BIN, program_env
+from support.sink import Sink, free_port
+from support.spool import spool_files
+from support.system import wait_until
 
 RELAY = str(BIN / "relay")
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (--user)")
@@ -326,3 +328,58 @@ def test_a_domain_without_a_dot_says_ehlo_with_the_address(workdir: Path, sink: 
                      "--domain", domain)
         assert done.returncode == 0, done.stderr
         assert sink.messages[-1].ehlo == expected
+
+
+def _submit(queue: Path, *recipients: str) -> None:
+    subprocess.run([str(BIN / "relay-submit"), "--spool-dir", str(queue), *recipients],
+                   input=b"Subject: s\n\nbody\n", env=program_env(), check=True, timeout=30)
+
+
+def test_forward_to_all_by_default_and_forward_to_some(workdir: Path, sink: Sink) -> None:
+    """One recipient refused with 550: by default (E-MailRelay's --forward-to-all) the message
+    is not sent and goes to .bad whole; with --forward-to-some the others get it."""
+    queue = workdir / "queue"
+    sink.behaviour.rcpt_replies = {"no@x.test": "550 no such user"}
+    _submit(queue, "yes@x.test", "no@x.test")
+    done = relay(workdir, "--as-client", sink.address, "-s", str(queue), "-u", "root")
+    assert done.returncode == 0, done.stderr
+    assert sink.messages == []
+    assert len(list(queue.glob("*.envelope.bad"))) == 1
+    for bad in queue.glob("*.envelope.bad"):
+        bad.unlink()
+    for content in queue.glob("*.content"):
+        content.unlink()
+    _submit(queue, "yes@x.test", "no@x.test")
+    done = relay(workdir, "--as-client", sink.address, "-s", str(queue), "-u", "root",
+                 "--forward-to-some")
+    assert done.returncode == 0, done.stderr
+    assert [m.rcpt_tos for m in sink.messages] == [["yes@x.test"]]
+
+
+def test_client_interface_binds_the_local_address(workdir: Path, sink: Sink) -> None:
+    """--client-interface 127.0.0.2: the smarthost sees the connection come from 127.0.0.2."""
+    queue = workdir / "queue"
+    _submit(queue, "b@x.test")
+    done = relay(workdir, "--as-client", sink.address, "-s", str(queue), "-u", "root",
+                 "--client-interface", "127.0.0.2")
+    assert done.returncode == 0, done.stderr
+    assert sink.messages[0].peer[0] == "127.0.0.2"
+
+
+def test_forward_at_start_with_no_smtp(workdir: Path, sink: Sink,
+                                       daemons: list[Daemon]) -> None:
+    """--no-smtp --forward -o H: no SMTP port, the queued mail goes out at start (-e: the
+    daemon closes stderr, or the test would wait for it)."""
+    queue = workdir / "queue"
+    _submit(queue, "b@x.test")
+    daemon = Daemon(workdir, "--no-smtp", "--forward", "-e", "-o", sink.address, "-u", "root",
+                    "-s", str(queue))
+    daemons.append(daemon)
+    sink.wait_for(1)
+    assert not _listening(daemon.port)
+
+
+def test_dont_serve_without_forward_ends_at_once(workdir: Path) -> None:
+    """--dont-serve and nothing to forward: relay exits 0 at once, as E-MailRelay."""
+    done = relay(workdir, "--dont-serve", "-s", str(workdir / "queue"), "-u", "root")
+    assert done.returncode == 0 and done.stderr == ""

@@ -173,6 +173,11 @@ class Plan:
     pid_file: str | None = None
     user: str | None = None
     notes: list[str] = field(default_factory=list)
+    # The admin interface (issue 16): its port and `admin=` addresses, for the module that
+    # serves it (table.ADMIN_SUPPORT); its `flush` is `tools.daemon.Supervisor.flush`.
+    admin_port: str | None = None
+    admin_interfaces: list[str] = field(default_factory=list)
+    admin_terminate: bool = False
 
 
 def refuse_what_relay_does_not_do(given: Given) -> None:
@@ -297,7 +302,9 @@ def plan(given: Given) -> Plan:
                     interfaces.append(item)
                 elif kind == "smtp":
                     interfaces.append(address)
-                elif kind not in ("pop", "admin"):
+                elif kind == "admin":
+                    result.admin_interfaces.append(address)
+                elif kind != "pop":
                     raise UsageError(f"--interface: {item!r}: the qualifiers are smtp=, pop= "
                                      "and admin=")
         if not interfaces:
@@ -365,6 +372,8 @@ def plan(given: Given) -> Plan:
         result.deliver = args
     if result.deliver_once:
         result.daemon = False  # it ends once the spool is forwarded
+    result.admin_port = value("admin")
+    result.admin_terminate = on("admin-terminate")
     return result
 
 
