@@ -37,13 +37,9 @@ from spool import Spool, SpoolError
 ALL_OPTIONS = (*OPTIONS, METRICS_OPTION, CHECK_OPTION)
 
 
-def build(config: DeliverConfig, concurrency: int | None = None,
-          metrics: DeliverMetrics | None = None) -> tuple[Scheduler, Spool]:
-    """The scheduler for *config*; SpoolError for an unusable spool directory.
-
-    *concurrency* overrides the setting (one worker process's share of it)."""
-    spool = Spool(config.spool_dir)
-    forward = ForwardSettings(
+def forward_settings(config: DeliverConfig) -> ForwardSettings:
+    """How to talk to the smarthost, from *config* (also `relay --immediate`'s)."""
+    return ForwardSettings(
         local_hostname=config.domain,
         connect_timeout=config.connection_timeout,
         response_timeout=config.response_timeout,
@@ -57,6 +53,15 @@ def build(config: DeliverConfig, concurrency: int | None = None,
         client_interface=config.client_interface,
         all_recipients=config.forward_to_all,
     )
+
+
+def build(config: DeliverConfig, concurrency: int | None = None,
+          metrics: DeliverMetrics | None = None) -> tuple[Scheduler, Spool]:
+    """The scheduler for *config*; SpoolError for an unusable spool directory.
+
+    *concurrency* overrides the setting (one worker process's share of it)."""
+    spool = Spool(config.spool_dir)
+    forward = forward_settings(config)
     tls_context = config.tls_context  # common.tlsconfig: E-MailRelay's switches
     policy = Policy(
         default_route=Route(config.host, config.port),

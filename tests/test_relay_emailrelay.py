@@ -383,3 +383,23 @@ def test_dont_serve_without_forward_ends_at_once(workdir: Path) -> None:
     """--dont-serve and nothing to forward: relay exits 0 at once, as E-MailRelay."""
     done = relay(workdir, "--dont-serve", "-s", str(workdir / "queue"), "-u", "root")
     assert done.returncode == 0 and done.stderr == ""
+
+
+def test_immediate_answers_the_client_with_the_smarthosts_reply(
+        workdir: Path, sink: Sink, daemons: list[Daemon]) -> None:
+    """--immediate: the message goes to the smarthost before the client's answer, which is
+    the smarthost's: 250 (nothing spooled), its 550, its 451 (the client keeps the message)."""
+    queue = workdir / "queue"
+    daemon = Daemon(workdir, "--as-proxy", sink.address, "--immediate", "-u", "root",
+                    "-s", str(queue))
+    daemons.append(daemon)
+    send(daemon.port, 1)
+    assert len(sink.messages) == 1  # already there when the client got its 250
+    assert spool_files(queue) == []
+    for reply, code in (("550 5.1.1 no such user", 550), ("451 4.3.0 try later", 451)):
+        sink.behaviour.rcpt_replies = {"b@example.net": reply}
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            send(daemon.port, 2)
+        assert refused.value.smtp_code == code
+        assert reply.split(" ", 2)[2].encode() in refused.value.smtp_error
+        assert spool_files(queue) == [] and len(sink.messages) == 1

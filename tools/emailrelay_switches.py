@@ -89,8 +89,7 @@ SWITCHES: tuple[Switch, ...] = (
     _s("forward-to-some", None, NONE, CLIENT,
        "send to the recipients the smarthost accepts, even if it refuses others"),
     _s("immediate", "m", NONE, CLIENT, "forward each message before its client gets the "
-       "answer (needs --forward-to)", refused="not in relay yet: use --as-proxy "
-       "(the message is stored, then forwarded at once)"),
+       "answer, which is the smarthost's (needs --forward-to)"),
     # SMTP server
     _s("port", "p", REQUIRED, SERVER, "SMTP port (default 25)", "port"),
     _s("remote-clients", "r", NONE, SERVER, "accept clients that are not local"),

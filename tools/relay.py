@@ -18,11 +18,15 @@ them, in the background unless --no-daemon. Reads the config file; the programs 
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
+import shlex
+import shutil
 import socket
 import ssl
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -175,6 +179,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     # The admin interface (issue 16): its port and `admin=` addresses, for the module that
     # serves it (table.ADMIN_SUPPORT); its `flush` is `tools.daemon.Supervisor.flush`.
+    immediate: list[str] | None = None  # --immediate: tools.immediate's deliver options
     admin_port: str | None = None
     admin_interfaces: list[str] = field(default_factory=list)
     admin_terminate: bool = False
@@ -235,7 +240,7 @@ def plan(given: Given) -> Plan:
     def on(name: str) -> bool:
         return has(name) or name in implied
 
-    for name in ("forward", "forward-on-disconnect", "poll"):
+    for name in ("forward", "forward-on-disconnect", "poll", "immediate"):
         if on(name) and not forward_to:
             raise UsageError(f"--{name} needs --forward-to")
     paths = {name: [_absolute(v) for v in given.all(name)] for name in _PATHS}
@@ -340,23 +345,10 @@ def plan(given: Given) -> Plan:
             args.append("--server-tls-required")
         result.intake = args
     # relay-deliver
+    if forward_to and on("immediate") and result.intake is not None:
+        result.immediate = _client_args(given, paths, forward_to, timeout_filter)
     if forward_to and (serving or on("forward") or on("no-smtp")):
-        args = [*common, "--forward-to", forward_to]
-        for name in ("domain", "client-interface", "connection-timeout", "response-timeout"):
-            if has(name):
-                args += [f"--{name}", value(name) or ""]
-        for path in paths["client-filter"]:
-            args += ["--client-filter", path]
-        args += timeout_filter
-        if paths["client-auth"]:
-            args += ["--client-auth", paths["client-auth"][0]]
-        for name in ("client-tls", "client-tls-connection", "client-tls-required"):
-            if on(name):
-                args.append(f"--{name}")
-        verify = given.value("client-tls-verify")
-        if verify is not None:
-            args += ["--client-tls-verify",
-                     "system" if verify == "<default>" else paths["client-tls-verify"][0]]
+        args = [*common, *_client_args(given, paths, forward_to, timeout_filter)]
         if not on("forward-to-some"):
             args.append("--forward-to-all")
         if on("dont-serve"):
@@ -375,6 +367,28 @@ def plan(given: Given) -> Plan:
     result.admin_port = value("admin")
     result.admin_terminate = on("admin-terminate")
     return result
+
+
+def _client_args(given: Given, paths: dict[str, list[str]], forward_to: str,
+                 timeout_filter: list[str]) -> list[str]:
+    """relay-deliver's options for talking to the smarthost (deliver and --immediate)."""
+    args = ["--forward-to", forward_to]
+    for name in ("domain", "client-interface", "connection-timeout", "response-timeout"):
+        if given.has(name):
+            args += [f"--{name}", given.value(name) or ""]
+    for path in paths["client-filter"]:
+        args += ["--client-filter", path]
+    args += timeout_filter
+    if paths["client-auth"]:
+        args += ["--client-auth", paths["client-auth"][0]]
+    for name in ("client-tls", "client-tls-connection", "client-tls-required"):
+        if given.has(name):
+            args.append(f"--{name}")
+    verify = given.value("client-tls-verify")
+    if verify is not None:
+        args += ["--client-tls-verify",
+                 "system" if verify == "<default>" else paths["client-tls-verify"][0]]
+    return args
 
 
 def _mechanisms_before_tls(config: str) -> bool:
@@ -438,6 +452,22 @@ def version_text(verbose: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def immediate_filter(client_args: list[str]) -> str:
+    """Write the --immediate filter: a script running `tools.immediate` with *client_args*,
+    in a directory of its own (0755, root's when started as root, removed at exit)."""
+    folder = tempfile.mkdtemp(prefix="relay-immediate-")
+    os.chmod(folder, 0o755)  # noqa: S103 (the --user runs it; only root may write)
+    atexit.register(shutil.rmtree, folder, True)
+    script = os.path.join(folder, "forward-now")
+    command = " ".join(shlex.quote(word) for word in
+                       [sys.executable, "-I", "-m", "tools.immediate", *client_args, "--"])
+    with open(script, "w", encoding="utf-8") as handle:
+        handle.write(f'#!/bin/sh\n# relay --immediate: forward, then answer the client\n'
+                     f'exec {command} "$@"\n')
+    os.chmod(script, 0o755)  # noqa: S103 (the --user runs it; only root may write)
+    return script
+
+
 def _run_deliver_once(args: list[str]) -> int:
     from deliver.main import main as deliver_main  # noqa: PLC0415 (load only what runs)
 
@@ -451,18 +481,21 @@ def run(the_plan: Plan) -> int:
     if the_plan.deliver_once:
         assert the_plan.deliver is not None
         return _run_deliver_once(the_plan.deliver)
-    programs = []
-    if the_plan.intake is not None:
-        programs.append(daemon.Program("relay-intake", "intake.main", the_plan.intake))
-    if the_plan.deliver is not None:
-        programs.append(daemon.Program("relay-deliver", "deliver.main", the_plan.deliver))
-    if not programs:
+    if the_plan.intake is None and the_plan.deliver is None:
         return 0  # --dont-serve without --forward: nothing to do, as E-MailRelay
     if the_plan.daemon:
         code = daemon.detach()
         if code is not None:
             return code  # the parent: the daemon is ready (0) or failed
         os.chdir("/")
+    programs = []
+    if the_plan.intake is not None:
+        intake = list(the_plan.intake)
+        if the_plan.immediate is not None:  # written by the daemon, removed when it ends
+            intake += ["--filter", immediate_filter(the_plan.immediate)]
+        programs.append(daemon.Program("relay-intake", "intake.main", intake))
+    if the_plan.deliver is not None:
+        programs.append(daemon.Program("relay-deliver", "deliver.main", the_plan.deliver))
     os.umask(0o007)  # spool files 0660 (and the log file), as E-MailRelay's
     group = pwd.getpwnam(the_plan.user).pw_gid if the_plan.user else None
     supervisor = daemon.Supervisor(programs, pid_file=the_plan.pid_file, pid_group=group)
