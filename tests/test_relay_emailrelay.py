@@ -305,7 +305,7 @@ def test_version_in_every_program(workdir: Path) -> None:
     """--version prints the version and exits 0 in every program; relay --version --verbose
     lists the build's features as E-MailRelay does."""
     for program in ("relay-intake", "relay-deliver", "relay-resubmit", "relay-notify",
-                    "relay-submit"):
+                    "relay-submit", "relay-queue"):
         done = subprocess.run([str(BIN / program), "--version"], cwd=workdir,
                               env=program_env(), text=True, capture_output=True, timeout=30,
                               check=False)

@@ -34,6 +34,7 @@ from common.config import (
     ConfigError,
     parse_duration,
     read_config_file,
+    version,
 )
 from spool import EnvelopeError, Spool, SpoolError, State, entries, parse_envelope
 from spool.envelope import printable
@@ -80,6 +81,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """relay-queue's command line (also the source of its man page)."""
     parser = _Parser(prog=PROGRAM, description="See and operate relay's queue.")
+    parser.add_argument("--version", action="version", version=f"{PROGRAM} {version()}")
     parser.add_argument("--spool-dir", metavar="DIR",
                         help=f"the spool directory (default: {DEFAULT_SPOOL_DIR})"
                              f" [env {ENV_PREFIX}SPOOL_DIR]")
@@ -306,6 +308,7 @@ def mailq_lines(directory: str) -> str:
 def mailq_parser() -> argparse.ArgumentParser:
     """mailq's command line (also the source of its man page)."""
     parser = _Parser(prog="mailq", description="List relay's queue in sendmail's format.")
+    parser.add_argument("--version", action="version", version=f"mailq (relay) {version()}")
     parser.add_argument("--spool-dir", metavar="DIR",
                         help=f"the spool directory (default: {DEFAULT_SPOOL_DIR})")
     parser.add_argument("--config", metavar="FILE", help="shared TOML config file")
