@@ -12,8 +12,8 @@ A flush (`flush()`: SIGUSR1, the trigger file, `relay --as-client`, the admin in
 `flush`, `--flush-every`, `--flush-at-start`) lists every waiting message, deferred ones
 included, and tries them all now, as sendmail -q and E-MailRelay do: after a network outage
 nothing waits for its backoff. A message that fails again gets its next backoff as usual.
-Without the watch (`--no-watch`, E-MailRelay's server without --forward-on-disconnect), new
-mail waits for a flush; deferred mail is still retried when due.
+Without the watch (`--no-watch`, E-MailRelay's server without --forward-on-disconnect),
+nothing is sent but by a flush (new mail and deferred mail alike), as in E-MailRelay.
 """
 
 from __future__ import annotations
@@ -199,28 +199,39 @@ class Scheduler:
             if time.monotonic() >= next_flush:
                 self._flush_wanted = True
                 next_flush = time.monotonic() + self.flush_every
-            result = await self._scan()
-            self._scanned(result)
-            now = time.monotonic()
-            self._pending = deque(i for i in result.due if not self.handler.held(i, now))
-            if self._pending:
-                self._work_ready.set()
-            if self._backlog():
-                await self._work_down_backlog()
-            else:
-                timeout = self.poll if self.watch else math.inf
-                timeout = min(timeout, max(0.0, next_flush - now))
-                if result.next_due is not None:
-                    timeout = min(timeout, max(0.0, result.next_due - time.time()) + 0.05)
-                hold_expiry = self.handler.next_hold_expiry()
-                if hold_expiry is not None:
-                    timeout = min(timeout, max(0.0, hold_expiry - now) + 0.05)
-                timeout = min(timeout, max(0.0, next_recover - now))
+            if not self.watch and not self._flush_wanted:
+                # --no-watch: nothing is sent but by a flush, deferred mail included.
+                now = time.monotonic()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                    await asyncio.wait_for(self._wakeup.wait(),
+                                           max(0.0, min(next_flush, next_recover) - now))
+            else:
+                await self._scan_and_wait(next_flush, next_recover)
             if time.monotonic() >= next_recover and not self._stopping:
                 await self._recover()
                 next_recover = time.monotonic() + RECOVER_INTERVAL
+
+    async def _scan_and_wait(self, next_flush: float, next_recover: float) -> None:
+        """One scan (or flush), its ids to the workers, then sleep until a reason to look."""
+        result = await self._scan()
+        self._scanned(result)
+        now = time.monotonic()
+        self._pending = deque(i for i in result.due if not self.handler.held(i, now))
+        if self._pending:
+            self._work_ready.set()
+        if self._backlog():
+            await self._work_down_backlog()
+        else:
+            timeout = self.poll if self.watch else math.inf
+            timeout = min(timeout, max(0.0, next_flush - now))
+            if result.next_due is not None:
+                timeout = min(timeout, max(0.0, result.next_due - time.time()) + 0.05)
+            hold_expiry = self.handler.next_hold_expiry()
+            if hold_expiry is not None:
+                timeout = min(timeout, max(0.0, hold_expiry - now) + 0.05)
+            timeout = min(timeout, max(0.0, next_recover - now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     def _backlog(self) -> bool:
         """True while the last scan's list is long: a new scan would only list it again."""

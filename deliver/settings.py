@@ -40,7 +40,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("flush-at-start", "try every queued message once at start (E-MailRelay's --forward)",
            False, "bool"),
     Option("watch", "forward new mail as soon as it is stored (file-system events and the "
-           "--poll rescans); --no-watch: only on a flush, --flush-every, and deferred retries",
+           "--poll rescans); --no-watch: nothing is sent but by a flush",
            True, "bool"),
     Option("poll", "seconds between safety-net rescans of the spool", 60.0, "duration",
            metavar="DURATION"),

@@ -22,6 +22,8 @@ from tools.admin import PROMPT, is_local
 
 EMAILRELAY = Path("/work/scratch/emailrelay-bin/emailrelay")
 RELAY = str(Path(sys.executable).with_name("relay"))
+# relay in the foreground and, when the tests run as root, as root (not --user daemon)
+FOREGROUND = ["--no-daemon", "--user", "root"]
 
 
 def drop(spool_dir: Path, message_id: str, suffix: str, envelope: bytes) -> None:
@@ -93,7 +95,7 @@ def relay_admin(tmp_path: Path, sink: Sink) -> Iterator[tuple[Path, int, subproc
     spool_dir = tmp_path / "relay-spool"
     spool_dir.mkdir(mode=0o700)
     port = free_port()
-    process = start([RELAY, "--as-proxy", sink.address, "--spool-dir", str(spool_dir),
+    process = start([RELAY, *FOREGROUND, "--as-proxy", sink.address, "--spool-dir", str(spool_dir),
                      "--port", str(free_port()), "--admin", str(port), "--admin-terminate",
                      "--poll", "3600"])
     yield spool_dir, port, process
@@ -121,7 +123,7 @@ def test_same_replies_as_emailrelay(tmp_path: Path) -> None:
                        "--interface", "127.0.0.1", "--spool-dir", str(spool_dir),
                        "--admin", str(port), "--no-syslog"]
         else:
-            command = [RELAY, "--as-server", "--port", str(free_port()),
+            command = [RELAY, *FOREGROUND, "--as-server", "--port", str(free_port()),
                        "--spool-dir", str(spool_dir), "--admin", str(port)]
         process = start(command)
         try:
@@ -208,7 +210,7 @@ def test_terminate_needs_admin_terminate(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir(mode=0o700)
     port = free_port()
-    process = start([RELAY, "--as-server", "--port", str(free_port()), "--spool-dir",
+    process = start([RELAY, *FOREGROUND, "--as-server", "--port", str(free_port()), "--spool-dir",
                      str(spool_dir), "--admin", str(port)])
     try:
         client = Admin(port)
@@ -231,7 +233,7 @@ def test_as_server_flush_runs_a_delivery(tmp_path: Path, sink: Sink) -> None:
     spool_dir.mkdir(mode=0o700)
     fill(spool_dir)
     port = free_port()
-    process = start([RELAY, "--as-server", "--port", str(free_port()), "--spool-dir",
+    process = start([RELAY, *FOREGROUND, "--as-server", "--port", str(free_port()), "--spool-dir",
                      str(spool_dir), "--admin", str(port), "--forward-to", sink.address])
     try:
         client = Admin(port)
@@ -250,12 +252,14 @@ def test_admin_port_in_use_and_bad_port(tmp_path: Path) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        done = subprocess.run([RELAY, "--as-server", "--port", str(free_port()), "--spool-dir",
-                               str(spool_dir), "--admin", str(port)], capture_output=True,
+        done = subprocess.run([RELAY, *FOREGROUND, "--as-server", "--port", str(free_port()),
+                               "--spool-dir", str(spool_dir), "--admin", str(port)],
+                              capture_output=True,
                               text=True, timeout=30, env=program_env())
     assert done.returncode == os.EX_CONFIG
     assert f"admin: cannot listen on 127.0.0.1 port {port}" in done.stderr
-    bad = subprocess.run([RELAY, "--as-server", "--spool-dir", str(spool_dir), "--admin", "x"],
+    bad = subprocess.run([RELAY, *FOREGROUND, "--as-server", "--spool-dir", str(spool_dir),
+                          "--admin", "x"],
                          capture_output=True, text=True, timeout=30, env=program_env())
     assert bad.returncode == os.EX_CONFIG and "not a port number" in bad.stderr
 

@@ -35,10 +35,11 @@ EMAILRELAY_2_6_1 = {
 
 
 def test_the_table_has_every_emailrelay_switch_with_its_letter() -> None:
-    """All 72 switches of 2.6.1 are in the table, long names and letters exactly (and the
-    two Windows-only ones, which are refused)."""
+    """All 72 switches of 2.6.1 are in the table, long names and letters exactly (besides the
+    two Windows-only ones, which are refused, and relay's own --check)."""
     assert len(EMAILRELAY_2_6_1) == 72
-    ours = {s.name: s.short for s in table.SWITCHES if s.name not in table.WINDOWS_ONLY}
+    ours = {s.name: s.short for s in table.SWITCHES
+            if s.name not in (*table.WINDOWS_ONLY, *table.RELAY_ONLY)}
     assert ours == EMAILRELAY_2_6_1
 
 
@@ -179,7 +180,7 @@ def test_bad_command_lines_are_refused(argv: list[str], message: str) -> None:
     (["--pop"], "not a POP server"),
     (["-B"], "not a POP server"),
     (["--hidden"], "Windows only"),
-    (["--server-tls"], "needs --server-tls-certificate"),
+    (["--server-tls"], "need --server-tls-certificate"),
     (["--client-smtp-config", "warp"], "unknown feature 'warp'"),
     (["--log-format", "colour"], "unknown field 'colour'"),
 ])
@@ -204,3 +205,35 @@ def test_root_switches_to_daemon_by_default() -> None:
     assert result.intake is not None
     assert result.intake[result.intake.index("--user") + 1] == "daemon"
     assert "--user" not in (plan(parse(["-d", "-u", "root"])).intake or [])
+
+
+def test_tls_switches_reach_their_program() -> None:
+    """The client TLS switches go to deliver, the server ones to intake, --tls-config to both;
+    --server-tls-connection needs the certificate and passes it on."""
+    result = plan(parse(["-y", "h:465", "-u", "root", "-b", "--client-tls-certificate",
+                         "/k.pem", "--client-tls-certificate", "/c.pem",
+                         "--client-tls-server-name", "mx.example.net",
+                         "--client-tls-verify", "<default>", "--client-tls-verify-name",
+                         "mx.example.net", "--server-tls-connection",
+                         "--server-tls-certificate", "/s.pem", "--server-tls-verify", "/ca.pem",
+                         "--tls-config", "tlsv1.2"]))
+    assert result.intake is not None and result.deliver is not None
+    deliver, intake = result.deliver, result.intake
+    assert [deliver[i + 1] for i, w in enumerate(deliver) if w == "--client-tls-certificate"] \
+        == ["/k.pem", "/c.pem"]
+    assert deliver[deliver.index("--client-tls-verify") + 1] == "system"
+    assert deliver[deliver.index("--client-tls-verify-name") + 1] == "mx.example.net"
+    assert "--server-tls-connection" in intake and "/s.pem" in intake
+    assert intake[intake.index("--server-tls-verify") + 1] == "/ca.pem"
+    assert "tlsv1.2" in intake and "tlsv1.2" in deliver
+
+
+def test_check_and_admin_are_planned() -> None:
+    """--check goes to every program; --admin's port and admin= addresses are kept for
+    tools.admin, with a one-off flush command for its flush."""
+    result = plan(parse(["-d", "-u", "root", "-o", "h:25", "--check", "--admin", "10026",
+                         "-Q", "-I", "admin=127.0.0.1"]))
+    assert result.check and result.intake is not None and "--check" in result.intake
+    assert result.admin_port == "10026" and result.admin_terminate
+    assert result.admin_interfaces == ["127.0.0.1"]
+    assert result.flush_command is not None and result.flush_command[-2:] == ["--once", "--flush"]

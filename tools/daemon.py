@@ -30,6 +30,7 @@ from common.pidfile import remove_pid_file, write_pid_file
 READY_TIMEOUT = 60.0  # seconds a program may take to say it is ready
 STOP_TIMEOUT = 40.0  # after SIGTERM, before SIGKILL (intake's stop timeout is 20 s)
 EX_SOFTWARE = 70
+HANDLED: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
 
 @dataclass
@@ -123,7 +124,10 @@ class Supervisor:
 
         Their stderr comes through a pipe that this process copies to its own stderr (and,
         after `quiet_stdio`, to /dev/null), so that --close-stderr closes the terminal for
-        every process of the daemon, the programs' own children too."""
+        every process of the daemon, the programs' own children too. The signal handlers are
+        in place from here on: a SIGTERM during the start is acted on by `run`."""
+        for signum in HANDLED:
+            signal.signal(signum, self._on_signal)
         for program in self.programs:
             read_end, write_end = os.pipe()
             try:
@@ -236,9 +240,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Until asked to stop or a program ends; the exit code (0 after SIGTERM)."""
-        handled: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
-                                    signal.SIGHUP)
-        for signum in handled:
+        for signum in HANDLED:
             signal.signal(signum, self._on_signal)
         status = 0
         try:
@@ -263,8 +265,8 @@ class Supervisor:
                     return status
                 self.pump(0.1)
         finally:
-            for signum in handled:
-                signal.signal(signum, signal.SIG_DFL)
+            for signum in HANDLED:  # on the way out: a late signal must not kill the exit
+                signal.signal(signum, signal.SIG_IGN)
             if self.pid_file:
                 remove_pid_file(self.pid_file)
 

@@ -5,9 +5,8 @@ run from the switches given. Each switch has the long name and the short letter 
 `emailrelay --help --verbose` (2.6.1) exactly, whether it takes a value (some take one
 optionally: `--syslog[=facility]`, `--anonymous[=scope]`), and either `refused`, the one
 line relay exits 64 with (POP and Windows-only switches, and what relay does not do yet),
-or None (relay does it). The admin interface's switches (`--admin`, `--admin-terminate`)
-are in the table; `ADMIN_SUPPORT` says whether a build has the interface, and `tools.relay`
-hands them to it. Reads and writes nothing.
+or None (relay does it). The admin interface's switches (`--admin`, `--admin-terminate`) go
+to `tools.admin`. `--check` is relay's own. Reads and writes nothing.
 """
 
 from __future__ import annotations
@@ -20,11 +19,11 @@ OPTIONAL = "optional"
 
 _POP = ("relay is not a POP server: E-MailRelay's POP server serves the spool to mail "
         "readers, relay only forwards (see docs/emailrelay.md)")
-_ISSUE_15 = "not in relay yet (filters, verifiers, secrets and TLS: issue 15)"
+_ISSUE_15 = "not in relay yet (the authentication mechanisms: issue 15)"
 
-# Whether the admin interface (issue 16) is built in; its module sets this when imported.
-ADMIN_SUPPORT = False
-ADMIN_REFUSAL = "the admin interface is not in this build of relay yet (issue 16)"
+# The admin interface (tools.admin) is built in.
+ADMIN_SUPPORT = True
+ADMIN_REFUSAL = "the admin interface is not in this build of relay"
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,7 @@ AUTH = "Authentication options"
 TLS = "TLS options"
 PROCESS = "Process options"
 LOGGING = "Logging options"
+RELAY = "relay's own options"
 
 SWITCHES: tuple[Switch, ...] = (
     _s("as-client", "q", REQUIRED, BASIC, "forward the spool to HOST:PORT, then exit: "
@@ -133,26 +133,25 @@ SWITCHES: tuple[Switch, ...] = (
        "TLS, a: and d: after (m:;a:plain)", "config"),
     # TLS
     _s("client-tls", "j", NONE, TLS, "STARTTLS to the smarthost when offered"),
-    _s("client-tls-certificate", None, REQUIRED, TLS, "client key and certificate (PEM)",
-       "pem-file", refused=_ISSUE_15),
+    _s("client-tls-certificate", None, REQUIRED, TLS, "client key and certificate (PEM); "
+       "twice: the key file, then the certificate file", "pem-file"),
     _s("client-tls-connection", "b", NONE, TLS, "implicit TLS to the smarthost (SMTPS)"),
     _s("client-tls-required", None, NONE, TLS, "never send without TLS"),
     _s("client-tls-server-name", None, REQUIRED, TLS, "server name sent in the TLS handshake",
-       "hostname", refused=_ISSUE_15),
+       "hostname"),
     _s("client-tls-verify", None, REQUIRED, TLS, "verify the smarthost against these CAs "
        "(<default>: the system's)", "ca-list"),
     _s("client-tls-verify-name", None, REQUIRED, TLS, "name the smarthost's certificate must "
-       "have", "cname", refused=_ISSUE_15),
+       "have", "cname"),
     _s("server-tls", "K", NONE, TLS, "offer STARTTLS (needs --server-tls-certificate)"),
     _s("server-tls-certificate", None, REQUIRED, TLS, "server key and certificate (PEM); "
        "twice: the key file, then the certificate file", "pem-file"),
-    _s("server-tls-connection", None, NONE, TLS, "implicit TLS on the SMTP port (SMTPS)",
-       refused=_ISSUE_15),
+    _s("server-tls-connection", None, NONE, TLS, "implicit TLS on the SMTP port (SMTPS)"),
     _s("server-tls-required", None, NONE, TLS, "clients must STARTTLS before AUTH or MAIL"),
     _s("server-tls-verify", None, REQUIRED, TLS, "verify client certificates against these CAs",
-       "ca-list", refused=_ISSUE_15),
-    _s("tls-config", "9", REQUIRED, TLS, "TLS library options (tlsv1.2, ...)", "options",
-       refused=_ISSUE_15),
+       "ca-list"),
+    _s("tls-config", "9", REQUIRED, TLS, "TLS versions: tlsv1.2 (the lowest), -tlsv1.3 (the "
+       "highest)", "options"),
     # process
     _s("dont-serve", "x", NONE, PROCESS, "no listening at all; end after --forward"),
     _s("localedir", None, REQUIRED, PROCESS, "message catalogues (relay speaks English only: "
@@ -179,13 +178,17 @@ SWITCHES: tuple[Switch, ...] = (
     _s("syslog", "k", OPTIONAL, LOGGING, "syslog even with --no-syslog (facility: mail by "
        "default)", "facility"),
     _s("close-stderr", "e", NONE, LOGGING, "close stderr once started"),
+    # relay's own
+    _s("check", None, NONE, RELAY, "load the configuration, secrets, certificates, filters "
+       "and the spool; say what is wrong; exit 0 or 78 without starting"),
 )
 
 BY_LONG: dict[str, Switch] = {switch.name: switch for switch in SWITCHES}
 BY_SHORT: dict[str, Switch] = {switch.short: switch for switch in SWITCHES if switch.short}
 # --help --verbose of 2.6.1 on Unix lists these; --hidden and --show are Windows-only extras.
 WINDOWS_ONLY = ("hidden", "show")
-GROUPS = (BASIC, CLIENT, SERVER, POP, ADMIN, AUTH, TLS, PROCESS, LOGGING)
+GROUPS = (BASIC, CLIENT, SERVER, POP, ADMIN, AUTH, TLS, PROCESS, LOGGING, RELAY)
+RELAY_ONLY = ("check",)  # not E-MailRelay's
 
 
 def refusal(switch: Switch) -> str | None:

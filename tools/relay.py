@@ -29,8 +29,9 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from common.config import version
+from common.config import DEFAULT_SPOOL_DIR, version
 from common.process import DEFAULT_USER
 from tools import daemon
 from tools import emailrelay_switches as table
@@ -42,9 +43,11 @@ EMAILRELAY_VERSION = "2.6.1"  # the E-MailRelay whose command line this is
 # Switches whose value is a file or directory: made absolute before the daemon leaves the
 # working directory (E-MailRelay's @app is the directory of the `relay` executable).
 _PATHS = ("spool-dir", "pid-file", "log-file", "filter", "client-filter", "address-verifier",
-          "server-auth", "client-auth", "server-tls-certificate", "client-tls-verify")
+          "server-auth", "client-auth", "server-tls-certificate", "client-tls-verify",
+          "client-tls-certificate", "server-tls-verify")
 # Repeatable switches (all values kept); every other switch: the first value given wins.
-_MULTI = ("interface", "server-tls-certificate", "filter", "client-filter")
+_MULTI = ("interface", "server-tls-certificate", "filter", "client-filter",
+          "client-tls-certificate")
 _LOG_FIELDS = ("time", "unit", "address", "port", "msgid")
 _RELAY_FORMATS = ("logfmt", "json", "console")
 _SMTP_FEATURES = {
@@ -183,6 +186,11 @@ class Plan:
     admin_port: str | None = None
     admin_interfaces: list[str] = field(default_factory=list)
     admin_terminate: bool = False
+    spool_dir: str | None = None
+    forward_to: str | None = None
+    remote_clients: bool = False
+    flush_command: list[str] | None = None  # a one-off flush in the foreground (admin)
+    check: bool = False  # --check: each program checks what it would load, nothing runs
 
 
 def refuse_what_relay_does_not_do(given: Given) -> None:
@@ -332,17 +340,25 @@ def plan(given: Given) -> Plan:
         if config is not None and _mechanisms_before_tls(config):
             args.append("--server-auth-insecure")
         certificates = paths["server-tls-certificate"]
-        if on("server-tls"):
+        if on("server-tls") or on("server-tls-connection"):
             if not certificates:
-                raise UsageError("--server-tls needs --server-tls-certificate")
+                raise UsageError("--server-tls and --server-tls-connection need "
+                                 "--server-tls-certificate")
             args += ["--server-tls-certificate", certificates[-1]]
             if len(certificates) > 1:
                 args += ["--server-tls-key", certificates[0]]
         elif certificates:
             result.notes.append("--server-tls-certificate without --server-tls: STARTTLS is "
                                 "not offered")
-        if on("server-tls-required"):
-            args.append("--server-tls-required")
+        for name in ("server-tls-required", "server-tls-connection", "check"):
+            if on(name):
+                args.append(f"--{name}")
+        if paths["server-tls-verify"]:
+            verify = given.value("server-tls-verify")
+            args += ["--server-tls-verify",
+                     "<default>" if verify == "<default>" else paths["server-tls-verify"][0]]
+        if has("tls-config"):
+            args += ["--tls-config", value("tls-config") or ""]
         result.intake = args
     # relay-deliver
     if forward_to and on("immediate") and result.intake is not None:
@@ -351,6 +367,10 @@ def plan(given: Given) -> Plan:
         args = [*common, *_client_args(given, paths, forward_to, timeout_filter)]
         if not on("forward-to-some"):
             args.append("--forward-to-all")
+        result.flush_command = [sys.executable, "-I", "-m", "deliver.main", *args,
+                                "--once", "--flush"]
+        if on("check"):
+            args.append("--check")
         if on("dont-serve"):
             result.deliver_once = True
             args += ["--once", "--flush"]
@@ -366,6 +386,10 @@ def plan(given: Given) -> Plan:
         result.daemon = False  # it ends once the spool is forwarded
     result.admin_port = value("admin")
     result.admin_terminate = on("admin-terminate")
+    result.spool_dir = paths["spool-dir"][0] if paths["spool-dir"] else None
+    result.forward_to = forward_to
+    result.remote_clients = on("remote-clients")
+    result.check = on("check")
     return result
 
 
@@ -373,9 +397,12 @@ def _client_args(given: Given, paths: dict[str, list[str]], forward_to: str,
                  timeout_filter: list[str]) -> list[str]:
     """relay-deliver's options for talking to the smarthost (deliver and --immediate)."""
     args = ["--forward-to", forward_to]
-    for name in ("domain", "client-interface", "connection-timeout", "response-timeout"):
+    for name in ("domain", "client-interface", "connection-timeout", "response-timeout",
+                 "client-tls-server-name", "client-tls-verify-name", "tls-config"):
         if given.has(name):
             args += [f"--{name}", given.value(name) or ""]
+    for path in paths["client-tls-certificate"]:
+        args += ["--client-tls-certificate", path]
     for path in paths["client-filter"]:
         args += ["--client-filter", path]
     args += timeout_filter
@@ -478,6 +505,8 @@ def run(the_plan: Plan) -> int:
     """Run the plan: a flush in the foreground, or the programs (as a daemon by default)."""
     for note in the_plan.notes:
         sys.stderr.write(f"relay: {note}\n")
+    if the_plan.check:
+        return _check(the_plan)
     if the_plan.deliver_once:
         assert the_plan.deliver is not None
         return _run_deliver_once(the_plan.deliver)
@@ -503,10 +532,50 @@ def run(the_plan: Plan) -> int:
     if code != 0:
         daemon.tell_parent(str(code))
         return code
+    try:
+        admin = _start_admin(the_plan)  # once everything runs: its commands act at once
+    except (ValueError, OSError) as error:
+        sys.stderr.write(f"relay: {error}\n")
+        supervisor.stop()
+        daemon.tell_parent(str(os.EX_CONFIG))
+        return os.EX_CONFIG
     daemon.tell_parent("ready")
     if the_plan.daemon:
         daemon.quiet_stdio(close_stderr=the_plan.close_stderr)
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    finally:
+        if admin is not None:
+            admin.stop()
+
+
+def _start_admin(the_plan: Plan) -> Any:
+    """--admin PORT: tools.admin's server in this process (terminate: SIGTERM to it)."""
+    if the_plan.admin_port is None:
+        return None
+    from tools.admin import start_for_relay  # noqa: PLC0415 (load only what runs)
+
+    return start_for_relay(the_plan.admin_port,
+                           spool_dir=the_plan.spool_dir or DEFAULT_SPOOL_DIR,
+                           forward_to=the_plan.forward_to,
+                           with_terminate=the_plan.admin_terminate,
+                           remote_clients=the_plan.remote_clients,
+                           deliver_command=the_plan.flush_command)
+
+
+def _check(the_plan: Plan) -> int:
+    """--check: each program the plan would run checks what it would load; the worst code."""
+    from deliver.main import main as deliver_main  # noqa: PLC0415 (load only what runs)
+    from intake.main import main as intake_main  # noqa: PLC0415
+
+    codes = []
+    if the_plan.intake is not None:
+        codes.append(intake_main(the_plan.intake))
+    if the_plan.deliver is not None:
+        deliver = the_plan.deliver if "--check" in the_plan.deliver else \
+            [*the_plan.deliver, "--check"]
+        codes.append(deliver_main(deliver))
+    return max(codes, default=0)
 
 
 def main(argv: list[str] | None = None) -> int:
