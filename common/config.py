@@ -279,6 +279,19 @@ def split_host_port(text: str, default_port: int = 25) -> tuple[str, int]:
     return host, port
 
 
+def local_fqdn() -> str:
+    """This host's fully qualified name as `hostname -f` finds it: the canonical name of the
+    host name (socket.getfqdn prefers an alias, often 'localhost'); the host name if that
+    lookup fails."""
+    name = socket.gethostname()
+    try:
+        canonical = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM, 0,
+                                       socket.AI_CANONNAME)[0][3]
+    except (OSError, IndexError, UnicodeError):
+        canonical = ""
+    return canonical or name or "localhost"
+
+
 def resolve_path(value: str | None) -> Path | None:
     """A path setting as a Path (None stays None); '~' is expanded."""
     return Path(os.path.expanduser(value)) if value else None

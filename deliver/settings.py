@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import ssl
 from dataclasses import dataclass
 
 from common import eventloop
-from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path, split_host_port
+from common.config import (
+    SPOOL_DIR_OPTION,
+    ConfigError,
+    Option,
+    local_fqdn,
+    resolve_path,
+    split_host_port,
+)
 from common.filterspec import Spec, parse_filter
 from common.process import CLOSE_STDERR_OPTION, READY_FD_OPTION, USER_OPTION, lookup_user
 from common.secrets import SecretsError, SecretsFile
@@ -204,7 +210,7 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         client_tls_required=settings.client_tls_required,
         client_tls_verify=tls_verify,
         tls_context=tls_context,
-        domain=settings.domain or socket.getfqdn() or socket.gethostname() or "localhost",
+        domain=settings.domain or local_fqdn(),
         client_interface=settings.client_interface,
         forward_to_all=settings.forward_to_all,
         connection_timeout=settings.connection_timeout,

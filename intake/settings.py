@@ -9,13 +9,12 @@ option, so that main exits 78. Reads the secrets and certificate files; writes n
 from __future__ import annotations
 
 import argparse
-import socket
 import ssl
 from dataclasses import dataclass, field
 
 from common import eventloop
 from common.check import CHECK_OPTION
-from common.config import SPOOL_DIR_OPTION, ConfigError, Option, resolve_path
+from common.config import SPOOL_DIR_OPTION, ConfigError, Option, local_fqdn, resolve_path
 from common.filterspec import FilterRunner, Spec, parse_filter, parse_verifier
 from common.metrics import METRICS_OPTION, parse_listen
 from common.process import CLOSE_STDERR_OPTION, READY_FD_OPTION, USER_OPTION, lookup_user
@@ -222,7 +221,7 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
     if not 0 <= settings.port < 65536:
         raise ConfigError("--port must be 0-65535")
     interfaces = _interfaces(settings.interface)
-    domain = settings.domain or socket.getfqdn() or "localhost"
+    domain = settings.domain or local_fqdn()
     if any(not (33 <= ord(c) <= 126) for c in domain):
         raise ConfigError(f"--domain: {domain!r} is not a host name")
     authenticator = None
