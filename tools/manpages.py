@@ -83,20 +83,25 @@ def relay_submit() -> argparse.ArgumentParser:
 
 
 def relay() -> argparse.ArgumentParser:
-    """E-MailRelay's switches as `relay` takes them (its own switch table)."""
-    from tools.relay import SWITCHES  # noqa: PLC0415
+    """E-MailRelay's switches as `relay` takes them (tools.emailrelay_switches)."""
+    from tools import emailrelay_switches as table  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="relay", add_help=False,
-        usage="relay --as-server | --as-client HOST:PORT | --as-proxy HOST:PORT [switches]",
-        description="E-MailRelay's command line for relay: runs relay-intake and"
-                    " relay-deliver with the switches that belong to each.")
-    for switch in SWITCHES:
+        usage="relay [switch ...] [config-file]",
+        description="E-MailRelay 2.6.1's command line for relay: runs relay-intake and"
+                    " relay-deliver as emailrelay would run (docs/emailrelay.md).")
+    groups = {name: parser.add_argument_group(name) for name in table.GROUPS}
+    for switch in table.SWITCHES:
         names = [f"--{switch.name}"] + ([f"-{switch.short}"] if switch.short else [])
-        if switch.takes_value:
-            parser.add_argument(*names, help=switch.help, metavar="VALUE")
+        reason = table.refusal(switch)
+        text = switch.help + (f" (refused: {reason})" if reason else "")
+        group = groups[switch.group]
+        if switch.value == table.NONE:
+            group.add_argument(*names, help=text, action="store_true")
         else:
-            parser.add_argument(*names, help=switch.help, action="store_true")
+            group.add_argument(*names, help=text, metavar=(switch.metavar or "VALUE").upper(),
+                               nargs="?" if switch.value == table.OPTIONAL else None)
     return parser
 
 
