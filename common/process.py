@@ -13,6 +13,7 @@ writes only the ready pipe.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pwd
 
@@ -46,6 +47,18 @@ def lookup_user(name: str) -> pwd.struct_passwd:
         raise ConfigError(f"--user: no such user {name!r}") from None
 
 
+# Imported on first use by the event loop and asyncio's threads: a Python installed where
+# the --user may not read (a root-only home) must have them loaded before the switch.
+_LATE_IMPORTS = ("concurrent.futures.thread", "concurrent.futures.process", "uvloop",
+                 "asyncio.unix_events", "encodings.idna", "ssl")
+
+
+def _import_while_root() -> None:
+    for module in _LATE_IMPORTS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+
+
 def drop_privileges(name: str | None) -> str | None:
     """Become user *name* if running as root; returns the name switched to, or None.
 
@@ -55,6 +68,7 @@ def drop_privileges(name: str | None) -> str | None:
     if name is None or name == "root" or os.geteuid() != 0:
         return None
     entry = lookup_user(name)
+    _import_while_root()
     os.initgroups(entry.pw_name, entry.pw_gid)
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)

@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                     "failure counts are per worker process")
     if config.pid_file:
         write_pid_file(config.pid_file)
+    # With --user, each worker switches once its storage process runs (see run()); this
+    # parent, which holds the sockets and only watches the workers, reads no message.
 
     def work(index: int) -> int:
         for number, sockets in enumerate(groups):

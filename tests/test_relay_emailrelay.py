@@ -274,8 +274,9 @@ def test_log_file_with_a_date(workdir: Path, sink: Sink, daemons: list[Daemon]) 
 @as_root
 def test_user_nobody_runs_every_program_and_filter_as_nobody(workdir: Path, sink: Sink,
                                                              daemons: list[Daemon]) -> None:
-    """Started as root with --user nobody: intake (after binding), its storage process,
-    deliver and the filter all run as nobody (seen in /proc); spool files are 0660."""
+    """Started as root with --user nobody: intake's workers (after binding), their storage
+    processes, deliver and the filter all run as nobody (seen in /proc: real, effective,
+    saved and file-system uid); spool files are 0660."""
     nobody = pwd.getpwnam("nobody")
     queue = workdir / "queue"
     os.chown(queue, nobody.pw_uid, nobody.pw_gid)
@@ -285,13 +286,16 @@ def test_user_nobody_runs_every_program_and_filter_as_nobody(workdir: Path, sink
     daemon = Daemon(workdir, "--as-proxy", sink.address, "--user", "nobody", "-s", str(queue),
                     "--filter", str(filter_script))
     daemons.append(daemon)
-    for pid in (daemon.program("intake.main"), daemon.program("deliver.main")):
+    intake = daemon.program("intake.main")
+    # intake's workers (with --processes 1, intake itself) and each one's storage process
+    workers = [p for p in children(intake) if "-m intake.main" in command_line(p)] or [intake]
+    storage = [p for worker in workers for p in children(worker)
+               if "storage_process" in command_line(p)]
+    assert storage
+    for pid in (*workers, *storage, daemon.program("deliver.main")):
         status = Path(f"/proc/{pid}/status").read_text()
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-        assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
-    intake = daemon.program("intake.main")
-    storage = next(p for p in children(intake) if "storage_process" in command_line(p))
-    assert f"Uid:\t{nobody.pw_uid}\t{nobody.pw_uid}" in Path(f"/proc/{storage}/status").read_text()
+        assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4, command_line(pid)
     sink.behaviour.mail_reply = "451 hold it"
     send(daemon.port)
     assert wait_until(lambda: (queue / "filter-uid").exists(), 10)

@@ -95,7 +95,7 @@ def relay() -> argparse.ArgumentParser:
     for switch in table.SWITCHES:
         names = [f"--{switch.name}"] + ([f"-{switch.short}"] if switch.short else [])
         reason = table.refusal(switch)
-        text = switch.help + (f" (refused: {reason})" if reason else "")
+        text = (switch.help + (f" (refused: {reason})" if reason else "")).replace("%", "%%")
         group = groups[switch.group]
         if switch.value == table.NONE:
             group.add_argument(*names, help=text, action="store_true")
