@@ -171,7 +171,8 @@ def build_parser(prog: str, description: str, options: Sequence[Option]) -> argp
         flags = [f"--{option.name}"] + ([f"-{option.short}"] if option.short else [])
         shown = option.default not in (None, [], False)
         default_text = f" (default: {option.default})" if shown else ""
-        help_text = f"{option.help}{default_text} [env {option.env}]"
+        # argparse formats help with %: a literal % (the --log-file date) is written %%
+        help_text = f"{option.help}{default_text} [env {option.env}]".replace("%", "%%")
         if option.kind == "bool":
             parser.add_argument(*flags, dest=option.dest, help=help_text,
                                 action=argparse.BooleanOptionalAction)

@@ -5,6 +5,8 @@ Real TOML files in tmp_path; the environment is passed explicitly (never os.envi
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,12 @@ def test_every_program_reads_durations_and_the_spool_dir_alike() -> None:
     for options in (NOTIFY_OPTIONS, RESUBMIT_OPTIONS):
         spool_dir = next(option for option in options if option.name == "spool-dir")
         assert spool_dir.default == DEFAULT_SPOOL_DIR
+
+
+@pytest.mark.parametrize("program", ["relay-intake", "relay-deliver", "relay-resubmit",
+                                     "relay-notify"])
+def test_help_of_every_program_prints(program: str) -> None:
+    """--help works in every program (a % in a help text, the --log-file date, once broke it)."""
+    done = subprocess.run([str(Path(sys.executable).with_name(program)), "--help"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0 and "--log-file" in done.stdout and "%d" in done.stdout
