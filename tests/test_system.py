@@ -182,7 +182,7 @@ def test_relay_unknown_switch_and_help() -> None:
                           capture_output=True, text=True)
     assert short.returncode == full.returncode == 0
     def listed(switch: str, text: str) -> bool:
-        return re.search(rf"^ +(-\S, )?{switch}\b", text, re.MULTILINE) is not None
+        return re.search(rf"^  (-\S, |    ){switch}\b", text, re.MULTILINE) is not None
 
     for switch in ("--remote-clients", "--server-auth", "--client-auth", "--client-filter",
                    "--poll", "--no-syslog", "--pid-file", "--no-daemon", "--log"):

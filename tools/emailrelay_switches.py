@@ -58,8 +58,8 @@ RELAY = "relay's own options"
 SWITCHES: tuple[Switch, ...] = (
     _s("as-client", "q", REQUIRED, BASIC, "forward the spool to HOST:PORT, then exit: "
        "--log --no-syslog --no-daemon --dont-serve --forward --forward-to", "host:port"),
-    _s("as-proxy", "y", REQUIRED, BASIC, "store and forward each message once its client "
-       "disconnects: --log --close-stderr --forward-on-disconnect --forward-to", "host:port"),
+    _s("as-proxy", "y", REQUIRED, BASIC, "store each message and forward it as soon as it "
+       "is stored: --log --close-stderr --forward-on-disconnect --forward-to", "host:port"),
     _s("as-server", "d", NONE, BASIC, "storage daemon, forwarding only when told to: "
        "--log --close-stderr"),
     _s("spool-dir", "s", REQUIRED, BASIC, "the spool directory", "dir"),

@@ -27,6 +27,7 @@ import socket
 import ssl
 import sys
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -453,7 +454,11 @@ def _help_line(switch: Switch) -> str:
                                              else metavar)
     reason = table.refusal(switch)
     text = switch.help + (f" [refused: {reason}]" if reason else "")
-    return f"  {short}--{switch.name}{value}".ljust(40) + f" {text}"
+    lines = textwrap.wrap(text, 58, break_on_hyphens=False) or [""]
+    first = f"  {short}--{switch.name}{value}"
+    head = first.ljust(40) + " " + lines[0] if len(first) < 40 else first + "\n" + \
+        " " * 41 + lines[0]
+    return "\n".join([head, *(" " * 41 + line for line in lines[1:])])
 
 
 def version_text(verbose: bool) -> str:
