@@ -30,7 +30,6 @@ from common.metrics import IntakeMetrics
 from common.process import USER_ENV
 from intake.frames import (
     OP_COMMIT,
-    OP_DISCARD,
     OP_PREPARE,
     OP_STORE,
     REPLY,
@@ -115,10 +114,6 @@ class GroupCommitter:
     async def commit(self, pending: PendingMessage) -> PendingMessage:
         """Accept a prepared message (fsyncs, rename, the batch's directory fsync)."""
         return self._pending(await self._request(OP_COMMIT, pending.message_id.encode(), ()))
-
-    async def discard(self, pending: PendingMessage) -> None:
-        """Remove a prepared message."""
-        await self._request(OP_DISCARD, pending.message_id.encode(), ())
 
     def _pending(self, message_id: str) -> PendingMessage:
         return PendingMessage(self.spool, message_id)

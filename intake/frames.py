@@ -1,7 +1,7 @@
 """The frames between relay-intake and its storage process (pure: no I/O).
 
 Request: a header `REQUEST` (op, request id, meta size, content size), then the meta
-(the formatted envelope for store/prepare, the message id for commit/discard), then the
+(the formatted envelope for store/prepare, the message id for commit), then the
 content bytes. Reply: a header `REPLY` (request id, errno or 0, the number of the batch it
 was handled in, text size), then the text (the message id, or the error's text).
 """
@@ -15,7 +15,6 @@ REPLY = struct.Struct("!IiIH")
 OP_STORE = b"S"  # write and commit a message
 OP_PREPARE = b"P"  # write a message as .envelope.new only (filters run next)
 OP_COMMIT = b"C"  # commit a prepared message
-OP_DISCARD = b"D"  # remove a prepared message
 MAX_BATCH = 256  # most requests a batch takes before it is committed
 
 

@@ -26,7 +26,6 @@ from common.process import USER_ENV, drop_privileges
 from intake.frames import (
     MAX_BATCH,
     OP_COMMIT,
-    OP_DISCARD,
     OP_PREPARE,
     OP_STORE,
     REQUEST,
@@ -94,7 +93,7 @@ class StorageWorker:
         request = Request(op, request_id)
         if op in (OP_STORE, OP_PREPARE):
             self._write_message(request, meta, content_size)
-        elif op in (OP_COMMIT, OP_DISCARD):
+        elif op == OP_COMMIT:
             request.pending = PendingMessage(self.spool, meta.decode("utf-8"))
         else:
             raise ValueError(f"unknown request {op!r}")
@@ -147,9 +146,6 @@ class StorageWorker:
     def _handle(self, batch: list[Request]) -> None:
         self.batches += 1
         commits = [r for r in batch if r.op in (OP_STORE, OP_COMMIT) and r.error is None]
-        for request in batch:
-            if request.op == OP_DISCARD and request.pending is not None:
-                request.pending.discard()
         pendings = [r.pending for r in commits if r.pending is not None]
         if pendings:
             try:
