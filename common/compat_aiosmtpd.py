@@ -40,12 +40,20 @@ their own objects and set every other attribute as `SMTP.__init__` would. Option
 does not use (`command_call_limit`, `proxy_protocol_timeout`, `auth_callback`) and a
 missing `hostname` take the full constructor. tests/test_compat_aiosmtpd_init.py builds
 connections both ways and compares every attribute.
+
+aiosmtpd also logs two warnings of its own through its `mail.log` logger that say nothing
+to a relay operator (`SPURIOUS_LOG_LINES`): one from each full `SMTP.__init__` when AUTH is
+offered without TLS (relay says so once, at start: `auth_insecure`), and one on every successful
+AUTH (aiosmtpd sets its deprecated `Session.login_data`; relay reads `Session.auth_data`).
+Importing this module drops exactly those two lines; the test checks aiosmtpd still writes
+them word for word, so that a change shows instead of the filter silently matching nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,7 +62,24 @@ from typing import Any, cast
 from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, syntax
 
-__all__ = ["MISSING", "AuthResult", "Envelope", "LoginPassword", "SMTPBase", "syntax"]
+__all__ = ["AIOSMTPD_LOGGER", "MISSING", "SPURIOUS_LOG_LINES", "AuthResult", "Envelope",
+           "LoginPassword", "SMTPBase", "syntax"]
+
+AIOSMTPD_LOGGER = "mail.log"
+SPURIOUS_LOG_LINES = frozenset({
+    "auth_required == True but auth_require_tls == False",
+    "Session.login_data is deprecated and will be removed in version 2.0",
+})
+
+
+class _DropSpurious(logging.Filter):
+    """Drops aiosmtpd's two lines above; lets every other record through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in SPURIOUS_LOG_LINES
+
+
+logging.getLogger(AIOSMTPD_LOGGER).addFilter(_DropSpurious())
 
 
 _FULL_ONLY = ("command_call_limit", "proxy_protocol_timeout", "auth_callback")

@@ -5,7 +5,7 @@ reading them. relay-intake needs that twice: the early-talker check (did the cli
 before the greeting?) and the PIPELINING reply hold (is the client's next command already
 here?). Both read `StreamReader._buffer`, a bytearray in CPython 3.8-3.13 (uvloop uses
 asyncio's own streams). `buffered` reads it without a default: should a Python release
-rename it, intake fails loudly (AttributeError, and tests/test_compat.py) instead of
+rename it, intake fails loudly (AttributeError, and tests/test_compat_asyncio.py) instead of
 silently switching the early-talker check off. Reads; never changes the stream.
 
 And one setting relay-deliver changes: asyncio's plain socket transport reads with

@@ -62,7 +62,9 @@ class AuthSession(SMTPBase):
             return
         if self.session.authenticated:
             self.auth_mechanism = (arg or "").split()[0].upper()
-            login = self.session.login_data
+            # what the mechanism returned (aiosmtpd's login_data is deprecated)
+            data = self.session.auth_data
+            login = data.login if isinstance(data, LoginPassword) else None
             self.auth_name = login.decode("utf-8", "replace") if isinstance(login, bytes) else ""
             self.server.log.info("client_authenticated", client=self.client_ip,
                                  mechanism=self.auth_mechanism, user=self.auth_name)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import signal
 import smtplib
 import ssl
 import time
@@ -17,9 +19,10 @@ import aiosmtpd.smtp
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP
-from support.intake import IntakeThread, RawClient
+from support.intake import IntakeProcess, IntakeThread, RawClient
 from support.tls import client_context, server_files
 
+from common.compat_aiosmtpd import AIOSMTPD_LOGGER, SPURIOUS_LOG_LINES
 from intake.session import STREAM_LIMIT, Session
 
 # The internals common/compat_aiosmtpd.py renames, and what each must be.
@@ -145,3 +148,43 @@ def test_ssl_module_is_what_aiosmtpd_upgrades_with() -> None:
     """aiosmtpd's STARTTLS still builds on asyncio's sslproto (its _tls_protocol)."""
     assert "sslproto.SSLProtocol" in inspect.getsource(SMTP.smtp_STARTTLS)
     assert ssl.HAS_SNI
+
+
+def test_aiosmtpd_still_writes_the_lines_relay_drops() -> None:
+    """Each line the filter drops is still logged word for word by aiosmtpd (else the
+    filter would match nothing and the upgrade would go unnoticed)."""
+    source = inspect.getsource(aiosmtpd.smtp)
+    assert aiosmtpd.smtp.log.name == AIOSMTPD_LOGGER
+    for line in SPURIOUS_LOG_LINES:
+        assert f'"{line}"' in source, line
+
+
+def test_only_the_spurious_lines_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """aiosmtpd's other warnings still reach relay's log."""
+    with caplog.at_level(logging.WARNING, logger=AIOSMTPD_LOGGER):
+        logger = logging.getLogger(AIOSMTPD_LOGGER)
+        for line in SPURIOUS_LOG_LINES:
+            logger.warning(line)
+        logger.warning("something else")
+    assert [record.getMessage() for record in caplog.records] == ["something else"]
+
+
+def test_insecure_auth_logs_its_warning_once_not_per_connection(spool_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """--server-auth-insecure: three connections and a successful AUTH log the operator's
+    warning once and none of aiosmtpd's per-connection or deprecation lines."""
+    secrets = tmp_path / "server.auth"
+    secrets.write_text("server plain alice s3cret\n")
+    with IntakeProcess(spool_dir, "--server-auth", str(secrets),
+                       "--server-auth-insecure") as intake:
+        for _ in range(2):
+            with intake.smtp() as client:
+                client.ehlo()
+        with intake.smtp() as client:
+            client.login("alice", "s3cret")
+        intake.wait_for_log("client_authenticated")
+        log = intake.finish(signal.SIGTERM)
+    assert log.count("auth_insecure") == 1
+    assert '"user": "alice"' in log
+    for line in SPURIOUS_LOG_LINES:
+        assert line not in log
