@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bench import smtp_source
 from bench.common import BenchError, Context, Process, Row, median, percentile, processes
@@ -92,26 +93,32 @@ def postfix_drain(ctx: Context, count: int) -> float:
         postfix.stop()
 
 
+def start_forwarder(ctx: Context, system: str, sink_port: int, logs: Path,
+                    running: list[Process]) -> tuple[int, Callable[[], None]]:
+    """*system* taking mail on a port and forwarding it to *sink_port*: the port and what
+    stops it (relay's processes are appended to *running* and stop with it instead)."""
+    if system == "relay":
+        spool = ctx.spool(f"{NAME}-relay")
+        intake, port = start_intake(ctx, spool, logs, *RELAY_LIMITS)
+        running.append(intake)
+        running.append(start_deliver(ctx, spool, sink_port, logs))
+        return port, lambda: None
+    if system == "E-MailRelay":
+        program = emailrelay_program()
+        assert program is not None
+        emailrelay = EmailRelay(ctx, program, forward_port=sink_port)
+        return emailrelay.port, emailrelay.stop
+    postfix = Postfix(ctx, relay_port=sink_port)
+    return postfix.port, postfix.stop
+
+
 def sustained(ctx: Context, system: str, count: int) -> float:
     """Closed loop through intake and forwarding to smtp-sink: msg/s to the last receipt."""
     logs = ctx.scratch(f"{NAME}-logs")
     with processes() as running:
         sink, sink_port = start_postfix_sink(logs, progress=max(1, count // 10), expect=count)
         running.append(sink)
-        stop: Callable[[], None] = lambda: None  # noqa: E731
-        if system == "relay":
-            spool = ctx.spool(f"{NAME}-relay")
-            intake, port = start_intake(ctx, spool, logs, *RELAY_LIMITS)
-            running.append(intake)
-            running.append(start_deliver(ctx, spool, sink_port, logs))
-        elif system == "E-MailRelay":
-            program = emailrelay_program()
-            assert program is not None
-            emailrelay = EmailRelay(ctx, program, forward_port=sink_port)
-            port, stop = emailrelay.port, emailrelay.stop
-        else:
-            postfix = Postfix(ctx, relay_port=sink_port)
-            port, stop = postfix.port, postfix.stop
+        port, stop = start_forwarder(ctx, system, sink_port, logs, running)
         try:
             started = time.monotonic()
             smtp_source.run(port, count, sessions=20, reuse=True)
@@ -130,20 +137,7 @@ def latency(ctx: Context, system: str) -> list[float]:
         sink, sink_port = start_null_server(ctx, logs, progress=50, record=record,
                                             expect=count)
         running.append(sink)
-        stop: Callable[[], None] = lambda: None  # noqa: E731
-        if system == "relay":
-            spool = ctx.spool(f"{NAME}-relay")
-            intake, port = start_intake(ctx, spool, logs, *RELAY_LIMITS)
-            running.append(intake)
-            running.append(start_deliver(ctx, spool, sink_port, logs))
-        elif system == "E-MailRelay":
-            program = emailrelay_program()
-            assert program is not None
-            emailrelay = EmailRelay(ctx, program, forward_port=sink_port)
-            port, stop = emailrelay.port, emailrelay.stop
-        else:
-            postfix = Postfix(ctx, relay_port=sink_port)
-            port, stop = postfix.port, postfix.stop
+        port, stop = start_forwarder(ctx, system, sink_port, logs, running)
         try:
             offered = run_loadgen(ctx, port, count, logs, sessions=sizes.intake_sessions,
                                   size=sizes.message_size, rate=sizes.e2e_rate,

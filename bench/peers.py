@@ -111,15 +111,11 @@ class System:
         raise NotImplementedError
 
 
-class RelayIntake(System):
-    """relay-intake with a fresh spool; *extra* options as given (e.g. --processes 1)."""
+class SpoolServer(System):
+    """A system that is one process (and its children) keeping `.envelope` files in a spool."""
 
-    def __init__(self, ctx: Context, *extra: str, name: str = "relay") -> None:
-        super().__init__()
-        self.name = name
-        self.spool = ctx.spool("peers-relay")
-        self.logs = ctx.scratch("peers-relay-logs")
-        self.process, self.port = start_intake(ctx, self.spool, self.logs, *extra)
+    process: Process
+    spool: Path
 
     def stored(self) -> int:
         return count_files(self.spool, ".envelope")
@@ -134,7 +130,18 @@ class RelayIntake(System):
         self.process.stop()
 
 
-class EmailRelay(System):
+class RelayIntake(SpoolServer):
+    """relay-intake with a fresh spool; *extra* options as given (e.g. --processes 1)."""
+
+    def __init__(self, ctx: Context, *extra: str, name: str = "relay") -> None:
+        super().__init__()
+        self.name = name
+        self.spool = ctx.spool("peers-relay")
+        self.logs = ctx.scratch("peers-relay-logs")
+        self.process, self.port = start_intake(ctx, self.spool, self.logs, *extra)
+
+
+class EmailRelay(SpoolServer):
     """E-MailRelay --as-server with a fresh spool directory (it never fsyncs)."""
 
     name = "E-MailRelay"
@@ -157,18 +164,6 @@ class EmailRelay(System):
              *forward],
             logs / "emailrelay.stderr")
         wait_for_port(self.port, self.process)
-
-    def stored(self) -> int:
-        return count_files(self.spool, ".envelope")
-
-    def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.process.pid)
-
-    def pids(self) -> list[int]:
-        return process_tree(self.process.pid)
-
-    def stop(self) -> None:
-        self.process.stop()
 
 
 class Postfix(System):

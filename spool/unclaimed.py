@@ -24,14 +24,7 @@ from spool.store import Spool, fsync_directory
 
 def unfail(spool: Spool, message_id: str) -> bool:
     """`.envelope.bad` back to `.envelope` (resubmit); False if it was not there."""
-    try:
-        os.rename(
-            spool.envelope_path(message_id, State.BAD),
-            spool.envelope_path(message_id, State.READY),
-        )
-    except FileNotFoundError:
-        return False
-    return True
+    return _back_to_ready(spool, message_id, State.BAD)
 
 
 def unhold(spool: Spool, message_id: str) -> bool:
@@ -39,11 +32,14 @@ def unhold(spool: Spool, message_id: str) -> bool:
 
     The mtime (the due time) is what it was when the message was held.
     """
+    return _back_to_ready(spool, message_id, State.HELD)
+
+
+def _back_to_ready(spool: Spool, message_id: str, state: State) -> bool:
+    """One rename of the envelope from *state* to ready; False if it was not in *state*."""
     try:
-        os.rename(
-            spool.envelope_path(message_id, State.HELD),
-            spool.envelope_path(message_id, State.READY),
-        )
+        os.rename(spool.envelope_path(message_id, state),
+                  spool.envelope_path(message_id, State.READY))
     except FileNotFoundError:
         return False
     return True

@@ -82,14 +82,20 @@ def test_once_with_two_processes_delivers_each_message_exactly_once(spool: Spool
     assert files(spool) == []
 
 
-def test_running_workers_share_new_mail_and_stop_on_sigterm(spool: Spool, sink: Sink,
-                                                            running: list[Deliver]) -> None:
-    """Two running workers: mail stored while they run arrives once each; SIGTERM exits 0."""
+def two_workers(spool: Spool, sink: Sink, running: list[Deliver]) -> Deliver:
+    """relay-deliver --processes 2 forwarding to *sink*, once both workers are running."""
     deliver = Deliver(spool, sink.address, "--processes", "2", "--concurrency", "2")
     running.append(deliver)
     deadline = time.monotonic() + 10
     while len(children_of(deliver.process.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
+    return deliver
+
+
+def test_running_workers_share_new_mail_and_stop_on_sigterm(spool: Spool, sink: Sink,
+                                                            running: list[Deliver]) -> None:
+    """Two running workers: mail stored while they run arrives once each; SIGTERM exits 0."""
+    deliver = two_workers(spool, sink, running)
     workers = children_of(deliver.process.pid)
     assert len(workers) == 2
     for number in range(100):
@@ -106,11 +112,7 @@ def test_running_workers_share_new_mail_and_stop_on_sigterm(spool: Spool, sink: 
 def test_a_dead_worker_ends_the_program(spool: Spool, sink: Sink,
                                         running: list[Deliver]) -> None:
     """A worker killed with -9 makes the parent stop the other one and end the same way."""
-    deliver = Deliver(spool, sink.address, "--processes", "2", "--concurrency", "2")
-    running.append(deliver)
-    deadline = time.monotonic() + 10
-    while len(children_of(deliver.process.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    deliver = two_workers(spool, sink, running)
     first, second = sorted(children_of(deliver.process.pid))
     os.kill(first, signal.SIGKILL)
     assert deliver.process.wait(30) == -signal.SIGKILL
@@ -121,11 +123,7 @@ def test_a_dead_worker_ends_the_program(spool: Spool, sink: Sink,
 def test_workers_die_with_a_killed_parent(spool: Spool, sink: Sink,
                                           running: list[Deliver]) -> None:
     """kill -9 of the parent: the workers end too (no orphan keeps claiming)."""
-    deliver = Deliver(spool, sink.address, "--processes", "2", "--concurrency", "2")
-    running.append(deliver)
-    deadline = time.monotonic() + 10
-    while len(children_of(deliver.process.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    deliver = two_workers(spool, sink, running)
     workers = children_of(deliver.process.pid)
     deliver.process.kill()
     deliver.process.wait(10)
