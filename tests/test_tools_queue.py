@@ -21,6 +21,7 @@ from spool import Envelope, Spool, State, claim, parse_envelope
 from spool.names import TRIGGER_NAME
 
 EMAILRELAY = Path("/work/scratch/emailrelay-bin/emailrelay")
+GOLDEN = Path(__file__).resolve().parent / "golden"
 HOUR = 3600.0
 
 
@@ -103,6 +104,22 @@ def test_show_prints_envelope_and_headers(every_state: Path) -> None:
     assert "state: bad" in text and "sender: <bea@a.test>" in text and "to: y@b.test" in text
     assert "X-MailRelay-Reason: 550 5.1.1" in text
     assert "Subject: quarterly figures" in text and "The figures are attached" not in text
+
+
+def test_show_prints_every_field_of_an_emailrelay_envelope(spool_dir: Path) -> None:
+    """show ID on E-MailRelay's golden envelopes: the client certificate, MailFromAuthIn,
+    routing fields and the local recipients are all shown, made printable."""
+    for name in ("certificate.envelope", "local-and-remote.envelope"):
+        write(spool_dir, name.split(".")[0], ".envelope", (GOLDEN / name).read_bytes())
+    done = queue(spool_dir, "show", "certificate")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    assert "authenticated as: alice" in text and "mail from auth in: <>" in text
+    assert "  client certificate:\n    -----BEGIN CERTIFICATE-----\n    MIIBszCC" in text
+    assert "    -----END CERTIFICATE-----" in text
+    shown = queue(spool_dir, "show", "local-and-remote").stdout.decode()
+    assert "to (local): postmaster" in shown and "forward to address: smarthost.example.net:587" \
+        in shown and "client account: eu" in shown
 
 
 def test_show_an_unreadable_envelope(spool_dir: Path) -> None:
@@ -290,11 +307,26 @@ def test_mailq_and_submit_bp(every_state: Path) -> None:
     assert lines[0].startswith("-Queue ID-") and "--Size--" in lines[0]
     assert any(line.startswith("m-held!") for line in lines)
     assert "(451 4.3.0 greylisted, try later)" in lines
-    kbytes = (5 * len(CONTENT) + 1023) // 1024
+    kbytes = 5 * len(CONTENT) // 1024
     assert lines[-1] == f"-- {kbytes} Kbytes in 5 Requests."
     for name in names(every_state):
         (every_state / name).unlink()
     assert run_tool("mailq", "--spool-dir", str(every_state)).stdout == b"Mail queue is empty\n"
+
+
+def test_mailq_dates_and_total_as_postfix_prints_them(spool_dir: Path) -> None:
+    """mailq's arrival time pads a one-digit day with a space (`Nov  3`, C's asctime, as
+    Postfix prints it) and the total counts whole Kbytes (Postfix: 854 bytes are 0 Kbytes)."""
+    write(spool_dir, "m-early", ".envelope", emailrelay_envelope("ann@a.test", ["bo@b.test"]))
+    arrival = time.mktime((2024, 11, 3, 9, 5, 7, 0, 0, -1))
+    os.utime(spool_dir / "m-early.content", (arrival, arrival))
+    done = run_tool("mailq", "--spool-dir", str(spool_dir))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    size = len(CONTENT)
+    assert lines[1].split() == ["m-early", str(size), "Sun", "Nov", "3", "09:05:07", "ann@a.test"]
+    assert f"{size} Sun Nov  3 09:05:07  ann@a.test" in lines[1]
+    assert lines[-1] == f"-- {size // 1024} Kbytes in 1 Request."
 
 
 @pytest.fixture

@@ -206,11 +206,17 @@ def cmd_show(spool: Spool, message_id: str) -> int:
             f"  client: {envelope.client or '-'}  authenticated as: "
             f"{printable(envelope.authentication) or '-'}",
         ]
-        for key, value in (("forward to", envelope.forward_to),
+        for key, value in (("mail from auth in", envelope.mail_from_auth_in),
+                           ("mail from auth out", envelope.mail_from_auth_out),
+                           ("forward to", envelope.forward_to),
                            ("forward to address", envelope.forward_to_address),
                            ("client account", envelope.client_account_selector)):
             if value:
                 lines.append(f"  {key}: {printable(value)}")
+        if envelope.client_certificate:
+            lines.append("  client certificate:")
+            lines += ["    " + printable(line)
+                      for line in envelope.client_certificate.splitlines() if line.strip()]
         lines += ["  " + printable(line) for line in envelope.trailer.splitlines() if line]
     headers = _headers(spool, message_id)
     lines.append("headers:" if headers else "headers: (no content file)")

@@ -270,6 +270,14 @@ def format_json(queue: Sequence[QueueEntry], now: float) -> str:
 _MAILQ_MARK = {"busy": "*", "held": "!"}
 
 
+def mailq_time(when: float) -> str:
+    """`Wed Dec  2 16:29:15`: the arrival as Postfix's mailq prints it (C's asctime: the day
+    of the month padded with a space, not a zero), in local time."""
+    local = time.localtime(when)
+    day = f"{local.tm_mday:>2}"
+    return time.strftime(f"%a %b {day} %H:%M:%S", local)
+
+
 def format_mailq(queue: Sequence[QueueEntry]) -> str:
     """sendmail's `mailq` listing, laid out as Postfix's `mailq` prints it.
 
@@ -286,15 +294,14 @@ def format_mailq(queue: Sequence[QueueEntry]) -> str:
         size = entry.size or 0
         total += size
         mark = _MAILQ_MARK.get(entry.state, " ")
-        when = (time.strftime("%a %b %d %H:%M:%S", time.localtime(entry.arrival))
-                if entry.arrival is not None else "-")
+        when = mailq_time(entry.arrival) if entry.arrival is not None else "-"
         prefix = f"{entry.message_id + mark:<{id_width + 1}} {size:>8} {when:<19}  "
         lines.append(prefix + (entry.sender or "MAILER-DAEMON"))
         if entry.last_reason:
             lines.append(f"({entry.last_reason})")
         lines += [" " * len(prefix) + recipient for recipient in entry.recipients]
         lines.append("")
-    kbytes = (total + 1023) // 1024
+    kbytes = total // 1024  # whole Kbytes, as Postfix counts them (854 bytes: 0 Kbytes)
     count = len(queue)
     lines.append(f"-- {kbytes} Kbytes in {count} Request{'s' if count != 1 else ''}.")
     return "\n".join(lines) + "\n"
