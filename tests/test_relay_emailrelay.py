@@ -407,3 +407,20 @@ def test_immediate_answers_the_client_with_the_smarthosts_reply(
         assert refused.value.smtp_code == code
         assert reply.split(" ", 2)[2].encode() in refused.value.smtp_error
         assert spool_files(queue) == [] and len(sink.messages) == 1
+
+
+def test_a_program_that_dies_stops_relay_and_says_so_in_the_log(
+        workdir: Path, sink: Sink, daemons: list[Daemon]) -> None:
+    """relay-deliver killed: relay stops intake, removes its pid file, exits, and its own
+    log line (in the --log-file, stderr being closed) names the program and its end."""
+    log = workdir / "relay.log"
+    daemon = Daemon(workdir, "--as-proxy", sink.address, "-u", "root", "-s",
+                    str(workdir / "queue"), "--log-file", str(log))
+    daemons.append(daemon)
+    intake = daemon.program("intake.main")
+    os.kill(daemon.program("deliver.main"), signal.SIGKILL)
+    assert wait_until(lambda: not alive(daemon.pid) and not alive(intake), 45)
+    assert not daemon.pid_file.exists()
+    text = log.read_text()
+    assert "event=program_ended" in text and "program=relay-deliver" in text
+    assert "code=-9" in text

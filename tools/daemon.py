@@ -24,7 +24,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
+from common.logs import reopen
 from common.pidfile import remove_pid_file, write_pid_file
 
 READY_TIMEOUT = 60.0  # seconds a program may take to say it is ready
@@ -118,6 +120,15 @@ class Supervisor:
     stopping: bool = False
     _signals: list[int] = field(default_factory=list)  # received, not yet handled
     _errors: list[int] = field(default_factory=list)  # the programs' stderr pipes
+    log: Any = None  # relay's own logger (common.logs): where the supervisor's lines go
+
+    def say(self, event: str, **fields: Any) -> None:
+        """One error line of relay's own: to its log (file, syslog) and, while open, stderr."""
+        if self.log is not None:
+            self.log.error(event, **fields)
+        else:
+            details = " ".join(f"{key}={value}" for key, value in fields.items())
+            sys.stderr.write(f"relay: {event} {details}\n")
 
     def start(self, *, detached: bool = False) -> int:
         """Start every program and wait until each is ready; 0, or the failing one's code.
@@ -136,7 +147,7 @@ class Supervisor:
                     stdin=subprocess.DEVNULL if detached else None,
                     stdout=subprocess.DEVNULL if detached else None)
             except OSError as error:
-                sys.stderr.write(f"relay: cannot start {program.name}: {error}\n")
+                self.say("program_not_started", program=program.name, reason=str(error))
                 os.close(read_end)
                 return EX_SOFTWARE
             finally:
@@ -151,7 +162,7 @@ class Supervisor:
             try:
                 write_daemon_pid_file(self.pid_file, self.pid_group)
             except OSError as error:
-                sys.stderr.write(f"relay: pid file {self.pid_file}: {error.strerror}\n")
+                self.say("pid_file_failed", path=self.pid_file, reason=error.strerror or "")
                 self.stop()
                 return os.EX_CANTCREAT
         return 0
@@ -190,8 +201,8 @@ class Supervisor:
             while b"\n" not in data:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    sys.stderr.write(f"relay: {program.name} did not start in "
-                                     f"{READY_TIMEOUT:.0f} s\n")
+                    self.say("program_not_ready", program=program.name,
+                             reason=f"not listening after {READY_TIMEOUT:.0f} s")
                     return EX_SOFTWARE
                 if self.pump(min(left, 0.5), also=read_end):
                     chunk = os.read(read_end, 64)
@@ -252,14 +263,15 @@ class Supervisor:
                         return 0
                     if signum == signal.SIGUSR1:
                         self.flush()
-                    else:
+                    else:  # SIGHUP: every program reopens its log file, and so does relay
+                        reopen()
                         self._send(signum)
                 ended = [p for p in self.programs
                          if p.process is not None and p.process.poll() is not None]
                 if ended:
                     code = ended[0].process.returncode if ended[0].process else 1
-                    sys.stderr.write(f"relay: {ended[0].name} ended (exit {code}): "
-                                     "stopping\n")
+                    self.say("program_ended", program=ended[0].name, code=code,
+                             reason="it ended by itself: relay stops the others and exits")
                     status = code if code and code > 0 else EX_SOFTWARE
                     self.stop()
                     return status

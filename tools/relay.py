@@ -532,7 +532,8 @@ def run(the_plan: Plan) -> int:
         programs.append(daemon.Program("relay-deliver", "deliver.main", the_plan.deliver))
     os.umask(0o007)  # spool files 0660 (and the log file), as E-MailRelay's
     group = pwd.getpwnam(the_plan.user).pw_gid if the_plan.user else None
-    supervisor = daemon.Supervisor(programs, pid_file=the_plan.pid_file, pid_group=group)
+    supervisor = daemon.Supervisor(programs, pid_file=the_plan.pid_file, pid_group=group,
+                                   log=_own_log(the_plan))
     code = supervisor.start(detached=the_plan.daemon)
     if code != 0:
         daemon.tell_parent(str(code))
@@ -552,6 +553,24 @@ def run(the_plan: Plan) -> int:
     finally:
         if admin is not None:
             admin.stop()
+
+
+def _own_log(the_plan: Plan) -> Any:
+    """relay's own logger, with the programs' logging switches (file, syslog, format)."""
+    from common.logs import setup_logging  # noqa: PLC0415 (the daemon only)
+
+    args = the_plan.intake or the_plan.deliver or []
+
+    def value(flag: str) -> str | None:
+        return args[args.index(flag) + 1] if flag in args else None
+
+    try:
+        return setup_logging("relay", log_format=value("--log-format") or "logfmt",
+                             syslog="--syslog" in args, verbose="--verbose" in args,
+                             log_file=value("--log-file"), log_time="--log-time" in args,
+                             syslog_facility=value("--syslog-facility") or "mail")
+    except (OSError, ValueError):
+        return None  # the programs report it (they open the same file) and exit 78
 
 
 def _start_admin(the_plan: Plan) -> Any:
