@@ -12,7 +12,7 @@ import os
 import sys
 
 from common.config import Option
-from spool import Spool, State, entries
+from spool import Spool, State, entries, looks_like_a_spool
 
 CHECK_OPTION = Option(
     "check",
@@ -40,6 +40,9 @@ def spool_summary(spool: Spool) -> str:
 def passed(program: str, spool: Spool, details: str) -> int:
     """Say the check passed (on stdout) and return 0."""
     try:
+        problem = looks_like_a_spool(spool)
+        if problem is not None:  # /etc or a typo: the program would take it for an empty queue
+            return failed(program, problem)
         summary = spool_summary(spool)
     except OSError as error:
         return failed(program, f"spool directory {spool.path}: {error.strerror or error}")

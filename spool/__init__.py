@@ -7,7 +7,7 @@
 - `claims`: claim, then defer/give_back/fail/remove/split_off/hold/make_due, each one
   rename; recover_busy.
 - `unclaimed`: unfail, unhold, remove_message, archive_failed (the tools), read_envelope.
-- `scan`: what is due (mtime = due time), recovery of debris.
+- `scan`: what is due (mtime = due time), recovery of debris, whether a directory is a spool.
 - `testhooks`: named fault points for the crash tests.
 
 What the programs share beyond the spool (settings, logs, secrets, running programs) is in
@@ -18,7 +18,7 @@ from spool.claims import Claim, claim, recover_busy
 from spool.envelope import Envelope, EnvelopeError, format_envelope, parse_envelope
 from spool.files import HostileFile
 from spool.names import State
-from spool.scan import ScanResult, entries, recover, scan_due
+from spool.scan import ScanResult, entries, looks_like_a_spool, recover, scan_due
 from spool.store import MessageWriter, PendingMessage, Spool, SpoolError, check_spool_directory
 from spool.unclaimed import read_envelope, remove_message, unfail
 
@@ -37,6 +37,7 @@ __all__ = [
     "claim",
     "entries",
     "format_envelope",
+    "looks_like_a_spool",
     "parse_envelope",
     "read_envelope",
     "recover",

@@ -4,6 +4,7 @@ One directory read and one stat per envelope; no envelope is parsed. A waiting m
 due time is its envelope's mtime (deliver sets it into the future on a temporary failure),
 so a restarted deliver respects every backoff without reading a file. Reads directory
 entries only; `clean_debris` and `recover` change state through `claims`.
+`looks_like_a_spool` tells a spool from a directory of other files (`/etc`, a typo).
 """
 
 from __future__ import annotations
@@ -185,3 +186,25 @@ def recover(
                 continue
             report.temp_removed.append(os.path.basename(path_text))
     return report
+
+
+def looks_like_a_spool(spool: Spool) -> str | None:
+    """None for a spool (empty, or with at least one message file); otherwise why not.
+
+    Stops at the first message file, so a big spool costs one directory entry or a few.
+    A directory of other files (`/etc`, a Maildir, a typo) is not taken for an empty queue.
+    """
+    others: list[str] = []
+    with os.scandir(spool.path) as listing:
+        for item in listing:
+            if item.name.startswith(".") or item.name.endswith(".tmp"):
+                continue
+            if parse_name(item.name) is not None:
+                return None
+            if not item.is_dir(follow_symlinks=False):
+                others.append(item.name)
+    if not others:
+        return None
+    return (f"{spool.path} does not look like a spool directory: no message files, but"
+            f" {len(others)} other file{'s' if len(others) != 1 else ''} (e.g."
+            f" {sorted(others)[0]!r})")

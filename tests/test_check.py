@@ -55,6 +55,9 @@ def test_a_good_configuration_passes_and_nothing_starts(spool: Spool) -> None:
     ("relay-deliver", ["--client-filter", "/nonexistent/filter"], "is not an executable file"),
     ("relay-deliver", ["--client-tls-verify", "/nonexistent/ca.pem"], "no such file"),
     ("relay", ["--as-server", "--server-auth", "{bad_secrets}"], "too few fields"),
+    ("relay-intake", ["--spool-dir", "{not_a_spool}"], "does not look like a spool directory"),
+    ("relay-deliver", ["--spool-dir", "{not_a_spool}"], "no message files, but 2 other files"),
+    ("relay-deliver", ["--spool-dir", "{open_spool}"], "writable by others (mode 777)"),
 ])
 def test_what_is_wrong_is_said(spool: Spool, tmp_path: Path, program: str, args: list[str],
                                said: str) -> None:
@@ -63,8 +66,16 @@ def test_what_is_wrong_is_said(spool: Spool, tmp_path: Path, program: str, args:
     bad_secrets.write_text("server plain\n")
     not_pem = tmp_path / "cert.pem"
     not_pem.write_text("not a certificate\n")
+    not_a_spool = tmp_path / "etc"  # a directory of other files, as /etc would be
+    not_a_spool.mkdir(mode=0o700)
+    for name in ("passwd", "hosts"):
+        (not_a_spool / name).write_text("root:x:0:0\n")
+    open_spool = tmp_path / "open"
+    open_spool.mkdir()
+    open_spool.chmod(0o777)
     names = {"missing": str(tmp_path / "missing"), "bad_secrets": str(bad_secrets),
-             "not_pem": str(not_pem)}
+             "not_pem": str(not_pem), "not_a_spool": str(not_a_spool),
+             "open_spool": str(open_spool)}
     args = [arg.format(**names) for arg in args]
     base = [] if "--spool-dir" in args else ["--spool-dir", str(spool.path)]
     if program == "relay-deliver":

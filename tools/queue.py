@@ -36,7 +36,15 @@ from common.config import (
     read_config_file,
     version,
 )
-from spool import EnvelopeError, Spool, SpoolError, State, entries, parse_envelope
+from spool import (
+    EnvelopeError,
+    Spool,
+    SpoolError,
+    State,
+    entries,
+    looks_like_a_spool,
+    parse_envelope,
+)
 from spool.envelope import printable
 from spool.files import HostileFile
 from tools.common import local_domain, open_spool, tools_lock
@@ -62,7 +70,6 @@ from tools.queue_list import (
     format_json,
     format_mailq,
     format_table,
-    looks_like_a_spool,
     read_envelope_bytes,
     read_queue,
     select,

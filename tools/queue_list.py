@@ -23,7 +23,6 @@ from spool import EnvelopeError, Spool, State, entries, parse_envelope
 from spool.claims import DEFERRAL_KEY
 from spool.envelope import REASON_KEY, printable
 from spool.files import HostileFile, read_regular
-from spool.names import parse_name
 
 _MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 _ARRIVAL_IN_ID = re.compile(r"^emailrelay\.\d+\.(\d{9,11})\.\d+$")
@@ -118,28 +117,6 @@ def content_size(spool: Spool, message_id: str) -> int | None:
         return os.lstat(spool.content_path(message_id)).st_size
     except OSError:
         return None
-
-
-def looks_like_a_spool(spool: Spool) -> str | None:
-    """None for a spool (empty, or with at least one message file); otherwise why not.
-
-    Stops at the first message file, so a big spool costs one directory entry or a few.
-    A directory of other files (`/etc`, a Maildir, a typo) is not taken for an empty queue.
-    """
-    others: list[str] = []
-    with os.scandir(spool.path) as listing:
-        for item in listing:
-            if item.name.startswith(".") or item.name.endswith(".tmp"):
-                continue
-            if parse_name(item.name) is not None:
-                return None
-            if not item.is_dir(follow_symlinks=False):
-                others.append(item.name)
-    if not others:
-        return None
-    return (f"{spool.path} does not look like a spool directory: no message files, but"
-            f" {len(others)} other file{'s' if len(others) != 1 else ''} (e.g."
-            f" {sorted(others)[0]!r})")
 
 
 def describe(spool: Spool, message_id: str, state: State, mtime: float) -> QueueEntry | None:
