@@ -9,6 +9,7 @@ option, so that main exits 78. Reads the secrets and certificate files; writes n
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from common.secrets import SecretsError, SecretsFile
 from common.tlsconfig import SYSTEM_CAS, parse_tls_config, server_context
 from common.workers import default_processes
 from intake.auth import Authenticator
+from intake.deliveryfilters import builtins as delivery_builtins
 from intake.filters import Verifier
 from intake.limits import Network, parse_networks
 from intake.sockets import default_backlog
@@ -75,8 +77,10 @@ OPTIONS: tuple[Option, ...] = (
            "is refused (554). 0 refuses only what already arrived", 0.0, "duration",
            metavar="DURATION"),
     Option("filter", "program (or built-in: exit:N, net:HOST:PORT, spam:HOST:PORT, "
-           "spam-edit:HOST:PORT, split:; a,b chains) run on each message before it is accepted", [],
-           "list", metavar="PROGRAM"),
+           "spam-edit:, split:, copy:, deliver:; a,b chains) run on each message before it "
+           "is accepted", [], "list", metavar="PROGRAM"),
+    Option("delivery-dir", "where deliver: puts the local recipients' mailboxes (default: "
+           "the spool directory)", None, metavar="DIR"),
     Option("filter-timeout", "seconds a filter or the address verifier may run", 60.0,
            "duration", metavar="DURATION"),
     Option("address-verifier", "program (or net:HOST:PORT, account:) that checks each "
@@ -153,6 +157,7 @@ class IntakeConfig:
     address_verifier: Verifier | None = None
     filter_runner: FilterRunner = field(
         default_factory=lambda: FilterRunner(builtins=SPLIT_BUILTINS))
+    delivery_dir: str | None = None  # --delivery-dir, for deliver:
     authenticator: Authenticator | None = None
     auth_insecure: bool = False
     tls_context: ssl.SSLContext | None = None
@@ -261,6 +266,10 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
                           "connections carry a PROXY header")
     if proxies and not settings.proxy_protocol:
         raise ConfigError("--proxy-address is only used with --proxy-protocol")
+    delivery_dir = str(resolve_path(settings.delivery_dir)) if settings.delivery_dir else None
+    if delivery_dir is not None and not os.path.isdir(delivery_dir):
+        raise ConfigError(f"--delivery-dir: {delivery_dir} is not a directory")
+    local_builtins = {**SPLIT_BUILTINS, **delivery_builtins(delivery_dir)}
     min_free = settings.min_free_space
     if min_free is None:
         min_free = max(2 * settings.size, MIN_FREE_FLOOR)
@@ -284,8 +293,10 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         auth_failure_window=settings.auth_failure_window,
         greeting_delay=settings.greeting_delay,
         filters=[spec for text in settings.filter
-                 for spec in parse_filter(text, builtins=SPLIT_BUILTINS)],
+                 for spec in parse_filter(text, builtins=local_builtins)],
         filter_timeout=settings.filter_timeout,
+        filter_runner=FilterRunner(builtins=local_builtins),
+        delivery_dir=delivery_dir,
         address_verifier=(Verifier(parse_verifier(settings.address_verifier), domain,
                                    settings.filter_timeout)
                           if settings.address_verifier else None),

@@ -98,9 +98,8 @@ SWITCHES: tuple[Switch, ...] = (
     _s("anonymous", "A", OPTIONAL, SERVER, "no VRFY, a terse greeting, no Received line, no "
        "AUTH= on MAIL (scope: vrfy,server,content,client)", "scope",
        refused="not in relay yet"),
-    _s("delivery-dir", None, REQUIRED, SERVER, "base directory for local mailbox delivery",
-       "dir", refused="relay does not deliver to local mailboxes: it forwards everything to "
-       "the smarthost"),
+    _s("delivery-dir", None, REQUIRED, SERVER, "base directory for the mailboxes of "
+       "--filter deliver:", "dir"),
     _s("dnsbl", None, REQUIRED, SERVER, "DNSBL servers that refuse clients", "config",
        refused="not in relay yet"),
     _s("domain", "D", REQUIRED, SERVER, "this host's name in EHLO, greetings and Received "
