@@ -175,7 +175,7 @@ def test_account_verifier(spool_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ["--filter", "exit:x"], ["--filter", "net:nowhere"], ["--filter", "copy:"],
+    ["--filter", "exit:x"], ["--filter", "net:nowhere"], ["--filter", "msgid:"],
     ["--filter", "/no/such/filter"], ["--filter", "exit:0,/no/such/filter"],
     ["--address-verifier", "account:bogus"], ["--address-verifier", "spam:127.0.0.1:783"],
 ])
