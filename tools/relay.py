@@ -45,7 +45,7 @@ EMAILRELAY_VERSION = "2.6.1"  # the E-MailRelay whose command line this is
 # working directory (E-MailRelay's @app is the directory of the `relay` executable).
 _PATHS = ("spool-dir", "pid-file", "log-file", "filter", "client-filter", "address-verifier",
           "server-auth", "client-auth", "server-tls-certificate", "client-tls-verify",
-          "client-tls-certificate", "server-tls-verify")
+          "client-tls-certificate", "server-tls-verify", "delivery-dir")
 # Repeatable switches (all values kept); every other switch: the first value given wins.
 _MULTI = ("interface", "server-tls-certificate", "filter", "client-filter",
           "client-tls-certificate")
@@ -332,6 +332,8 @@ def plan(given: Given) -> Plan:
                 args += [f"--{name}", value(name) or ""]
         for path in paths["filter"]:
             args += ["--filter", path]
+        if paths["delivery-dir"]:
+            args += ["--delivery-dir", paths["delivery-dir"][0]]
         if paths["address-verifier"]:
             args += ["--address-verifier", paths["address-verifier"][0]]
         args += timeout_filter
