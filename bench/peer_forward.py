@@ -45,7 +45,7 @@ from bench.peers import EmailRelay, Postfix, emailrelay_program, postfix_program
 from bench.postfix_sink import smtp_sink
 
 NAME = "forward"
-PEER_FORWARD_CAP = 1000  # E-MailRelay's drain and end-to-end counts
+PEER_FORWARD_CAP = 500  # E-MailRelay's drain and end-to-end counts
 
 
 def relay_drain(ctx: Context, count: int) -> float:
