@@ -28,9 +28,14 @@ import time
 from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 _RENDERERS = ("console", "logfmt", "json")
 _QUIET_UNLESS_VERBOSE = ("mail.log", "aiosmtplib", "watchdog", "asyncio")
+
+# Every relay logger: structlog's bound logger (`info`, `warning`, `bind` ...). With --syslog
+# it is structlog's stdlib BoundLogger, which has the same methods.
+Logger = FilteringBoundLogger
 
 
 SYSLOG_FACILITIES = tuple(sorted(logging.handlers.SysLogHandler.facility_names))
@@ -155,7 +160,7 @@ def setup_logging(
     log_file: str | None = None,
     log_time: bool = True,
     syslog_facility: str = "mail",
-) -> Any:
+) -> Logger:
     """Configure logging once for this process and return the program's (bound) logger.
 
     Raises OSError when *log_file* cannot be opened, ValueError for a bad format or facility.
@@ -227,10 +232,11 @@ def setup_logging(
     root.setLevel(level)
     for name in _QUIET_UNLESS_VERBOSE:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    return structlog.get_logger(program)
+    logger: Logger = structlog.get_logger(program)
+    return logger
 
 
-def setup_logging_from(program: str, settings: Any) -> Any:
+def setup_logging_from(program: str, settings: Any) -> Logger:
     """`setup_logging` with the common options of `common.config` (a settings namespace)."""
     return setup_logging(
         program,

@@ -25,9 +25,8 @@ import sys
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
-from common.logs import on_hangup
+from common.logs import Logger, on_hangup
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 HELD = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # until the worker's handlers are in
@@ -100,7 +99,7 @@ def _exit_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def run_workers(count: int, work: Callable[[int], int], log: Any, *,
+def run_workers(count: int, work: Callable[[int], int], log: Logger, *,
                 finish: bool = False, stop_timeout: float = 60.0,
                 usr1: bool = True) -> int:
     """Run work(0) .. work(count - 1) in *count* child processes; the program's exit code.

@@ -35,13 +35,14 @@ from aiosmtplib.response import SMTPResponse
 
 from common.compat_aiosmtplib import send_data, wire_address
 from common.compat_asyncio import set_read_size
+from common.logs import Logger
 from common.secrets import SecretsError, SecretsFile
 from deliver.clientauth import NoMechanism, authenticate
 from deliver.dotstuff import DataEncoder
 from deliver.outcome import Attempt, Reply, Stage
 from spool import Envelope
 
-log = structlog.get_logger("relay-deliver")
+log: Logger = structlog.get_logger("relay-deliver")
 
 # A reused connection idle for longer than this is probed with RSET before the next
 # message, so that a smarthost's idle disconnect costs a reconnect, not a deferral.

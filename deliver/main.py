@@ -18,12 +18,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from common import check, eventloop
 from common.check import CHECK_OPTION
 from common.config import ConfigError, load_settings
-from common.logs import close_stderr, setup_logging_from
+from common.logs import Logger, close_stderr, setup_logging_from
 from common.metrics import METRICS_OPTION, DeliverMetrics, MetricsServer, parse_listen
 from common.pidfile import remove_pid_file, write_pid_file
 from common.process import drop_privileges, notify_ready
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics_server.stop()
 
 
-def _start(config: DeliverConfig, scheduler: Scheduler, spool: Spool, log: Any) -> int:
+def _start(config: DeliverConfig, scheduler: Scheduler, spool: Spool, log: Logger) -> int:
     """Write the pid file and run the scheduler (or the worker processes); the exit code."""
     if config.pid_file is not None:
         try:
@@ -181,7 +180,7 @@ def _start(config: DeliverConfig, scheduler: Scheduler, spool: Spool, log: Any) 
             remove_pid_file(config.pid_file)
 
 
-def serve(config: DeliverConfig, scheduler: Scheduler, spool: Spool, log: Any) -> int:
+def serve(config: DeliverConfig, scheduler: Scheduler, spool: Spool, log: Logger) -> int:
     """Run one scheduler until stopped (or, --once, done); its exit code."""
 
     def started() -> None:

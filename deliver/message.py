@@ -20,6 +20,7 @@ import structlog
 
 from common.config import ConfigError, split_host_port
 from common.filterspec import FilterRunner, Spec
+from common.logs import Logger
 from common.metrics import DeliverMetrics, reason_class
 from common.secrets import SecretsError, SecretsFile
 from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
@@ -73,7 +74,7 @@ class MessageHandler:
 
     spool: Spool
     policy: Policy
-    log: Any = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
+    log: Logger = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
     remover: Remover = field(default_factory=Remover)  # closed by whoever runs the workers
     holds: dict[str, float] = field(default_factory=dict)  # id -> monotonic time
     metrics: DeliverMetrics | None = None  # --metrics

@@ -28,10 +28,10 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Any
 
 import structlog
 
+from common.logs import Logger
 from spool import Claim
 
 # At most this many claims (each an open descriptor) wait for the thread. Beyond, a worker
@@ -42,8 +42,8 @@ MAX_QUEUED = 256
 class Remover:
     """Removes handed-over claims in a thread of its own; `close()` waits for the last one."""
 
-    def __init__(self, log: Any = None, max_queued: int = MAX_QUEUED) -> None:
-        self.log: Any = log if log is not None else structlog.get_logger("relay-deliver")
+    def __init__(self, log: Logger | None = None, max_queued: int = MAX_QUEUED) -> None:
+        self.log: Logger = log if log is not None else structlog.get_logger("relay-deliver")
         self.max_queued = max_queued
         self._queue: queue.SimpleQueue[Claim | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None

@@ -33,6 +33,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from common.compat_watchdog import no_move_pairing_delay
+from common.logs import Logger
 from common.metrics import DeliverMetrics
 from deliver.forward import SmarthostConnection
 from deliver.message import MessageHandler, Result
@@ -72,7 +73,7 @@ class Scheduler:
     flush_at_start: bool = False  # --once with this: every queued message, not just due ones
     watch: bool = True
     shutdown_timeout: float = 10.0
-    log: Any = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
+    log: Logger = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
     stats: RunStats = field(default_factory=RunStats)
     metrics: DeliverMetrics | None = None  # --metrics: queue gauges from these scans
 
@@ -360,7 +361,7 @@ class _Watch:
     """The watchdog observer of the spool directory, which can be paused and resumed."""
 
     def __init__(self, observer: Any, spool: Spool, handler: FileSystemEventHandler,
-                 log: Any) -> None:
+                 log: Logger) -> None:
         self.observer = observer
         self._path = str(spool.path)
         self._handler = handler
@@ -369,7 +370,7 @@ class _Watch:
 
     @classmethod
     def start(cls, spool: Spool, wake: Callable[[], None], flush: Callable[[], None],
-              log: Any) -> _Watch | None:
+              log: Logger) -> _Watch | None:
         """Watch *spool*; None when the watch cannot be had (--poll still finds the mail)."""
         no_move_pairing_delay()  # relay takes events as hints: pairing moves only delays
         observer = Observer()

@@ -26,6 +26,7 @@ import time
 
 import structlog
 
+from common.logs import Logger
 from common.metrics import IntakeMetrics
 from common.process import USER_ENV
 from intake.frames import (
@@ -40,7 +41,7 @@ from spool import Envelope, PendingMessage, Spool, format_envelope
 # Content bigger than this is handed over in slices of this size with flow control
 # (drain), so that a 50 MB message does not sit in the pipe transport's buffer a second time.
 DRAIN_ABOVE = 256 * 1024
-log = structlog.get_logger("relay-intake")
+log: Logger = structlog.get_logger("relay-intake")
 
 
 class GroupCommitter:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Any
 
+from common.logs import Logger
 from common.metrics import IntakeMetrics
 from intake.commit import GroupCommitter
 from intake.handler import Handler
@@ -29,7 +29,7 @@ from spool import Spool
 class IntakeServer:
     """The listening sockets and the state every connection shares."""
 
-    def __init__(self, config: IntakeConfig, spool: Spool, log: Any) -> None:
+    def __init__(self, config: IntakeConfig, spool: Spool, log: Logger) -> None:
         self.config = config
         self.spool = spool
         self.log = log

@@ -22,11 +22,10 @@ import socket
 import sys
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 from common import check, eventloop
 from common.config import ConfigError, load_settings
-from common.logs import close_stderr, setup_logging_from
+from common.logs import Logger, close_stderr, setup_logging_from
 from common.metrics import IntakeMetrics, MetricsServer
 from common.pidfile import remove_pid_file, write_pid_file
 from common.process import drop_privileges, notify_ready
@@ -44,7 +43,7 @@ EX_CONFIG = os.EX_CONFIG
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 
 
-def warn_about_configuration(config: IntakeConfig, log: Any) -> None:
+def warn_about_configuration(config: IntakeConfig, log: Logger) -> None:
     """Log, at every start, the risks the operator has chosen."""
     if config.open_relay:
         log.warning(
@@ -68,7 +67,7 @@ def warn_about_configuration(config: IntakeConfig, log: Any) -> None:
 async def run(
     config: IntakeConfig,
     spool: Spool,
-    log: Any,
+    log: Logger,
     *,
     install_signals: bool = True,
     on_ready: Callable[[IntakeServer, Callable[[], None]], None] | None = None,
@@ -157,7 +156,7 @@ async def run(
     return 0
 
 
-def prepare(argv: list[str] | None) -> tuple[IntakeConfig, Spool, Any]:
+def prepare(argv: list[str] | None) -> tuple[IntakeConfig, Spool, Logger]:
     """Options, logging, configuration and the spool; ConfigError/SpoolError on a problem."""
     settings = load_settings(PROGRAM, DESCRIPTION, OPTIONS, argv, section="intake")
     try:
@@ -239,7 +238,7 @@ def per_worker(config: IntakeConfig, index: int) -> IntakeConfig:
     return shared
 
 
-def listen_failed(error: OSError, log: Any) -> int:
+def listen_failed(error: OSError, log: Logger) -> int:
     log.error("listen_failed", reason=str(error))
     print(f"{PROGRAM}: {error.strerror or error}", file=sys.stderr)
     return EX_BIND

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from common.logs import setup_logging
+from common.logs import Logger, setup_logging
 
 _PROGRAM = """
 import logging, sys
@@ -68,3 +68,24 @@ def test_unknown_format_is_an_error() -> None:
     """A log format that does not exist is refused, not ignored."""
     with pytest.raises(ValueError, match="log format"):
         setup_logging("relay-test", log_format="xml")
+
+
+# The logger methods relay's code calls; mypy checks each call against common.logs.Logger.
+CALLED = ("bind", "debug", "info", "warning", "error", "exception")
+_METHODS_PROGRAM = """
+import sys
+from common.logs import setup_logging
+log = setup_logging("relay-test", syslog=sys.argv[1] == "1")
+names = sys.argv[2:]
+print(" ".join(n for n in names for o in (log, log.bind(k=1)) if not callable(getattr(o, n, None))))
+"""
+
+
+@pytest.mark.parametrize("syslog", [False, True])
+def test_the_logger_has_what_its_type_promises(syslog: bool) -> None:
+    """Plain and with --syslog (another structlog wrapper), the logger and a bound one have
+    every method of `common.logs.Logger` that relay calls."""
+    assert all(callable(getattr(Logger, name, None)) for name in CALLED)
+    done = subprocess.run([sys.executable, "-c", _METHODS_PROGRAM, str(int(syslog)), *CALLED],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == ""

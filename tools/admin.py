@@ -25,10 +25,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
 
 import structlog
 
+from common.logs import Logger
 from spool import Spool, State, entries, unfail
 from tools.common import tools_lock
 from tools.queue_actions import flush_all
@@ -79,7 +79,7 @@ class AdminSettings:
     # foreground, as E-MailRelay's flush does; None when done, else the error to show.
     forward_once: Callable[[], str | None] | None = None
     listening: list[str] = field(default_factory=list)  # for `status`
-    log: Any = field(default_factory=lambda: structlog.get_logger("relay"))
+    log: Logger = field(default_factory=lambda: structlog.get_logger("relay"))
 
 
 class Session:

@@ -33,10 +33,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, load_settings
-from common.logs import setup_logging_from
+from common.logs import Logger, setup_logging_from
 from spool import (
     Envelope,
     EnvelopeError,
@@ -197,7 +196,7 @@ def dispose(spool: Spool, message_id: str, keep: bool) -> None:
 
 
 def handle(spool: Spool, message_id: str, settings: argparse.Namespace, *, domain: str,
-           procmail: str | None, log: Any) -> bool:
+           procmail: str | None, log: Logger) -> bool:
     """Notify about one failed message and clear it; True when a notification was stored."""
     data = read_bad_envelope(spool, message_id)
     if data is None:
