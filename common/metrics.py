@@ -14,19 +14,13 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
-    make_wsgi_app,
-)
+# prometheus_client (~4 MiB) is imported when metrics are asked for, not by every program
+# that imports this module for reason_class or the option (docs/performance.md, idle).
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 from common.config import ConfigError, Option, split_host_port
 
@@ -94,6 +88,8 @@ class MetricsServer:
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
                  health: Callable[[], str | None]) -> None:
+        from prometheus_client import make_wsgi_app  # noqa: PLC0415 - see the top
+
         metrics_app = make_wsgi_app(registry)
 
         def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -134,6 +130,13 @@ class MetricsServer:
 def new_registry() -> CollectorRegistry:
     """A registry of one program's own metrics, plus the process' CPU, memory and fds."""
     # No `_created` series: they double the output and say little. (Public, but unannotated.)
+    from prometheus_client import (  # noqa: PLC0415 - see the top
+        CollectorRegistry,
+        PlatformCollector,
+        ProcessCollector,
+        disable_created_metrics,
+    )
+
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
@@ -145,6 +148,8 @@ class IntakeMetrics:
     """relay-intake's metrics."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415 - see the top
+
         self.registry = registry or new_registry()
         r = self.registry
         self.accepted = Counter("relay_intake_messages_accepted", "messages stored (250)",
@@ -171,6 +176,8 @@ class DeliverMetrics:
     """relay-deliver's metrics; the queue gauges come from deliver's own scans."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415 - see the top
+
         self.registry = registry or new_registry()
         r = self.registry
         self.forwarded = Counter("relay_deliver_messages_forwarded",

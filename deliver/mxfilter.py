@@ -15,18 +15,34 @@ claimed `.busy` envelope only (by rename, as a filter program may); never the co
 from __future__ import annotations
 
 import contextlib
+import importlib
 import ipaddress
 import os
 from dataclasses import dataclass, replace
-
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from common.filterspec import Builtin, Spec
 from common.netclient import parse_address
 from common.programs import ProgramResult
 from spool.envelope import EnvelopeError, format_envelope, parse_envelope
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
+    import dns.exception
+    import dns.resolver
+else:
+
+    class _LazyDns:
+        """dnspython's modules, imported at the first lookup: ~6 MiB that a relay-deliver
+        whose filters never name `mx:` would otherwise carry (docs/performance.md, idle)."""
+
+        def __getattr__(self, name: str) -> ModuleType:
+            module = importlib.import_module(f"dns.{name}")
+            setattr(self, name, module)
+            return module
+
+    dns = _LazyDns()
 
 
 @dataclass(frozen=True)
