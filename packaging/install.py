@@ -111,16 +111,43 @@ def unit(layout: Layout, name: str) -> str:
     text = text.replace("User=relay", f"User={layout.user}")
     text = text.replace("Group=relay", f"Group={group_of(layout.user)}")
     program = f"{layout.bin}/{name}"
+    # The port is relay.toml's (written with port = 25): a --port here would override it,
+    # and an administrator who changed it there would find intake on 25 all the same.
+    text = text.replace(f"ExecStart={program} --port 25\n", f"ExecStart={program}\n")
     return text.replace("ExecStart=", f"ExecStartPre={program} --check\nExecStart=", 1)
+
+
+def intake_command(layout: Layout) -> tuple[str, str]:
+    """supervisord's command= and user= lines for relay-intake.
+
+    supervisord (root) would switch to the relay user before the exec, and that user cannot
+    bind port 25 (below net.ipv4.ip_unprivileged_port_start). So as root for another user,
+    util-linux's setpriv switches instead and keeps CAP_NET_BIND_SERVICE as an ambient
+    capability, what the systemd unit's AmbientCapabilities= grants; no other privilege.
+    """
+    program = f"{layout.bin}/relay-intake"
+    if os.geteuid() != 0:
+        return program, ""
+    if layout.user == "root":
+        return program, "user=root\n"
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        say("setpriv (util-linux) is missing: under supervisord relay-intake runs as"
+            f" {layout.user} and cannot listen on a port below 1024")
+        return program, f"user={layout.user}\n"
+    return (f"{setpriv} --reuid={layout.user} --regid={group_of(layout.user)} --init-groups"
+            f" --inh-caps=+net_bind_service --ambient-caps=+net_bind_service {program}"), ""
 
 
 def supervisord_conf(layout: Layout) -> str:
     """A supervisord configuration: the `relay` group of relay-intake and relay-deliver."""
     run, logs = layout.rundir, layout.logdir
-    user = f"user={layout.user}\n" if os.geteuid() == 0 else ""
+    commands = {"intake": intake_command(layout),
+                "deliver": (f"{layout.bin}/relay-deliver",
+                            f"user={layout.user}\n" if os.geteuid() == 0 else "")}
     programs_text = "".join(f"""
 [program:{short}]
-command={layout.bin}/relay-{short}
+command={command}
 directory={layout.spool_dir}
 {user}stopsignal=TERM
 stopwaitsecs=30
@@ -129,7 +156,7 @@ autorestart=true
 startsecs=1
 stdout_logfile={logs}/{short}.log
 stderr_logfile={logs}/{short}.err.log
-""" for short in ("intake", "deliver"))
+""" for short, (command, user) in commands.items())
     return f"""; supervisord configuration for relay, written by make install.
 ;   {layout.venv}/bin/supervisord -c {layout.sysconfdir}/supervisord.conf
 ;   {layout.venv}/bin/supervisorctl -c {layout.sysconfdir}/supervisord.conf status

@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import smtplib
+import socket
 import stat
 import subprocess
 import time
@@ -142,3 +143,50 @@ def test_destdir_stages_everything(tmp_path: Path) -> None:
     if owner is not None:
         assert spool.stat().st_uid == pwd.getpwnam(owner).pw_uid
         assert f"User={owner}" in unit
+
+
+def privileged_free_port() -> int:
+    """A port below 1024 that nothing listens on (root may bind it)."""
+    for port in range(990, 900, -1):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below 1024")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and util-linux's setpriv")
+def test_supervisord_intake_may_bind_port_25_as_the_relay_user(tmp_path: Path) -> None:
+    """Installed by root for another user, supervisord's intake is started through setpriv as
+    that user with CAP_NET_BIND_SERVICE only: that exact command line, run as nobody, binds
+    a port below 1024 (a program started with user= could not); the unit takes the port from
+    relay.toml, not a --port 25 of its own."""
+    stage = tmp_path / "stage"
+    make("install", Path("/opt/example"), f"DESTDIR={stage}", user="nobody")
+    etc = stage / "opt" / "example" / "etc"
+    conf = (etc / "relay" / "supervisord.conf").read_text()
+    intake = conf[conf.index("[program:intake]"):conf.index("[program:deliver]")]
+    command = next(line for line in intake.splitlines() if line.startswith("command="))
+    words = command.removeprefix("command=").split()
+    assert words[-1] == "/opt/example/opt/relay/bin/relay-intake"
+    assert "--reuid=nobody" in words and "--ambient-caps=+net_bind_service" in words
+    assert "\nuser=" not in intake
+    deliver = conf[conf.index("[program:deliver]"):]
+    assert "\nuser=nobody\n" in deliver
+    port = privileged_free_port()
+    probe = (f"import os, socket; s = socket.socket(); s.bind(('127.0.0.1', {port}));"
+             " print(os.getuid(), os.geteuid())")
+    done = subprocess.run([*words[:-1], "/usr/bin/python3", "-c", probe], capture_output=True,
+                          text=True, timeout=60, check=False)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(nobody), str(nobody)]
+    unit = (etc / "systemd" / "system" / "relay-intake.service").read_text()
+    assert "ExecStart=/opt/example/opt/relay/bin/relay-intake\n" in unit
+    assert "--port" not in unit
+    toml = (etc / "relay" / "relay.toml").read_text()
+    assert "port = 25" in toml
