@@ -27,8 +27,9 @@ from common.metrics import METRICS_OPTION, DeliverMetrics, MetricsServer, parse_
 from common.pidfile import remove_pid_file, write_pid_file
 from common.process import drop_privileges, notify_ready
 from common.workers import run_workers, signals_ready
-from deliver.forward import ForwardSettings, Route, SmarthostConnection
+from deliver.forward import ForwardSettings, Route
 from deliver.message import MessageHandler, Policy
+from deliver.routes import DestinationHealth, RoutePool
 from deliver.scheduler import RunStats, Scheduler
 from deliver.settings import DESCRIPTION, OPTIONS, PROGRAM, DeliverConfig, build_config
 from spool import Spool, SpoolError
@@ -72,10 +73,12 @@ def build(config: DeliverConfig, concurrency: int | None = None,
         content_grace=config.content_grace,
         client_auth=config.client_auth,
     )
+    health = DestinationHealth(down_for=config.retry_first)  # routed destinations
     scheduler = Scheduler(
         spool=spool,
         handler=MessageHandler(spool, policy, metrics=metrics),
-        new_connection=lambda: SmarthostConnection(forward, tls_context),
+        new_connection=lambda: RoutePool(forward, tls_context, health,
+                                         (config.host, config.port)),
         concurrency=concurrency or config.concurrency,
         poll=config.poll,
         once=config.once,
