@@ -139,3 +139,99 @@ def test_the_kept_record_is_what_emailrelay_does_today(tmp_path: Path) -> None:
         process.terminate()
         process.wait(10)
     assert _read(records, spool, tmp_path) == EMAILRELAY_RECORD
+
+
+# (exit code, output) -> what E-MailRelay 2.6.1 answered and whether it kept the message
+# (a run of the real binary; the same cases run against it below when it is here).
+FILTER_CASES = [
+    (0, "", (250, True)),
+    (101, "", (250, True)),
+    (103, "", (250, True)),
+    (100, "", (250, True)),  # abandoned, but the files it left are committed
+    (102, "", (250, True)),
+    (1, "<<554 5.7.1 no>>", (554, "5.7.1 no", False)),
+    (99, "noise\n<<550 5.7.1 refused>>\n<<the reason>>", (550, "5.7.1 refused", False)),
+    (104, "<<554 5.7.1 no>>", (554, "5.7.1 no", False)),
+    (120, "<<451 4.3.0 later>>", (451, "4.3.0 later", False)),
+    (1, "not at the start <<550 x>>", (452, None, False)),
+]
+
+CASE_FILTER = """#!/bin/sh
+printf '%b' "$(cat {dir}/output)"
+exit $(cat {dir}/code)
+"""
+
+
+def _filter_outcomes(port: int, spool: Path, control: Path) -> list[tuple[object, ...]]:
+    found: list[tuple[object, ...]] = []
+    for code, output, _expected in FILTER_CASES:
+        (control / "code").write_text(str(code))
+        (control / "output").write_text(output.replace("\n", "\\n"))
+        before = {p.name for p in spool.glob("*.envelope")}
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as smtp:
+            try:
+                smtp.sendmail("a@b.c", ["x@y.z"], b"Subject: t\r\n\r\nhi\r\n")
+                reply: tuple[object, ...] = (250,)
+            except smtplib.SMTPDataError as error:
+                reply = (error.smtp_code, error.smtp_error.decode())
+        kept = bool({p.name for p in spool.glob("*.envelope")} - before)
+        found.append((*reply, kept))
+    return found
+
+
+def _expected(relay: bool) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = []
+    for _code, _output, expected in FILTER_CASES:
+        if expected[0] == 250:
+            rows.append(expected)
+        elif expected[1] is None:  # no reply text of the filter's: relay adds 4.7.1
+            rows.append((expected[0], "4.7.1 rejected" if relay else "rejected", expected[2]))
+        else:
+            rows.append(expected)
+    return rows
+
+
+def test_filter_exits_answer_as_emailrelay(tmp_path: Path) -> None:
+    """Every exit-code class and <<...>> form: the reply and whether the message is kept."""
+    control = tmp_path / "control"
+    control.mkdir()
+    script = tmp_path / "case-filter"
+    script.write_text(CASE_FILTER.format(dir=control))
+    script.chmod(0o755)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    with IntakeThread(spool, "--filter", str(script)) as intake:
+        assert _filter_outcomes(intake.port, spool, control) == _expected(relay=True)
+
+
+@pytest.mark.skipif(not os.access(EMAILRELAY, os.X_OK), reason="no E-MailRelay binary here")
+def test_the_kept_filter_answers_are_what_emailrelay_does_today(tmp_path: Path) -> None:
+    """The real E-MailRelay gives the answers kept in FILTER_CASES."""
+    control = tmp_path / "control"
+    control.mkdir()
+    script = tmp_path / "case-filter"
+    script.write_text(CASE_FILTER.format(dir=control))
+    script.chmod(0o755)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    port = free_port()
+    argv = [str(EMAILRELAY), "--as-server", "--no-daemon", "--port", str(port), "--interface",
+            "127.0.0.1", "--spool-dir", str(spool), "--filter", str(script),
+            "--pid-file", str(tmp_path / "pid")]
+    if os.geteuid() == 0:
+        argv += ["--user", "root"]
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "emailrelay did not start"
+                time.sleep(0.1)
+        assert _filter_outcomes(port, spool, control) == _expected(relay=False)
+    finally:
+        process.terminate()
+        process.wait(10)
