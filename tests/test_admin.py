@@ -264,6 +264,57 @@ def test_admin_port_in_use_and_bad_port(tmp_path: Path) -> None:
     assert bad.returncode == os.EX_CONFIG and "not a port number" in bad.stderr
 
 
+def remote_address(family: socket.AddressFamily) -> str | None:
+    """This host's address of *family* that is not loopback (None when it has none)."""
+    probe_to = "192.0.2.1" if family == socket.AF_INET else "2001:db8::1"
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((probe_to, 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if is_local(address) or address in ("0.0.0.0", "::") else address
+
+
+def test_remote_clients_are_served_over_ipv4_and_ipv6(tmp_path: Path) -> None:
+    """--remote-clients: the admin port listens on every IPv4 and IPv6 address, and a client
+    from a non-loopback address of each family gets its replies; without it, such a client
+    cannot even connect."""
+    addresses = [a for a in (remote_address(socket.AF_INET), remote_address(socket.AF_INET6))
+                 if a is not None]
+    if not addresses:
+        pytest.skip("this host has no non-loopback address to appear as a remote client")
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    fill(spool_dir)
+    for remote in (True, False):
+        port = free_port()
+        switches = ["--remote-clients"] if remote else []
+        process = start([RELAY, *FOREGROUND, "--as-server", "--port", str(free_port()),
+                         "--interface", "127.0.0.1", "--spool-dir", str(spool_dir), "--admin",
+                         str(port), *switches])
+        try:
+            Admin(port).close()  # up (over loopback)
+            for address in addresses:
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                with socket.socket(family) as client:
+                    client.settimeout(5)
+                    client.bind((address, 0))
+                    if not remote:
+                        assert client.connect_ex((address, port)) != 0, address
+                        continue
+                    client.connect((address, port))
+                    client.sendall(b"failures\r\n")
+                    reply = b""
+                    while not reply.endswith(PROMPT.encode()):
+                        chunk = client.recv(4096)
+                        assert chunk, reply
+                        reply += chunk
+                    assert reply == b"emailrelay.1.1700000000.3\r\n" + PROMPT.encode(), address
+        finally:
+            stop(process)
+
+
 def test_only_loopback_is_local() -> None:
     """Loopback (IPv4, IPv6, IPv4-mapped) is local; anything else is not."""
     assert is_local("127.0.0.1") and is_local("::1") and is_local("::ffff:127.0.0.1")

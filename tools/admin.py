@@ -15,6 +15,7 @@ renames). `terminate` calls the function it is given (the `relay` command stops 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import signal
@@ -254,6 +255,11 @@ class _Server(socketserver.ThreadingTCPServer):
         self.settings = settings
         super().__init__(address, _Handler)
 
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:  # "::" beside "0.0.0.0" on the same port
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
 
 class AdminServer:
     """The admin interface on one port, served from daemon threads until `stop()`."""
@@ -266,8 +272,8 @@ class AdminServer:
             try:
                 server = _Server((host, port), family, settings)
             except OSError as error:
-                if host == "::1" and error.errno == 99:  # no IPv6 loopback here
-                    continue
+                if ":" in host and error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    continue  # no IPv6 here
                 self.stop()
                 raise OSError(error.errno, f"admin: cannot listen on {host} port {port}:"
                                            f" {error.strerror}") from None
@@ -327,5 +333,5 @@ def start_for_relay(port_text: str, *, spool_dir: str, forward_to: str | None,
         terminate=lambda: os.kill(os.getpid(), signal.SIGTERM),
         forward_once=None if deliver_command is None else forward_once_with(deliver_command),
     )
-    interfaces = ("0.0.0.0",) if remote_clients else ("127.0.0.1", "::1")
+    interfaces = ("0.0.0.0", "::") if remote_clients else ("127.0.0.1", "::1")
     return AdminServer(int(port_text), settings, interfaces)
