@@ -43,7 +43,7 @@ class Handler:
         if problem:
             return problem
         session.host_name = hostname
-        return f"250 {self.config.domain}"
+        return f"250 {smtp.hostname}"  # the domain, or with --anonymous=server "smtp"
 
     async def handle_EHLO(self, smtp: Session, session: Any, envelope: Any, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -122,6 +122,13 @@ class Handler:
         finally:
             smtp.busy = False
 
+    async def handle_VRFY(self, smtp: Session, session: Any, envelope: Any,
+                          address: str) -> str:
+        """VRFY: never verified (252, RFC 5321 3.5.3); --anonymous=vrfy says less."""
+        if "vrfy" in self.config.anonymous:
+            return "252 2.5.2 Cannot VRFY"
+        return "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+
     async def handle_DATA(self, smtp: Session, session: Any, envelope: Any) -> str:
         checkpoint("data_received")
         transaction = smtp.transaction
@@ -137,7 +144,9 @@ class Handler:
             model = dataclasses.replace(model, client_certificate=certificate)
         smtp.busy = True
         try:
-            reply = await self._store(smtp, (trace, *transaction.content), model)
+            pieces = transaction.content if "content" in self.config.anonymous else \
+                (trace, *transaction.content)  # --anonymous=content: no Received line
+            reply = await self._store(smtp, tuple(pieces), model)
         finally:
             smtp.busy = False
         checkpoint("before_reply")

@@ -90,8 +90,10 @@ class Session(AuthSession):
             data_size_limit=config.size or None,
             enable_SMTPUTF8=True,
             decode_data=False,
-            hostname=config.domain,  # without it every connection does a blocking lookup
-            ident="ESMTP relay",
+            # without a hostname every connection does a blocking lookup; --anonymous=server
+            # names neither this host nor the software
+            hostname="smtp" if "server" in config.anonymous else config.domain,
+            ident="ESMTP" if "server" in config.anonymous else "ESMTP relay",
             tls_context=None if config.tls_connection else config.tls_context,
             require_starttls=config.tls_required and not config.tls_connection,
             timeout=config.idle_timeout,

@@ -73,6 +73,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("auth-failure-window", "seconds over which failed AUTH attempts are counted, and "
            "for which an address over the limit is refused", 600.0, "duration",
            metavar="DURATION"),
+    Option("anonymous", "say less about this server (E-MailRelay's --anonymous): 'server' "
+           "(the greeting and EHLO reply name no host nor software), 'vrfy' (VRFY is not "
+           "answered), 'content' (no Received line); 'client' is accepted (relay-deliver "
+           "never sends AUTH= on MAIL)", [], "list", metavar="SCOPE"),
     Option("greeting-delay", "seconds to wait before the greeting; a client that talks first "
            "is refused (554). 0 refuses only what already arrived", 0.0, "duration",
            metavar="DURATION"),
@@ -152,6 +156,7 @@ class IntakeConfig:
     auth_failure_limit: int = 10
     auth_failure_window: float = 600.0
     greeting_delay: float = 0.0
+    anonymous: frozenset[str] = frozenset()  # of ANONYMOUS_SCOPES
     filters: list[Spec] = field(default_factory=list)
     filter_timeout: float = 60.0
     address_verifier: Verifier | None = None
@@ -181,6 +186,19 @@ class IntakeConfig:
     def open_relay(self) -> bool:
         """Untrusted remote clients may relay: remote clients, no AUTH and no verifier."""
         return self.remote_clients and self.authenticator is None and not self.address_verifier
+
+
+ANONYMOUS_SCOPES = ("vrfy", "server", "content", "client")
+
+
+def _anonymous(values: list[str]) -> frozenset[str]:
+    """--anonymous scopes (comma lists too); ConfigError for one E-MailRelay does not have."""
+    scopes = {item.strip() for value in values for item in value.split(",") if item.strip()}
+    unknown = scopes - set(ANONYMOUS_SCOPES)
+    if unknown:
+        raise ConfigError(f"--anonymous: unknown scope {sorted(unknown)[0]!r} (one of "
+                          f"{', '.join(ANONYMOUS_SCOPES)})")
+    return frozenset(scopes)
 
 
 def _interfaces(values: list[str]) -> list[str]:
@@ -292,6 +310,7 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         auth_failure_limit=settings.auth_failure_limit,
         auth_failure_window=settings.auth_failure_window,
         greeting_delay=settings.greeting_delay,
+        anonymous=_anonymous(settings.anonymous),
         filters=[spec for text in settings.filter
                  for spec in parse_filter(text, builtins=local_builtins)],
         filter_timeout=settings.filter_timeout,

@@ -237,3 +237,12 @@ def test_check_and_admin_are_planned() -> None:
     assert result.admin_port == "10026" and result.admin_terminate
     assert result.admin_interfaces == ["127.0.0.1"]
     assert result.flush_command is not None and result.flush_command[-2:] == ["--once", "--flush"]
+
+
+def test_anonymous_scopes() -> None:
+    """--anonymous alone means every scope; with a value, those scopes go to intake."""
+    every = plan(parse(["-d", "-u", "root", "-A"]))
+    some = plan(parse(["-d", "-u", "root", "--anonymous=content"]))
+    assert every.intake is not None and some.intake is not None
+    assert every.intake[every.intake.index("--anonymous") + 1] == "vrfy,server,content,client"
+    assert some.intake[some.intake.index("--anonymous") + 1] == "content"

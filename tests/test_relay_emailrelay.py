@@ -424,3 +424,43 @@ def test_a_program_that_dies_stops_relay_and_says_so_in_the_log(
     text = log.read_text()
     assert "event=program_ended" in text and "program=relay-deliver" in text
     assert "code=-9" in text
+
+
+def test_anonymous_says_less(workdir: Path, sink: Sink, daemons: list[Daemon]) -> None:
+    """--anonymous: the greeting and EHLO name neither host nor software, VRFY says only that
+    it cannot, and the stored message has no Received line (E-MailRelay's four scopes;
+    --anonymous=content alone only drops the Received line)."""
+    queue = workdir / "queue"
+    daemon = Daemon(workdir, "-d", "-u", "root", "-s", str(queue), "--anonymous",
+                    "--domain", "relay.example.org")
+    daemons.append(daemon)
+    with smtplib.SMTP() as client:
+        code, greeting = client.connect("127.0.0.1", daemon.port)
+        assert (code, greeting) == (220, b"smtp ESMTP")
+        assert client.ehlo()[1].split(b"\n")[0] == b"smtp"
+        assert client.verify("x@example.net") == (252, b"2.5.2 Cannot VRFY")
+        client.sendmail("a@example.com", ["b@example.net"], b"Subject: s\r\n\r\nbody\r\n")
+    assert wait_until(lambda: any(queue.glob("*.envelope")), 10)
+    assert next(queue.glob("*.content")).read_bytes() == b"Subject: s\r\n\r\nbody\r\n"
+    daemon.stop()
+    for path in queue.iterdir():
+        path.unlink()
+    partly = Daemon(workdir, "-d", "-u", "root", "-s", str(queue), "--anonymous=content",
+                    "--domain", "relay.example.org")
+    daemons.append(partly)
+    with smtplib.SMTP() as client:
+        code, greeting = client.connect("127.0.0.1", partly.port)
+        assert greeting.startswith(b"relay.example.org ")
+        client.sendmail("a@example.com", ["b@example.net"], b"Subject: s\r\n\r\nbody\r\n")
+    assert wait_until(lambda: any(queue.glob("*.envelope")), 10)
+    assert not next(queue.glob("*.content")).read_bytes().startswith(b"Received:")
+
+
+def test_an_unknown_anonymous_scope_stops_intake(workdir: Path) -> None:
+    """relay-intake --anonymous bogus: exit 78 naming the scope and the four there are."""
+    done = subprocess.run([str(BIN / "relay-intake"), "--spool-dir", str(workdir / "queue"),
+                           "--port", "0", "--anonymous", "server,bogus"], cwd=workdir,
+                          env=program_env(), capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 78
+    assert "unknown scope 'bogus'" in done.stderr and "vrfy, server, content" in done.stderr

@@ -96,8 +96,7 @@ SWITCHES: tuple[Switch, ...] = (
     _s("address-verifier", None, REQUIRED, SERVER, "program that checks each recipient",
        "program"),
     _s("anonymous", "A", OPTIONAL, SERVER, "no VRFY, a terse greeting, no Received line, no "
-       "AUTH= on MAIL (scope: vrfy,server,content,client)", "scope",
-       refused="not in relay yet"),
+       "AUTH= on MAIL (scope: vrfy,server,content,client)", "scope"),
     _s("delivery-dir", None, REQUIRED, SERVER, "base directory for the mailboxes of "
        "--filter deliver:", "dir"),
     _s("dnsbl", None, REQUIRED, SERVER, "DNSBL servers that refuse clients", "config",

@@ -330,6 +330,8 @@ def plan(given: Given) -> Plan:
         for name in ("domain", "size", "idle-timeout"):
             if has(name):
                 args += [f"--{name}", value(name) or ""]
+        if has("anonymous"):
+            args += ["--anonymous", value("anonymous") or "vrfy,server,content,client"]
         for path in paths["filter"]:
             args += ["--filter", path]
         if paths["delivery-dir"]:
