@@ -464,3 +464,16 @@ def test_an_unknown_anonymous_scope_stops_intake(workdir: Path) -> None:
                           check=False)
     assert done.returncode == 78
     assert "unknown scope 'bogus'" in done.stderr and "vrfy, server, content" in done.stderr
+
+
+def test_programs_stop_when_relay_is_killed(workdir: Path, sink: Sink,
+                                            daemons: list[Daemon]) -> None:
+    """kill -9 of the relay daemon: intake and deliver get SIGTERM and end (no orphan keeps
+    the port or the spool)."""
+    daemon = Daemon(workdir, "--as-proxy", sink.address, "-u", "root", "-s",
+                    str(workdir / "queue"))
+    daemons.append(daemon)
+    programs = [daemon.program("intake.main"), daemon.program("deliver.main")]
+    os.kill(daemon.pid, signal.SIGKILL)
+    assert wait_until(lambda: not any(alive(pid) for pid in programs), 45)
+    assert not _listening(daemon.port)

@@ -15,6 +15,7 @@ group, its parent directory made if missing) and removes it at exit; touches not
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -32,6 +33,7 @@ from common.pidfile import remove_pid_file, write_pid_file
 READY_TIMEOUT = 60.0  # seconds a program may take to say it is ready
 STOP_TIMEOUT = 40.0  # after SIGTERM, before SIGKILL (intake's stop timeout is 20 s)
 EX_SOFTWARE = 70
+_PR_SET_PDEATHSIG = 1
 HANDLED: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
 
@@ -46,6 +48,14 @@ class Program:
 
     def command(self, ready_fd: int) -> list[str]:
         return [sys.executable, "-I", "-m", self.module, *self.args, "--ready-fd", str(ready_fd)]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when `relay` dies, even by SIGKILL (no orphans
+    holding the port or the spool's claims); each program then stops cleanly."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def detach() -> int | None:
@@ -144,6 +154,7 @@ class Supervisor:
             try:
                 program.process = subprocess.Popen(
                     program.command(write_end), pass_fds=(write_end,), stderr=subprocess.PIPE,
+                    preexec_fn=_die_with_parent,  # noqa: PLW1509 (no thread runs yet)
                     stdin=subprocess.DEVNULL if detached else None,
                     stdout=subprocess.DEVNULL if detached else None)
             except OSError as error:
