@@ -72,7 +72,7 @@ def parse_output(stdout: str, default: str = "rejected") -> FilterOutput:
     if (len(head) == 3 and head[0] in "45" and head[1:].isdigit()
             and (len(response) == 3 or response[3] in " \t")):
         code = int(head)
-        response = response[4:].strip() or default
+        response = response[4:].strip()  # `<<554>>`: the code alone, `554 ` on the wire
     reason = found[1] if len(found) > 1 and found[1] else response
     return FilterOutput(response, code, reason)
 

@@ -122,10 +122,11 @@ class Secrets:
     def client_account(self, selector: str = "") -> ClientAccount | None:
         """The account for *selector*: None when no line names it (the message must not go).
 
-        The empty selector with no default `client` line is an account without AUTH.
+        The empty selector is no exception: with no default `client` line there is no
+        account for a message without a selector, and it fails, as in E-MailRelay 2.6.1.
         """
         if selector not in self.selectors:
-            return ClientAccount("") if selector == "" else None
+            return None
         plain = self.client.get(("plain", selector))
         if plain is not None:
             return ClientAccount(selector, plain.user, password=plain.password)

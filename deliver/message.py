@@ -221,19 +221,22 @@ class MessageHandler:
         return None
 
     def _unknown_account(self, selector: str) -> str:
-        """Why no account answers *selector* (E-MailRelay's "bad selector"), or ''."""
-        if not selector:
-            return ""
+        """Why no account answers *selector* (E-MailRelay's "bad selector"), or ''.
+
+        With a `--client-auth` file every message needs an account, the empty selector's
+        too (the default `client` line): E-MailRelay 2.6.1 fails the message, and so does
+        relay, rather than send it without AUTH."""
         if self.policy.client_auth is None:
-            return (f"X-MailRelay-ClientAccountSelector {selector!r}: no --client-auth "
-                    "secrets file to find it in")
+            if not selector:
+                return ""
+            return (f"no client authentication account: selector [{selector}] (no "
+                    "--client-auth secrets file to find it in)")
         try:
             account = self.policy.client_auth.get().client_account(selector)
         except SecretsError as error:
             return f"X-MailRelay-ClientAccountSelector {selector!r}: {error}"
         if account is None:
-            return (f"X-MailRelay-ClientAccountSelector {selector!r}: no client account "
-                    "with that selector in the secrets file")
+            return f"no client authentication account: selector [{selector}]"
         return ""
 
     def _route(self, envelope: Envelope) -> Route:

@@ -11,8 +11,10 @@ Filter exits (server side): 0 and 101 accept; 103 accepts and asks deliver to re
 100 abandons (the message is committed if the filter left its files, and the client gets
 250 either way), 102 abandons and rescans; 1-99, 104 (with a rescan), every other code,
 a crash and a timeout refuse with the filter's `<<...>>` reply (code 452 when it gives
-none). Verifier exits: 0 local (two lines: full name, mailbox), 1 remote (two lines: any,
-address), 3 refused for now (450), 100 drop the connection, anything else refused (550).
+none), its text exactly as E-MailRelay sends it (no enhanced code is added: a program that
+wants one writes it). Verifier exits: 0 local (two lines: full name, mailbox), 1 remote
+(two lines: any, address), 3 refused for now (450), 100 drop the connection, anything else
+refused (550), in E-MailRelay's words too (`550 TEXT`, `450 TEXT`).
 """
 
 from __future__ import annotations
@@ -49,21 +51,11 @@ class FilterOutcome:
 ACCEPTED = FilterOutcome(FilterAction.ACCEPT)
 
 
-def _enhanced(code: int, text: str) -> str:
-    """The reply line: *text* keeps its own enhanced status code, else one is added."""
-    first = text.split(" ", 1)[0]
-    parts = first.split(".")
-    if len(parts) == 3 and all(part.isdigit() for part in parts) and parts[0] in "245":
-        return f"{code} {text}"
-    return f"{code} {'4' if code < 500 else '5'}.7.1 {text}"
-
-
 def interpret_filter(result: ProgramResult, program: str) -> FilterOutcome:
     """One filter's exit, as E-MailRelay 2.6.1 reads a server filter's exit code."""
     code = result.exit_code
     if code is None:
-        return FilterOutcome(FilterAction.REJECT, "452 4.3.0 Message filter timed out",
-                             reason=f"{program}: timeout")
+        return FilterOutcome(FilterAction.REJECT, "452 error", reason=f"{program}: timeout")
     if code in (0, 101):
         return ACCEPTED
     if code == 103:
@@ -76,7 +68,7 @@ def interpret_filter(result: ProgramResult, program: str) -> FilterOutcome:
     if not 1 <= code <= 104:
         stderr = printable_reply(result.stderr)[:200]
         reason = f"{reason} (exit {code}{': ' + stderr if stderr else ''})"
-    return FilterOutcome(FilterAction.REJECT, _enhanced(reply_code, output.response),
+    return FilterOutcome(FilterAction.REJECT, f"{reply_code} {output.response}",
                          trigger_scan=code == 104, reason=f"{program}: {reason}")
 
 
@@ -117,7 +109,7 @@ def interpret_verifier(result: ProgramResult, recipient: str) -> VerifierOutcome
     """The verifier's exit code and output, read as E-MailRelay 2.6.1 reads them."""
     code = result.exit_code
     if code is None:
-        return VerifierOutcome(VerifierVerdict.REJECT, reply="450 4.3.0 timeout",
+        return VerifierOutcome(VerifierVerdict.REJECT, reply="450 timeout",
                                reason="timeout")
     if code == 100:
         return VerifierOutcome(VerifierVerdict.DROP, reply="421 4.7.0 Closing connection",
@@ -130,14 +122,13 @@ def interpret_verifier(result: ProgramResult, recipient: str) -> VerifierOutcome
         verdict = VerifierVerdict.LOCAL if code == 0 else VerifierVerdict.REMOTE
         return VerifierOutcome(verdict, second)
     if code == 127 and result.stderr.startswith("cannot run"):
-        return VerifierOutcome(VerifierVerdict.REJECT, reply="550 5.1.1 error",
+        return VerifierOutcome(VerifierVerdict.REJECT, reply="550 error",
                                reason="exec error")
     response = first if lines else "mailbox unavailable"
     reason = second if len(lines) > 1 else f"exit code {code}"
     if code == 3:
-        return VerifierOutcome(VerifierVerdict.REJECT, reply=f"450 4.1.1 {response}",
-                               reason=reason)
-    return VerifierOutcome(VerifierVerdict.REJECT, reply=f"550 5.1.1 {response}", reason=reason)
+        return VerifierOutcome(VerifierVerdict.REJECT, reply=f"450 {response}", reason=reason)
+    return VerifierOutcome(VerifierVerdict.REJECT, reply=f"550 {response}", reason=reason)
 
 
 def client_display(ip: str, port: int) -> str:
@@ -174,7 +165,7 @@ class Verifier:
             try:
                 line = await self._client.request("|".join(arguments), self.timeout)
             except (OSError, ValueError) as error:
-                return VerifierOutcome(VerifierVerdict.REJECT, reply="450 4.3.0 cannot verify",
+                return VerifierOutcome(VerifierVerdict.REJECT, reply="450 cannot verify",
                                        reason=f"network verifier: {describe(error)}")
             return interpret_verifier(net_verifier_result(line), recipient)
         result = await run_program([self.spec.value, *arguments], self.timeout)

@@ -79,7 +79,7 @@ def send(intake: IntakeThread, to: str = "b@example.com") -> None:
 
 
 @pytest.mark.parametrize(("spec", "stored", "reply"), [
-    ("exit:0", 1, None), ("exit:100", 1, None), ("exit:1", 0, "452 4.7.1 rejected"),
+    ("exit:0", 1, None), ("exit:100", 1, None), ("exit:1", 0, "452 rejected"),
 ])
 def test_exit_filter(spool_dir: Path, spec: str, stored: int, reply: str | None) -> None:
     """`exit:N` acts as a program that exits N at once."""
@@ -140,8 +140,8 @@ def test_net_verifier(spool_dir: Path, line_server: Callable[..., LineServer]) -
         raw.command(b"MAIL FROM:<a@example.org>")
         assert raw.command(b"RCPT TO:<local@x.test>")[:3] == "250"
         assert raw.command(b"RCPT TO:<remote@x.test>")[:3] == "250"
-        assert raw.command(b"RCPT TO:<nobody@x.test>") == "550 5.1.1 no such user"
-        assert raw.command(b"RCPT TO:<later@x.test>") == "450 4.1.1 busy"
+        assert raw.command(b"RCPT TO:<nobody@x.test>") == "550 no such user"
+        assert raw.command(b"RCPT TO:<later@x.test>") == "450 busy"
         assert raw.command(b"DATA")[:3] == "354"
         raw.send(MESSAGE + b".\r\n")
         assert raw.reply()[:3] == "250"
@@ -165,8 +165,8 @@ def test_account_verifier(spool_dir: Path) -> None:
         raw.command(b"MAIL FROM:<a@example.org>")
         assert raw.command(f"RCPT TO:<{name.upper()}@INTAKE.test>".encode())[:3] == "250"
         refused = raw.command(b"RCPT TO:<no-such-account-here@intake.test>")
-        assert refused == "550 5.1.1 rejected"
-        assert raw.command(f"RCPT TO:<{name}@elsewhere.test>".encode()) == "550 5.1.1 rejected"
+        assert refused == "550 rejected"
+        assert raw.command(f"RCPT TO:<{name}@elsewhere.test>".encode()) == "550 rejected"
         assert raw.command(b"DATA")[:3] == "354"
         raw.send(MESSAGE + b".\r\n")
         assert raw.reply()[:3] == "250"

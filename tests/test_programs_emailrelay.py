@@ -142,7 +142,8 @@ def test_the_kept_record_is_what_emailrelay_does_today(tmp_path: Path) -> None:
 
 
 # (exit code, output) -> what E-MailRelay 2.6.1 answered and whether it kept the message
-# (a run of the real binary; the same cases run against it below when it is here).
+# (a run of the real binary; the same cases run against it below when it is here). relay
+# answers the same, word for word: no enhanced code is added to a filter's text.
 FILTER_CASES = [
     (0, "", (250, True)),
     (101, "", (250, True)),
@@ -153,7 +154,15 @@ FILTER_CASES = [
     (99, "noise\n<<550 5.7.1 refused>>\n<<the reason>>", (550, "5.7.1 refused", False)),
     (104, "<<554 5.7.1 no>>", (554, "5.7.1 no", False)),
     (120, "<<451 4.3.0 later>>", (451, "4.3.0 later", False)),
-    (1, "not at the start <<550 x>>", (452, None, False)),
+    (1, "not at the start <<550 x>>", (452, "rejected", False)),
+    (1, "", (452, "rejected", False)),
+    (1, "<<no>>", (452, "no", False)),
+    (1, "[[550 square]]", (550, "square", False)),
+    (1, "<<554>>", (554, "", False)),
+    (1, "<<>>\n<<a reason>>", (452, "rejected", False)),
+    (1, "<<4.7.1 enhanced only>>", (452, "4.7.1 enhanced only", False)),
+    (1, "<<250 not a refusal code>>", (452, "250 not a refusal code", False)),
+    (104, "", (452, "rejected", False)),
 ]
 
 CASE_FILTER = """#!/bin/sh
@@ -179,16 +188,8 @@ def _filter_outcomes(port: int, spool: Path, control: Path) -> list[tuple[object
     return found
 
 
-def _expected(relay: bool) -> list[tuple[object, ...]]:
-    rows: list[tuple[object, ...]] = []
-    for _code, _output, expected in FILTER_CASES:
-        if expected[0] == 250:
-            rows.append(expected)
-        elif expected[1] is None:  # no reply text of the filter's: relay adds 4.7.1
-            rows.append((expected[0], "4.7.1 rejected" if relay else "rejected", expected[2]))
-        else:
-            rows.append(expected)
-    return rows
+def _expected() -> list[tuple[object, ...]]:
+    return [expected for _code, _output, expected in FILTER_CASES]
 
 
 def test_filter_exits_answer_as_emailrelay(tmp_path: Path) -> None:
@@ -201,7 +202,7 @@ def test_filter_exits_answer_as_emailrelay(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir(mode=0o700)
     with IntakeThread(spool, "--filter", str(script)) as intake:
-        assert _filter_outcomes(intake.port, spool, control) == _expected(relay=True)
+        assert _filter_outcomes(intake.port, spool, control) == _expected()
 
 
 @pytest.mark.skipif(not os.access(EMAILRELAY, os.X_OK), reason="no E-MailRelay binary here")
@@ -231,7 +232,137 @@ def test_the_kept_filter_answers_are_what_emailrelay_does_today(tmp_path: Path) 
             except OSError:
                 assert time.monotonic() < deadline, "emailrelay did not start"
                 time.sleep(0.1)
-        assert _filter_outcomes(port, spool, control) == _expected(relay=False)
+        assert _filter_outcomes(port, spool, control) == _expected()
     finally:
         process.terminate()
         process.wait(10)
+
+
+# (exit code, output) -> E-MailRelay 2.6.1's reply to RCPT (a run of the real binary).
+VERIFIER_CASES = [
+    (0, "Full Name\\nbob", "250"),
+    (1, "\\nx@other.test", "250"),
+    (0, "", "550 mailbox unavailable"),
+    (1, "only one line", "550 only one line"),
+    (2, "", "550 mailbox unavailable"),
+    (2, "no such user\\nthe reason", "550 no such user"),
+    (3, "try later\\nthe reason", "450 try later"),
+    (3, "", "450 mailbox unavailable"),
+    (4, "odd", "550 odd"),
+    (-1, "", "450 timeout"),  # -1: the verifier sleeps past --filter-timeout
+]
+
+CASE_VERIFIER = """#!/bin/sh
+[ "$(cat {dir}/code)" = -1 ] && sleep 30
+printf '%b' "$(cat {dir}/output)"
+exit $(cat {dir}/code)
+"""
+
+
+def _verifier_replies(port: int, control: Path) -> list[str]:
+    found = []
+    for code, output, _expected in VERIFIER_CASES:
+        (control / "code").write_text(str(code))
+        (control / "output").write_text(output)
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20) as smtp:
+            smtp.ehlo()
+            smtp.mail("a@b.c")
+            reply_code, text = smtp.rcpt("x@y.z")
+            found.append("250" if reply_code == 250 else f"{reply_code} {text.decode()}")
+    return found
+
+
+def _verifier_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    control = tmp_path / "control"
+    control.mkdir()
+    script = tmp_path / "case-verifier"
+    script.write_text(CASE_VERIFIER.format(dir=control))
+    script.chmod(0o755)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    return control, script, spool
+
+
+def test_verifier_replies_are_emailrelays(tmp_path: Path) -> None:
+    """Every verifier exit's RCPT reply is E-MailRelay's text, word for word."""
+    control, script, spool = _verifier_setup(tmp_path)
+    with IntakeThread(spool, "--address-verifier", str(script), "--filter-timeout", "1") as intake:
+        assert _verifier_replies(intake.port, control) == [c[2] for c in VERIFIER_CASES]
+
+
+@pytest.mark.skipif(not os.access(EMAILRELAY, os.X_OK), reason="no E-MailRelay binary here")
+def test_the_kept_verifier_replies_are_what_emailrelay_does_today(tmp_path: Path) -> None:
+    """The real E-MailRelay gives the RCPT replies kept in VERIFIER_CASES."""
+    control, script, spool = _verifier_setup(tmp_path)
+    port = free_port()
+    argv = [str(EMAILRELAY), "--as-server", "--no-daemon", "--port", str(port), "--interface",
+            "127.0.0.1", "--spool-dir", str(spool), "--address-verifier", str(script),
+            "--filter-timeout", "1", "--pid-file", str(tmp_path / "pid")]
+    if os.geteuid() == 0:
+        argv += ["--user", "root"]
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(port)
+        assert _verifier_replies(port, control) == [c[2] for c in VERIFIER_CASES]
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _wait_for(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "emailrelay did not start"
+            time.sleep(0.1)
+
+
+TIMEOUT_FILTER = "#!/bin/sh\nsleep 30\n"
+
+
+def _timed_out_reply(port: int) -> tuple[int, bytes]:
+    with (smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20) as smtp,
+          pytest.raises(smtplib.SMTPDataError) as error):
+        smtp.sendmail("a@b.c", ["x@y.z"], MESSAGE)
+    return error.value.smtp_code, error.value.smtp_error
+
+
+def test_a_timed_out_filter_is_answered_as_emailrelay(tmp_path: Path) -> None:
+    """A filter past --filter-timeout: `452 error` (E-MailRelay's words), nothing kept."""
+    script = tmp_path / "slow-filter"
+    script.write_text(TIMEOUT_FILTER)
+    script.chmod(0o755)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    with IntakeThread(spool, "--filter", str(script), "--filter-timeout", "1") as intake:
+        assert _timed_out_reply(intake.port) == (452, b"error")
+    assert not list(spool.glob("*.envelope"))
+
+
+@pytest.mark.skipif(not os.access(EMAILRELAY, os.X_OK), reason="no E-MailRelay binary here")
+def test_emailrelay_answers_a_timed_out_filter_452_error(tmp_path: Path) -> None:
+    """The real E-MailRelay's answer to a timed-out filter is `452 error`."""
+    script = tmp_path / "slow-filter"
+    script.write_text(TIMEOUT_FILTER)
+    script.chmod(0o755)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    port = free_port()
+    argv = [str(EMAILRELAY), "--as-server", "--no-daemon", "--port", str(port), "--interface",
+            "127.0.0.1", "--spool-dir", str(spool), "--filter", str(script),
+            "--filter-timeout", "1", "--pid-file", str(tmp_path / "pid")]
+    if os.geteuid() == 0:
+        argv += ["--user", "root"]
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(port)
+        assert _timed_out_reply(port) == (452, b"error")
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert not list(spool.glob("*.envelope"))

@@ -131,7 +131,7 @@ client plain dave pw2 a b c
     hashed = secrets.client_account("hashed")
     assert hashed is not None and hashed.user == "carol" and hashed.md5_state == state
     assert secrets.client_account("a") is not None  # dave's fifth field is his selector
-    assert secrets.client_account("") is not None  # no default line: an account without AUTH
+    assert secrets.client_account("") is None  # no default line: no account (E-MailRelay)
     assert secrets.client_account("unknown") is None
 
 

@@ -115,8 +115,42 @@ def test_selectors(tmp_path: Path, spool: Spool, sink: Sink) -> None:
     assert run_once(spool, sink.address, "--client-auth", str(auth)) == 0
     assert [m.rcpt_tos for m in sink.messages] == [["c@y.test"]]
     failed = parse_envelope(spool.path.joinpath(f"{unknown}.envelope.bad").read_bytes())
-    assert "no client account with that selector" in failed.reasons[0]
+    assert failed.reasons[0] == "no client authentication account: selector [nosuch]"
     assert not spool.content_path(plain).exists()
+
+
+EMAILRELAY = Path(os.environ.get("EMAILRELAY_BIN", "/work/scratch/emailrelay-bin/emailrelay"))
+NO_DEFAULT = "no client authentication account: selector []"  # E-MailRelay 2.6.1's reason
+
+
+def test_no_default_client_line_fails_a_message_without_selector(
+        tmp_path: Path, spool: Spool, sink: Sink) -> None:
+    """--client-auth without a default `client` line: a message with no selector is .bad
+    with E-MailRelay's reason and nothing reaches the smarthost (never sent without AUTH)."""
+    auth = tmp_path / "client.auth"
+    auth.write_text("client plain bob pw eu\nserver plain alice pw\n")
+    message = spool.store([MESSAGE], Envelope(sender="a@x.test", to_remote=("b@y.test",)))
+    assert run_once(spool, sink.address, "--client-auth", str(auth)) == 0
+    assert sink.messages == []
+    failed = parse_envelope(spool.path.joinpath(f"{message}.envelope.bad").read_bytes())
+    assert failed.reasons == [NO_DEFAULT]
+
+
+@pytest.mark.skipif(not os.access(EMAILRELAY, os.X_OK), reason="no E-MailRelay binary here")
+def test_emailrelay_fails_a_message_without_selector_the_same_way(
+        tmp_path: Path, spool: Spool, sink: Sink) -> None:
+    """The real E-MailRelay --as-client, same secrets file: .bad, the same reason, no mail."""
+    auth = tmp_path / "client.auth"
+    auth.write_text("client plain bob pw eu\nserver plain alice pw\n")
+    message = spool.store([MESSAGE], Envelope(sender="a@x.test", to_remote=("b@y.test",)))
+    argv = [str(EMAILRELAY), "--as-client", sink.address, "--spool-dir", str(spool.path),
+            "--client-auth", str(auth)]
+    if os.geteuid() == 0:
+        argv += ["--user", "root"]
+    subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=30, check=False)
+    assert sink.messages == []
+    failed = parse_envelope(spool.path.joinpath(f"{message}.envelope.bad").read_bytes())
+    assert failed.reasons[0] == NO_DEFAULT
 
 
 def test_selector_without_client_auth_is_bad(spool: Spool, sink: Sink) -> None:

@@ -40,7 +40,7 @@ def test_spam_refuses_gtube_and_passes_a_clean_message(spool_dir: Path, spamd: s
     with IntakeThread(spool_dir, "--filter", f"spam:{spamd}") as intake:
         with pytest.raises(smtplib.SMTPDataError) as error:
             send(intake, GTUBE)
-        assert (error.value.smtp_code, error.value.smtp_error) == (452, b"4.7.1 rejected")
+        assert (error.value.smtp_code, error.value.smtp_error) == (452, b"rejected")
         send(intake, CLEAN)
     ((_envelope, content),) = accepted(spool_dir)
     assert strip_received(content) == CLEAN
