@@ -38,8 +38,8 @@ def long_options(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]
     for it is documented once, in configuration.md (test below).
     """
     names: list[str] = []
-    for action in parser._actions:  # noqa: SLF001 (argparse has no public list of them)
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+    for action in parser._actions:  # argparse has no public list of them
+        if isinstance(action, argparse._SubParsersAction):
             for command, sub in action.choices.items():
                 names += long_options(sub, f"{prefix}{command} ")
             continue
