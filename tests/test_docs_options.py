@@ -92,3 +92,11 @@ def test_every_long_option_has_an_example_in_docs(program: str) -> None:
     missing = [option for option in options if not documented(option, code)]
     assert not missing, f"{program}: {len(missing)} options without an example in docs/: " + \
         " ".join(missing)
+
+
+def test_readme_links_every_docs_page() -> None:
+    """README.md links each page of docs/ (a Markdown link to docs/NAME.md)."""
+    readme = (DOCS.parent / "README.md").read_text()
+    unlinked = [page.name for page in sorted(DOCS.glob("*.md"))
+                if f"](docs/{page.name})" not in readme]
+    assert not unlinked, "README.md does not link: " + " ".join(unlinked)
