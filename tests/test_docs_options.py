@@ -94,6 +94,22 @@ def test_every_long_option_has_an_example_in_docs(program: str) -> None:
         " ".join(missing)
 
 
+# The page about each program; options shared by every program are in configuration.md.
+HOME_PAGES = {"relay": "emailrelay.md", "relay-intake": "intake.md",
+              "relay-deliver": "deliver.md"}
+
+
+@pytest.mark.parametrize("program", sorted(manpages.PROGRAMS))
+def test_every_long_option_has_an_example_on_its_programs_page(program: str) -> None:
+    """Each long option of PROGRAM is in an example on its page (or configuration.md)."""
+    home = HOME_PAGES.get(program, "tools.md")
+    code = code_text((DOCS / home).read_text()) + "\n" + code_text(
+        (DOCS / "configuration.md").read_text())
+    missing = [option for option in program_options(program) if not documented(option, code)]
+    assert not missing, f"{program}: {len(missing)} options without an example in docs/{home}" \
+        " (nor in configuration.md): " + " ".join(missing)
+
+
 def test_readme_links_every_docs_page() -> None:
     """README.md links each page of docs/ (a Markdown link to docs/NAME.md)."""
     readme = (DOCS.parent / "README.md").read_text()
