@@ -12,34 +12,27 @@ switches given; `plan` decides, as E-MailRelay does, what runs: relay-intake unl
 --dont-serve/--no-smtp; relay-deliver when there is a --forward-to, woken as the switches
 say (--forward-on-disconnect: as mail arrives; --poll N: the whole spool every N s;
 --forward: once at start; otherwise only on a flush: SIGUSR1 to `relay`, the trigger file,
-the admin interface); --as-client: one flush in the foreground. Then `tools.daemon` runs
-them, in the background unless --no-daemon. Reads the config file; the programs do the rest.
+the admin interface); --as-client: one flush in the foreground. Then `tools.relay_run`
+runs them through `tools.daemon`, in the background unless --no-daemon (`tools.relay_args`
+reads the command line). Reads nothing itself; the programs do the rest.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import pwd
-import shlex
-import shutil
 import socket
-import ssl
 import sys
-import tempfile
-import textwrap
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from common.config import DEFAULT_SPOOL_DIR, version
 from common.process import DEFAULT_USER
-from tools import daemon
 from tools import emailrelay_switches as table
-from tools.emailrelay_switches import NONE, OPTIONAL, REQUIRED, Switch
+from tools.relay_args import Given, UsageError, parse
+from tools.relay_run import help_text, run, version_text
+
+__all__ = ["Given", "Plan", "UsageError", "main", "parse", "plan"]
 
 EX_USAGE = os.EX_USAGE
-EMAILRELAY_VERSION = "2.6.1"  # the E-MailRelay whose command line this is
 
 # Switches whose value is a file or directory: made absolute before the daemon leaves the
 # working directory (E-MailRelay's @app is the directory of the `relay` executable).
@@ -56,109 +49,6 @@ _SMTP_FEATURES = {
     "server-smtp-config": ("pipelining", "chunking", "smtputf8", "smtputf8strict",
                            "nostrictparsing", "noalabels"),
 }
-
-
-class UsageError(Exception):
-    """A command line that relay cannot run (exit 64)."""
-
-
-@dataclass
-class Given:
-    """The switches given (command line first, then the config file), by long name."""
-
-    values: dict[str, list[str | None]] = field(default_factory=dict)
-    config_file: str | None = None
-
-    def add(self, name: str, value: str | None) -> None:
-        self.values.setdefault(name, []).append(value)
-
-    def has(self, name: str) -> bool:
-        return name in self.values
-
-    def value(self, name: str) -> str | None:
-        found = self.values.get(name)
-        return found[0] if found else None
-
-    def all(self, name: str) -> list[str]:
-        return [value for value in self.values.get(name, []) if value is not None]
-
-
-def parse(argv: Sequence[str]) -> Given:
-    """The switches of an E-MailRelay command line (and of its config file, if one is given)."""
-    given = Given()
-    args = list(argv)
-    index = 0
-    while index < len(args):
-        word = args[index]
-        index += 1
-        if word.startswith("--") and len(word) > 2:
-            name, eq, inline = word[2:].partition("=")
-            switch = table.BY_LONG.get(name)
-            if switch is None:
-                raise UsageError(f"unknown switch --{name} (see relay --help --verbose)")
-            value = inline if eq else None
-            if switch.value == REQUIRED and value is None:
-                if index >= len(args):
-                    raise UsageError(f"--{name} needs a value")
-                value = args[index]
-                index += 1
-            elif switch.value == NONE and value is not None:
-                raise UsageError(f"--{name} takes no value")
-            given.add(switch.name, value)
-        elif word.startswith("-") and len(word) > 1:
-            letters = word[1:]
-            while letters:
-                switch = table.BY_SHORT.get(letters[0])
-                if switch is None:
-                    raise UsageError(f"unknown switch -{letters[0]} (see relay --help --verbose)")
-                letters = letters[1:]
-                argument: str | None = None
-                if switch.value == REQUIRED:
-                    if letters:
-                        argument, letters = letters, ""
-                    elif index < len(args):
-                        argument = args[index]
-                        index += 1
-                    else:
-                        raise UsageError(f"-{switch.short} (--{switch.name}) needs a value")
-                given.add(switch.name, argument)
-        else:
-            if given.config_file is not None or index < len(args):
-                raise UsageError(f"unexpected argument {word!r}: only the config file may "
-                                 "follow the switches")
-            given.config_file = word
-    if given.config_file is not None:
-        read_config_file(given.config_file, given)
-    return given
-
-
-def read_config_file(path: str, given: Given) -> None:
-    """E-MailRelay's config file: "name value" or "name" per line, '#' comments."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError as error:
-        raise UsageError(f"config file {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"config file {path}: not UTF-8 text") from None
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.partition(" ")
-        name = name.strip()
-        text = value.strip() or None
-        if text is not None and len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
-            text = text[1:-1]
-        switch = table.BY_LONG.get(name)
-        where = f"config file {path} line {number}"
-        if switch is None:
-            raise UsageError(f"{where}: unknown switch {name!r}")
-        if switch.value == REQUIRED and text is None:
-            raise UsageError(f"{where}: {name} needs a value")
-        if switch.value == NONE and text is not None:
-            raise UsageError(f"{where}: {name} takes no value")
-        given.add(name, text)
 
 
 def _absolute(path: str) -> str:
@@ -430,180 +320,6 @@ def _mechanisms_before_tls(config: str) -> bool:
         if key.strip() == "m":
             return any(word.strip() for word in mechanisms.split(","))
     return False
-
-
-def help_text(verbose: bool) -> str:
-    """The help: the basic switches, or (with --verbose) every one, grouped as E-MailRelay."""
-    lines = [f"relay {version()}: E-MailRelay {EMAILRELAY_VERSION}'s command line", "",
-             "usage: relay [<switch> ...] [<config-file>]", ""]
-    for group in table.GROUPS:
-        switches = [s for s in table.SWITCHES if s.group == group]
-        if not verbose and group != table.BASIC:
-            continue
-        lines.append(group)
-        for switch in switches:
-            lines.append(_help_line(switch))
-        lines.append("")
-    if not verbose:
-        lines.append("relay --help --verbose lists every switch.")
-    else:
-        lines.append("Refused switches exit 64 with the reason; docs/emailrelay.md has them all.")
-    return "\n".join(lines) + "\n"
-
-
-def _help_line(switch: Switch) -> str:
-    short = f"-{switch.short}, " if switch.short else "    "
-    metavar = f"=<{switch.metavar or 'value'}>"
-    value = "" if switch.value == NONE else (f"[{metavar}]" if switch.value == OPTIONAL
-                                             else metavar)
-    reason = table.refusal(switch)
-    text = switch.help + (f" [refused: {reason}]" if reason else "")
-    lines = textwrap.wrap(text, 58, break_on_hyphens=False) or [""]
-    first = f"  {short}--{switch.name}{value}"
-    head = first.ljust(40) + " " + lines[0] if len(first) < 40 else first + "\n" + \
-        " " * 41 + lines[0]
-    return "\n".join([head, *(" " * 41 + line for line in lines[1:])])
-
-
-def version_text(verbose: bool) -> str:
-    """`relay --version`: E-MailRelay's shape; with --verbose the build's features."""
-    lines = [f"relay V{version()} (E-MailRelay {EMAILRELAY_VERSION} command line)"]
-    if verbose:
-        try:
-            import uvloop  # noqa: F401, PLC0415 (only to say whether it is there)
-
-            loop = "uvloop"
-        except ImportError:
-            loop = "asyncio"
-        lines += [
-            "",
-            f"Python: {sys.version.split()[0]}",
-            f"Event loop: {loop}",
-            "Multi-threading: enabled (storage and delivery threads)",
-            "Unix domain sockets: disabled",
-            "POP server: disabled",
-            f"Admin server: {'enabled' if table.ADMIN_SUPPORT else 'disabled'}",
-            f"TLS library: {ssl.OPENSSL_VERSION}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def immediate_filter(client_args: list[str]) -> str:
-    """Write the --immediate filter: a script running `tools.immediate` with *client_args*,
-    in a directory of its own (0755, root's when started as root, removed at exit)."""
-    folder = tempfile.mkdtemp(prefix="relay-immediate-")
-    os.chmod(folder, 0o755)  # noqa: S103 (the --user runs it; only root may write)
-    atexit.register(shutil.rmtree, folder, True)
-    script = os.path.join(folder, "forward-now")
-    command = " ".join(shlex.quote(word) for word in
-                       [sys.executable, "-I", "-m", "tools.immediate", *client_args, "--"])
-    with open(script, "w", encoding="utf-8") as handle:
-        handle.write(f'#!/bin/sh\n# relay --immediate: forward, then answer the client\n'
-                     f'exec {command} "$@"\n')
-    os.chmod(script, 0o755)  # noqa: S103 (the --user runs it; only root may write)
-    return script
-
-
-def _run_deliver_once(args: list[str]) -> int:
-    from deliver.main import main as deliver_main  # noqa: PLC0415 (load only what runs)
-
-    return deliver_main(args)
-
-
-def run(the_plan: Plan) -> int:
-    """Run the plan: a flush in the foreground, or the programs (as a daemon by default)."""
-    for note in the_plan.notes:
-        sys.stderr.write(f"relay: {note}\n")
-    if the_plan.check:
-        return _check(the_plan)
-    if the_plan.deliver_once:
-        assert the_plan.deliver is not None
-        return _run_deliver_once(the_plan.deliver)
-    if the_plan.intake is None and the_plan.deliver is None:
-        return 0  # --dont-serve without --forward: nothing to do, as E-MailRelay
-    if the_plan.daemon:
-        code = daemon.detach()
-        if code is not None:
-            return code  # the parent: the daemon is ready (0) or failed
-        os.chdir("/")
-    programs = []
-    if the_plan.intake is not None:
-        intake = list(the_plan.intake)
-        if the_plan.immediate is not None:  # written by the daemon, removed when it ends
-            intake += ["--filter", immediate_filter(the_plan.immediate)]
-        programs.append(daemon.Program("relay-intake", "intake.main", intake))
-    if the_plan.deliver is not None:
-        programs.append(daemon.Program("relay-deliver", "deliver.main", the_plan.deliver))
-    os.umask(0o007)  # spool files 0660 (and the log file), as E-MailRelay's
-    group = pwd.getpwnam(the_plan.user).pw_gid if the_plan.user else None
-    supervisor = daemon.Supervisor(programs, pid_file=the_plan.pid_file, pid_group=group,
-                                   log=_own_log(the_plan))
-    code = supervisor.start(detached=the_plan.daemon)
-    if code != 0:
-        daemon.tell_parent(str(code))
-        return code
-    try:
-        admin = _start_admin(the_plan)  # once everything runs: its commands act at once
-    except (ValueError, OSError) as error:
-        sys.stderr.write(f"relay: {error}\n")
-        supervisor.stop()
-        daemon.tell_parent(str(os.EX_CONFIG))
-        return os.EX_CONFIG
-    daemon.tell_parent("ready")
-    if the_plan.daemon:
-        daemon.quiet_stdio(close_stderr=the_plan.close_stderr)
-    try:
-        return supervisor.run()
-    finally:
-        if admin is not None:
-            admin.stop()
-
-
-def _own_log(the_plan: Plan) -> Any:
-    """relay's own logger, with the programs' logging switches (file, syslog, format)."""
-    from common.logs import setup_logging  # noqa: PLC0415 (the daemon only)
-
-    args = the_plan.intake or the_plan.deliver or []
-
-    def value(flag: str) -> str | None:
-        return args[args.index(flag) + 1] if flag in args else None
-
-    try:
-        return setup_logging("relay", log_format=value("--log-format") or "logfmt",
-                             syslog="--syslog" in args, verbose="--verbose" in args,
-                             log_file=value("--log-file"), log_time="--log-time" in args,
-                             syslog_facility=value("--syslog-facility") or "mail")
-    except (OSError, ValueError):
-        return None  # the programs report it (they open the same file) and exit 78
-
-
-def _start_admin(the_plan: Plan) -> Any:
-    """--admin PORT: tools.admin's server in this process (terminate: SIGTERM to it)."""
-    if the_plan.admin_port is None:
-        return None
-    from tools.admin import start_for_relay  # noqa: PLC0415 (load only what runs)
-
-    return start_for_relay(the_plan.admin_port,
-                           spool_dir=the_plan.spool_dir or DEFAULT_SPOOL_DIR,
-                           forward_to=the_plan.forward_to,
-                           with_terminate=the_plan.admin_terminate,
-                           remote_clients=the_plan.remote_clients,
-                           deliver_command=the_plan.flush_command)
-
-
-def _check(the_plan: Plan) -> int:
-    """--check: each program the plan would run checks what it would load; the worst code."""
-    from deliver.main import main as deliver_main  # noqa: PLC0415 (load only what runs)
-    from intake.main import main as intake_main  # noqa: PLC0415
-
-    codes = []
-    if the_plan.intake is not None:
-        codes.append(intake_main(the_plan.intake))
-    if the_plan.deliver is not None:
-        deliver = the_plan.deliver if "--check" in the_plan.deliver else \
-            [*the_plan.deliver, "--check"]
-        codes.append(deliver_main(deliver))
-    return max(codes, default=0)
 
 
 def main(argv: list[str] | None = None) -> int:
