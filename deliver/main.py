@@ -87,6 +87,7 @@ def build(config: DeliverConfig, concurrency: int | None = None,
         watch=config.watch,
         shutdown_timeout=config.shutdown_timeout,
         metrics=metrics,
+        on_flush=health.forget,  # a flush tries every destination again, as E-MailRelay's
     )
     return scheduler, spool
 

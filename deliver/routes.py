@@ -8,7 +8,8 @@ worker has more than `MAX_ROUTES`. `DestinationHealth`, shared by the workers, r
 routed destination (not the `--forward-to` smarthost, which every message tries as before)
 that could not be reached: for `down_for` seconds the messages for it are
 deferred at once, with a reason that names it and the failure, instead of each waiting for
-its own connect timeout; other destinations are not held up. Talks SMTP only through
+its own connect timeout; other destinations are not held up. A flush (SIGUSR1, the
+trigger file, `relay-queue flush`) forgets them: every message is tried. Talks SMTP only through
 `SmarthostConnection`; touches no file.
 """
 
@@ -44,6 +45,10 @@ class DestinationHealth:
             del self.down[key]
             return None
         return entry[1]
+
+    def forget(self) -> None:
+        """A flush: every destination is tried again now (the operator says it is back)."""
+        self.down.clear()
 
     def record(self, route: Route, attempt: Attempt) -> None:
         """Remember whether the destination answered at all."""

@@ -76,6 +76,7 @@ class Scheduler:
     log: Logger = field(default_factory=lambda: structlog.get_logger("relay-deliver"))
     stats: RunStats = field(default_factory=RunStats)
     metrics: DeliverMetrics | None = None  # --metrics: queue gauges from these scans
+    on_flush: Callable[[], None] | None = None  # a flush forgets what the last tries learnt
 
     def __post_init__(self) -> None:
         self._pending: deque[str] = deque()
@@ -186,6 +187,8 @@ class Scheduler:
         if self._flush_wanted:
             self._flush_wanted = False
             self.flushes += 1
+            if self.on_flush is not None:
+                self.on_flush()
             result = await asyncio.to_thread(scan_due, self.spool, math.inf)
             self.log.info("spool_flushed", waiting=len(result.due))
             return result

@@ -6,12 +6,14 @@ listening socket that hangs up on every client.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
-from support.deliver import run_once
+from support.deliver import Deliver, run_once
 from support.sink import Sink
 
 from spool import Envelope, Spool, State, entries, read_envelope
@@ -76,3 +78,24 @@ def test_unreachable_destination_defers_its_messages_once(spool: Spool, sink: Si
     for message_id in ids:
         envelope = read_envelope(spool, message_id, State.READY)
         assert hang_up.address in envelope.trailer
+
+
+def test_a_flush_tries_a_destination_that_was_down_again(spool: Spool, sink: Sink) -> None:
+    """A routed destination that refused a connection is remembered as down; SIGUSR1 (a
+    flush) forgets it, so once it listens again its message goes at once, not in an hour."""
+    later = Sink()  # its port is chosen now; nothing listens there yet
+    deliver = Deliver(spool, sink.address, "--poll", "3600", "--retry-first", "1h")
+    try:
+        message_id = routed(spool, later.address, 1)
+        deadline = time.monotonic() + 15
+        while (deliver.log().count("delivery_deferred") < 1
+               or not spool.envelope_path(message_id, State.READY).exists()):
+            assert time.monotonic() < deadline, deliver.log()
+            time.sleep(0.02)
+        with later:
+            deliver.process.send_signal(signal.SIGUSR1)
+            assert [m.rcpt_tos for m in later.wait_for(1)] == [["r1@y.test"]]
+        assert deliver.log().count("delivery_deferred") == 1
+        assert deliver.stop() == 0
+    finally:
+        deliver.close()
