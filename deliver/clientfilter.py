@@ -5,11 +5,11 @@ Each filter spec (a program run as `prog <content-path> <envelope-path>` with th
 `common.filterspec`, in order; the exit code decides as E-MailRelay 2.6.1's client side
 does: 0, 101 and 103 forward; 102 forwards and stops this scan; 100 abandons the message
 for now (it stays waiting), 104 abandons and stops the scan; 1-99 and every other code, a
-crash and a timeout fail it (`.bad`, ReasonCode 550), 105 fails and stops the scan. A
-built-in's local fault (spamd down) defers the message instead: it is never sent
-unscanned and never failed for it. A filter may edit both files; deliver re-reads the
-envelope afterwards. This module reads the programs' output only; it never touches spool
-files itself.
+crash and a timeout fail it (`.bad`, ReasonCode 550, the Reason in E-MailRelay's words),
+105 fails and stops the scan. A built-in's local fault (spamd down) defers the message
+instead: it is never sent unscanned and never failed for it. A filter may edit both
+files; deliver re-reads the envelope afterwards. This module reads the programs' output
+only; it never touches spool files itself.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class FilterDecision:
     reason: str = ""
     program: str = ""
     stop_scan: bool = False
+    detail: str = ""  # for FAIL: which filter and how it ended, for the log
 
 
 def interpret(program: str, result: ProgramResult) -> FilterDecision:
@@ -52,22 +53,23 @@ def interpret(program: str, result: ProgramResult) -> FilterDecision:
         return FilterDecision(FilterVerdict.FORWARD, program=program, stop_scan=True)
     if code in (100, 104):
         return FilterDecision(FilterVerdict.SKIP, program=program, stop_scan=code == 104)
-    output = parse_output(result.stdout, default="")
     if result.temporary:
+        output = parse_output(result.stdout, default="")
         return FilterDecision(FilterVerdict.DEFER, f"client filter {program}: {output.reason}",
                               program)
-    if code is not None and 1 <= code <= 99 and output.response:
-        return FilterDecision(FilterVerdict.FAIL, f"client filter: {output.reason}", program)
+    # The `.bad` reason in E-MailRelay 2.6.1's words (the <<...>> reason line, else the
+    # response, else `rejected`; `timeout`); relay's own description goes to the log.
+    output = parse_output(result.stdout)
     if result.timed_out:
-        why = "timed out"
-    elif output.response:
-        why = f"exit {code}: {output.reason}"
+        reason, why = "timeout", "timed out"
     else:
+        reason, why = output.reason, f"exit {code}"
         detail = printable_reply(result.stderr.strip().splitlines()[-1]) if result.stderr.strip() \
             else ""
-        why = f"failed ({detail})" if code == 127 and detail else f"exit {code}"
-    return FilterDecision(FilterVerdict.FAIL, f"client filter {program} {why}", program,
-                          stop_scan=code == 105)
+        if code == 127 and detail:
+            why = f"failed ({detail})"
+    return FilterDecision(FilterVerdict.FAIL, reason, program, stop_scan=code == 105,
+                          detail=f"client filter {program} {why}")
 
 
 async def run_filters(specs: Sequence[Spec], content_path: str, envelope_path: str,

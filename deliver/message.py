@@ -144,6 +144,8 @@ class MessageHandler:
                               reason=f"client filter {decision.program} abandoned it")
                 return Handled(Result.HELD, stop_scan)
             if decision.verdict is FilterVerdict.FAIL:
+                self.log.info("client_filter_refused", msg_id=message_id,
+                              filter=decision.detail, reason=decision.reason)
                 return Handled(self._fail(claimed, None, decision.reason, REJECT_CODE).result,
                                stop_scan)
             if decision.verdict is FilterVerdict.DEFER:

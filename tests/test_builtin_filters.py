@@ -204,4 +204,4 @@ def test_net_client_filter(spool: Spool, sink: Sink,
     assert [m.data.endswith(b"fine\r\n") for m in sink.messages] == [True]
     assert not spool.content_path(good).exists()
     failed = parse_envelope(spool.path.joinpath(f"{bad}.envelope.bad").read_bytes())
-    assert failed.reasons == ["client filter: no way"] and failed.reason_codes == ["550"]
+    assert failed.reasons == ["no way"] and failed.reason_codes == ["550"]

@@ -309,7 +309,7 @@ def test_client_filters(tmp_path: Path, spool: Spool, sink: Sink) -> None:
                     "--client-filter", edit)
     assert code == 75  # the skipped one is still waiting
     failed = read_envelope(spool, rejected, State.BAD)
-    assert failed.reasons == ["client filter: spam here"] and failed.reason_codes == ["550"]
+    assert failed.reasons == ["spam here"] and failed.reason_codes == ["550"]
     assert states(spool)[State.READY] == [skipped]
     assert "X-Relay-Deferred" not in read_envelope(spool, skipped, State.READY).trailer
     assert [(m.data, m.rcpt_tos) for m in sink.messages] == [(body(3), ["edited@example.com"])]
@@ -321,7 +321,7 @@ def test_filter_timeout_fails_the_message(tmp_path: Path, spool: Spool, sink: Si
     slow = write_filter(tmp_path, "slow", "sleep 5\n")
     message_id = store(spool)
     assert run_once(spool, sink.address, "--client-filter", slow, "--filter-timeout", "0.3") == 0
-    assert "timed out" in read_envelope(spool, message_id, State.BAD).reasons[0]
+    assert read_envelope(spool, message_id, State.BAD).reasons == ["timeout"]  # E-MailRelay's
 
 
 def test_forward_to_address_overrides_the_smarthost(spool: Spool, sink: Sink) -> None:

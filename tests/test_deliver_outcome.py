@@ -133,4 +133,4 @@ def test_client_filter_local_fault_defers() -> None:
 def test_client_filter_reason_comes_from_the_reply_text() -> None:
     """Exit 1-99: the reason is the <<...>> text of the first such stdout line."""
     decision = interpret("f", ProgramResult(3, "noise\n<<spam detected>>\n", ""))
-    assert decision.reason == "client filter: spam detected"
+    assert decision.reason == "spam detected"

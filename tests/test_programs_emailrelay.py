@@ -15,11 +15,16 @@ import re
 import smtplib
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support.intake import IntakeThread
-from support.sink import free_port
+from support.sink import Sink, free_port
+
+from deliver.main import main as deliver_main
+from spool import Envelope, Spool, State
+from spool.envelope import parse_envelope
 
 EMAILRELAY = Path(os.environ.get("EMAILRELAY_BIN", "/work/scratch/emailrelay-bin/emailrelay"))
 MESSAGE = b"Subject: t\r\n\r\nhi\r\n"
@@ -366,3 +371,71 @@ def test_emailrelay_answers_a_timed_out_filter_452_error(tmp_path: Path) -> None
         process.terminate()
         process.wait(10)
     assert not list(spool.glob("*.envelope"))
+
+
+# A client filter's (exit code, output) -> sent?, what is left, and the .bad Reason
+# (E-MailRelay 2.6.1 --as-client, a run of the real binary); -1 sleeps past the timeout.
+CLIENT_FILTER_CASES = [
+    (0, "", (True, None, None)),
+    (1, "<<no>>", (False, "bad", "no")),
+    (1, "", (False, "bad", "rejected")),
+    (99, "<<550 5.7.1 x>>", (False, "bad", "5.7.1 x")),
+    (1, "<<resp>>\\n<<why>>", (False, "bad", "why")),
+    (100, "", (False, "ready", None)),
+    (102, "", (True, None, None)),
+    (104, "", (False, "ready", None)),
+    (105, "<<r>>", (False, "bad", "r")),
+    (120, "", (False, "bad", "rejected")),
+    (-1, "", (False, "bad", "timeout")),
+]
+
+CASE_CLIENT_FILTER = """#!/bin/sh
+[ "$(cat {dir}/code)" = -1 ] && sleep 30
+printf '%b' "$(cat {dir}/output)"
+exit $(cat {dir}/code)
+"""
+
+
+def _client_filter_outcomes(tmp_path: Path, sink: Sink, run: Callable[[Path, Path], None],
+                            ) -> list[tuple[object, ...]]:
+    control = tmp_path / "control"
+    control.mkdir()
+    script = tmp_path / "case-client-filter"
+    script.write_text(CASE_CLIENT_FILTER.format(dir=control))
+    script.chmod(0o755)
+    found: list[tuple[object, ...]] = []
+    for number, (code, output, _expected) in enumerate(CLIENT_FILTER_CASES):
+        (control / "code").write_text(str(code))
+        (control / "output").write_text(output)
+        (tmp_path / f"spool{number}").mkdir(mode=0o700)
+        spool = Spool(tmp_path / f"spool{number}")
+        message_id = spool.store([MESSAGE], Envelope(sender="a@b.c", to_remote=("x@y.z",)))
+        before = len(sink.messages)
+        run(spool.path, script)
+        bad = spool.envelope_path(message_id, State.BAD)
+        left = ("bad" if bad.exists() else
+                "ready" if spool.envelope_path(message_id, State.READY).exists() else None)
+        reason = parse_envelope(bad.read_bytes()).reasons[0] if bad.exists() else None
+        found.append((len(sink.messages) > before, left, reason))
+    return found
+
+
+def test_client_filter_outcomes_are_emailrelays(tmp_path: Path, sink: Sink) -> None:
+    """Every client filter exit: sent or not, kept or .bad, and the Reason E-MailRelay writes."""
+    def run(spool: Path, script: Path) -> None:
+        deliver_main(["--once", "--spool-dir", str(spool), "--forward-to", sink.address,
+                      "--client-filter", str(script), "--filter-timeout", "1"])
+    assert _client_filter_outcomes(tmp_path, sink, run) == [c[2] for c in CLIENT_FILTER_CASES]
+
+
+@pytest.mark.skipif(not os.access(EMAILRELAY, os.X_OK), reason="no E-MailRelay binary here")
+def test_the_kept_client_filter_outcomes_are_what_emailrelay_does_today(
+        tmp_path: Path, sink: Sink) -> None:
+    """The real E-MailRelay --as-client gives the outcomes kept in CLIENT_FILTER_CASES."""
+    def run(spool: Path, script: Path) -> None:
+        argv = [str(EMAILRELAY), "--as-client", sink.address, "--spool-dir", str(spool),
+                "--client-filter", str(script), "--filter-timeout", "1"]
+        if os.geteuid() == 0:
+            argv += ["--user", "root"]
+        subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=60, check=False)
+    assert _client_filter_outcomes(tmp_path, sink, run) == [c[2] for c in CLIENT_FILTER_CASES]
