@@ -151,6 +151,37 @@ def test_same_replies_as_emailrelay(tmp_path: Path) -> None:
     assert replies["relay"][-1] == b"<none>\nE-MailRelay> "
 
 
+def _listen_lines(reply: bytes) -> list[bytes]:
+    return [line for line in reply.split(b"\r\r\n") if line.startswith(b"LISTEN: ")]
+
+
+def test_status_lists_the_smtp_ports_as_emailrelay(tmp_path: Path) -> None:
+    """status lists the admin port, then each SMTP address (IPv6 as ::1.PORT), as E-MailRelay
+    2.6.1 does for the same --interface list and ports."""
+    if not EMAILRELAY.exists():
+        pytest.skip("E-MailRelay 2.6.1 is not built here")
+    smtp_port, admin_port = free_port(), free_port()
+    listed: dict[str, list[bytes]] = {}
+    for name in ("emailrelay", "relay"):
+        spool_dir = tmp_path / name
+        spool_dir.mkdir(mode=0o700)
+        switches = ["--as-server", "--port", str(smtp_port), "--interface", "127.0.0.1,::1",
+                    "--spool-dir", str(spool_dir), "--admin", str(admin_port)]
+        command = ([str(EMAILRELAY), "--no-daemon", "--no-syslog", *switches]
+                   if name == "emailrelay" else [RELAY, *FOREGROUND, *switches])
+        process = start(command)
+        try:
+            client = Admin(admin_port)
+            listed[name] = _listen_lines(client.ask(b"status\r\n"))
+            client.close()
+        finally:
+            stop(process)
+    smtp = {f"LISTEN: 127.0.0.1:{smtp_port}".encode(), f"LISTEN: ::1.{smtp_port}".encode()}
+    assert listed["relay"][0] == f"LISTEN: 127.0.0.1:{admin_port}".encode()
+    assert set(listed["relay"][-2:]) == smtp
+    assert set(listed["relay"]) == set(listed["emailrelay"])
+
+
 def test_flush_forwards_deferred_mail_now(relay_admin: tuple[Path, int, subprocess.Popen[bytes]],
                                           sink: Sink) -> None:
     """flush makes waiting mail due now (deferred for an hour included): the running deliver

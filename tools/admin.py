@@ -279,7 +279,7 @@ class AdminServer:
                                            f" {error.strerror}") from None
             self._servers.append(server)
             port = port or int(server.server_address[1])  # port 0: the same one for all
-            settings.listening.append(f"{host}:{server.server_address[1]}")
+            settings.listening.append(listen_text(host, int(server.server_address[1])))
         self.port = port
         for server in self._servers:
             threading.Thread(target=server.serve_forever, name="admin", daemon=True).start()
@@ -289,6 +289,11 @@ class AdminServer:
             server.shutdown()
             server.server_close()
         self._servers = []
+
+
+def listen_text(host: str, port: int | str) -> str:
+    """An address as E-MailRelay's `status` shows it: 127.0.0.1:25, ::1.25 (IPv6: a dot)."""
+    return f"{host}.{port}" if ":" in host else f"{host}:{port}"
 
 
 def forward_once_with(command: list[str]) -> Callable[[], str | None]:
@@ -319,10 +324,12 @@ def forward_once_with(command: list[str]) -> Callable[[], str | None]:
 
 def start_for_relay(port_text: str, *, spool_dir: str, forward_to: str | None,
                     with_terminate: bool, remote_clients: bool,
-                    deliver_command: list[str] | None) -> AdminServer:
+                    deliver_command: list[str] | None,
+                    smtp_listening: tuple[tuple[str, str], ...] = ()) -> AdminServer:
     """The admin interface for the `relay` command; ValueError for a bad port, OSError when
     it cannot listen. Terminate sends this process SIGTERM (relay stops as on a signal).
-    *deliver_command*: run for a flush when no relay-deliver runs (--as-server)."""
+    *deliver_command*: run for a flush when no relay-deliver runs (--as-server).
+    *smtp_listening*: relay-intake's addresses, listed by `status` after the admin ones."""
     if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
         raise ValueError(f"--admin: {port_text!r} is not a port number")
     settings = AdminSettings(
@@ -334,4 +341,7 @@ def start_for_relay(port_text: str, *, spool_dir: str, forward_to: str | None,
         forward_once=None if deliver_command is None else forward_once_with(deliver_command),
     )
     interfaces = ("0.0.0.0", "::") if remote_clients else ("127.0.0.1", "::1")
-    return AdminServer(int(port_text), settings, interfaces)
+    server = AdminServer(int(port_text), settings, interfaces)
+    # E-MailRelay's order: the admin addresses, then the SMTP ones
+    settings.listening.extend(listen_text(host, port) for host, port in smtp_listening)
+    return server

@@ -76,6 +76,7 @@ class Plan:
     immediate: list[str] | None = None  # --immediate: tools.immediate's deliver options
     admin_port: str | None = None
     admin_interfaces: list[str] = field(default_factory=list)
+    smtp_listening: list[tuple[str, str]] = field(default_factory=list)  # `status`
     admin_terminate: bool = False
     spool_dir: str | None = None
     forward_to: str | None = None
@@ -197,7 +198,8 @@ def plan(given: Given) -> Plan:
     # relay-intake
     serving = not on("dont-serve") and not on("no-smtp")
     if serving:
-        args = [*common, "--port", value("port") or "25"]
+        smtp_port = value("port") or "25"
+        args = [*common, "--port", smtp_port]
         interfaces: list[str] = []
         for text in given.all("interface"):
             for item in (word.strip() for word in text.split(",") if word.strip()):
@@ -215,6 +217,7 @@ def plan(given: Given) -> Plan:
             interfaces = _default_interfaces(on("remote-clients"))
         for address in interfaces:
             args += ["--interface", address]
+            result.smtp_listening.append((address, smtp_port))
         if on("remote-clients"):
             args.append("--remote-clients")
         for name in ("domain", "size", "idle-timeout"):

@@ -187,7 +187,8 @@ def _start_admin(the_plan: Plan) -> Any:
                            forward_to=the_plan.forward_to,
                            with_terminate=the_plan.admin_terminate,
                            remote_clients=the_plan.remote_clients,
-                           deliver_command=the_plan.flush_command)
+                           deliver_command=the_plan.flush_command,
+                           smtp_listening=tuple(the_plan.smtp_listening))
 
 
 def _check(the_plan: Plan) -> int:
