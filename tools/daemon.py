@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from common.logs import reopen
+from common.logs import Logger, reopen
 from common.pidfile import remove_pid_file, write_pid_file
 
 READY_TIMEOUT = 60.0  # seconds a program may take to say it is ready
@@ -130,7 +130,7 @@ class Supervisor:
     stopping: bool = False
     _signals: list[int] = field(default_factory=list)  # received, not yet handled
     _errors: list[int] = field(default_factory=list)  # the programs' stderr pipes
-    log: Any = None  # relay's own logger (common.logs): where the supervisor's lines go
+    log: Logger | None = None  # relay's own logger (common.logs): where the supervisor's lines go
 
     def say(self, event: str, **fields: Any) -> None:
         """One error line of relay's own: to its log (file, syslog) and, while open, stderr."""

@@ -26,6 +26,7 @@ from tools import emailrelay_switches as table
 from tools.emailrelay_switches import NONE, OPTIONAL, Switch
 
 if TYPE_CHECKING:
+    from common.logs import Logger
     from tools.relay import Plan
 
 EMAILRELAY_VERSION = "2.6.1"  # the E-MailRelay whose command line this is
@@ -158,7 +159,7 @@ def run(the_plan: Plan) -> int:
             admin.stop()
 
 
-def _own_log(the_plan: Plan) -> Any:
+def _own_log(the_plan: Plan) -> Logger | None:
     """relay's own logger, with the programs' logging switches (file, syslog, format)."""
     from common.logs import setup_logging  # noqa: PLC0415 (the daemon only)
 
