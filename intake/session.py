@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, AnyStr, cast
 
 from common import compat_asyncio
 from common.compat_aiosmtpd import MISSING, Envelope, syntax
+from intake import dnsbl
 from intake.data import DataCollector, DataProblem, read_data
 from intake.limits import in_networks
 from intake.pace import Pace
@@ -312,6 +313,8 @@ class Session(AuthSession):
         if refusal is None and not (self.server.config.remote_clients
                                     or is_loopback(self.client_ip)):
             refusal = "554 5.7.1 Access denied: this server accepts local clients only"
+        if refusal is None and not await self._dnsbl_allows():
+            refusal = "554 5.7.1 Access denied: client address is on a DNS blocklist"
         if refusal is None and await self._talks_first():
             refusal = "554 5.5.1 Protocol error: client sent data before the greeting"
         if refusal is not None:
@@ -320,6 +323,16 @@ class Session(AuthSession):
             return False
         self.move(State.COMMANDS)
         return True
+
+    async def _dnsbl_allows(self) -> bool:
+        """--dnsbl: False when enough blocklists list the client (intake.dnsbl)."""
+        config = self.server.config
+        if config.dnsbl is None or in_networks(self.client_ip, config.dnsbl_exempt):
+            return True
+        verdict = await dnsbl.check(config.dnsbl, self.client_ip)
+        self.server.log.info("dnsbl_checked", client=self.client_ip, allow=verdict.allow,
+                             reason=verdict.reason)
+        return verdict.allow
 
     async def _proxy_header(self) -> bool:
         """Read the PROXY header; the client it names becomes this session's client."""

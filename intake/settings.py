@@ -24,6 +24,7 @@ from common.tlsconfig import SYSTEM_CAS, parse_tls_config, server_context
 from common.workers import default_processes
 from intake.auth import Authenticator
 from intake.deliveryfilters import builtins as delivery_builtins
+from intake.dnsbl import LOCAL_NETWORKS, Dnsbl, parse_dnsbl
 from intake.filters import Verifier
 from intake.limits import Network, parse_networks
 from intake.sockets import default_backlog
@@ -60,6 +61,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("exempt-networks", "clients never held to the per-address and per-network limits, "
            "who may use the reserved connections ('none': no network)",
            ["127.0.0.0/8", "::1/128"], "list", metavar="NETWORK"),
+    Option("dnsbl", "DNS blocklists checked at connect, E-MailRelay's "
+           "zone[,zone...][,threshold[,timeout-ms[,dns-server]]]", None, metavar="CONFIG"),
+    Option("dnsbl-exempt-networks", "clients never checked against --dnsbl ('none': every "
+           "client is checked)", list(LOCAL_NETWORKS), "list", metavar="NETWORK"),
     Option("idle-timeout", "seconds a client may take for one command, or for DATA at less "
            "than --min-data-rate, before it is dropped", 300.0, "duration", metavar="DURATION"),
     Option("min-data-rate", "bytes a second a client must keep up to take longer than "
@@ -150,6 +155,8 @@ class IntakeConfig:
     reserved_connections: int = 20
     max_connections_per_network: int = 50
     exempt_networks: tuple[Network, ...] = DEFAULT_EXEMPT
+    dnsbl: Dnsbl | None = None
+    dnsbl_exempt: tuple[Network, ...] = parse_networks(LOCAL_NETWORKS)
     idle_timeout: float = 300.0
     min_data_rate: int = 500
     session_timeout: float = 1800.0
@@ -239,6 +246,15 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         exempt = parse_networks(n for n in settings.exempt_networks if n.lower() != "none")
     except ValueError as error:
         raise ConfigError(f"--exempt-networks: {error}") from None
+    try:
+        dnsbl = parse_dnsbl(settings.dnsbl) if settings.dnsbl else None
+    except ValueError as error:
+        raise ConfigError(f"--dnsbl: {error}") from None
+    try:
+        dnsbl_exempt = parse_networks(n for n in settings.dnsbl_exempt_networks
+                                      if n.lower() != "none")
+    except ValueError as error:
+        raise ConfigError(f"--dnsbl-exempt-networks: {error}") from None
     if settings.max_recipients < 1:
         raise ConfigError("--max-recipients must be at least 1")
     if not 0 <= settings.port < 65536:
@@ -304,6 +320,8 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
         reserved_connections=reserved,
         max_connections_per_network=settings.max_connections_per_network,
         exempt_networks=exempt,
+        dnsbl=dnsbl,
+        dnsbl_exempt=dnsbl_exempt,
         idle_timeout=settings.idle_timeout,
         min_data_rate=settings.min_data_rate,
         session_timeout=settings.session_timeout,

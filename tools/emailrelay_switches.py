@@ -99,8 +99,8 @@ SWITCHES: tuple[Switch, ...] = (
        "AUTH= on MAIL (scope: vrfy,server,content,client)", "scope"),
     _s("delivery-dir", None, REQUIRED, SERVER, "base directory for the mailboxes of "
        "--filter deliver:", "dir"),
-    _s("dnsbl", None, REQUIRED, SERVER, "DNSBL servers that refuse clients", "config",
-       refused="not in relay yet"),
+    _s("dnsbl", None, REQUIRED, SERVER, "DNSBL zones that refuse clients at connect: "
+       "zone[,zone...][,threshold[,timeout-ms[,dns-server]]]", "config"),
     _s("domain", "D", REQUIRED, SERVER, "this host's name in EHLO, greetings and Received "
        "(default: the host's fully qualified name)", "fqdn"),
     _s("filter", "z", REQUIRED, SERVER, "program run on each message as it is stored",

@@ -220,7 +220,7 @@ def plan(given: Given) -> Plan:
             result.smtp_listening.append((address, smtp_port))
         if on("remote-clients"):
             args.append("--remote-clients")
-        for name in ("domain", "size", "idle-timeout"):
+        for name in ("domain", "size", "idle-timeout", "dnsbl"):
             if has(name):
                 args += [f"--{name}", value(name) or ""]
         if has("anonymous"):
