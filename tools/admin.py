@@ -265,7 +265,10 @@ class AdminServer:
     """The admin interface on one port, served from daemon threads until `stop()`."""
 
     def __init__(self, port: int, settings: AdminSettings,
-                 interfaces: tuple[str, ...] = ("127.0.0.1", "::1")) -> None:
+                 interfaces: tuple[str, ...] = ("127.0.0.1", "::1"),
+                 listed_after: tuple[str, ...] = ()) -> None:
+        """*listed_after*: lines `status` lists after the admin addresses (the SMTP ones),
+        in place before the first client can ask."""
         self._servers: list[_Server] = []
         for host in interfaces:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -281,6 +284,7 @@ class AdminServer:
             port = port or int(server.server_address[1])  # port 0: the same one for all
             settings.listening.append(listen_text(host, int(server.server_address[1])))
         self.port = port
+        settings.listening.extend(listed_after)
         for server in self._servers:
             threading.Thread(target=server.serve_forever, name="admin", daemon=True).start()
 
@@ -341,7 +345,6 @@ def start_for_relay(port_text: str, *, spool_dir: str, forward_to: str | None,
         forward_once=None if deliver_command is None else forward_once_with(deliver_command),
     )
     interfaces = ("0.0.0.0", "::") if remote_clients else ("127.0.0.1", "::1")
-    server = AdminServer(int(port_text), settings, interfaces)
     # E-MailRelay's order: the admin addresses, then the SMTP ones
-    settings.listening.extend(listen_text(host, port) for host, port in smtp_listening)
-    return server
+    return AdminServer(int(port_text), settings, interfaces,
+                       tuple(listen_text(host, port) for host, port in smtp_listening))
