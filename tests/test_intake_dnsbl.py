@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from dnslib import QTYPE, RCODE, RR
-from dnslib.server import BaseResolver, DNSServer
+from dnslib.server import BaseResolver
+from support.dns import dns_server as running_dns_server
 from support.intake import IntakeProcess, IntakeThread, RawClient
-from support.sink import free_port
 
 from common.config import ConfigError
 from intake.dnsbl import Dnsbl, parse_dnsbl, query_name
@@ -43,11 +43,8 @@ class Blocklists(BaseResolver):  # type: ignore[misc]
 
 @pytest.fixture
 def dns_server() -> Iterator[str]:
-    port = free_port()
-    server = DNSServer(Blocklists(), port=port, address="127.0.0.1")
-    server.start_thread()
-    yield f"127.0.0.1:{port}"
-    server.stop()
+    with running_dns_server(Blocklists()) as address:
+        yield address
 
 
 def refused(port: int, source: str) -> bool:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from dnslib import QTYPE, RCODE, RR
-from dnslib.server import BaseResolver, DNSServer
+from dnslib.server import BaseResolver
 from support.deliver import run_once
+from support.dns import dns_server as running_dns_server
 from support.intake import IntakeThread
 from support.sink import Sink, free_port
 from support.spool import accepted
@@ -54,11 +55,8 @@ class Zone(BaseResolver):  # type: ignore[misc]
 
 @pytest.fixture
 def dns_server() -> Iterator[str]:
-    port = free_port()
-    server = DNSServer(Zone(), port=port, address="127.0.0.1")
-    server.start_thread()
-    yield f"127.0.0.1:{port}"
-    server.stop()
+    with running_dns_server(Zone()) as address:
+        yield address
 
 
 def routed(spool: Spool, forward_to: str) -> str:
