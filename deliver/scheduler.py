@@ -82,6 +82,7 @@ class Scheduler:
         self._pending: deque[str] = deque()
         self._attempted: set[str] = set()  # --once: each id at most once per run
         self._in_flight = 0
+        self._moved_since_scan = False  # --metrics: a message changed state since the last scan
         self._stopping = False
         self._scan_wanted = False
         self._flush_wanted = self.flush_at_start
@@ -217,6 +218,7 @@ class Scheduler:
 
     async def _scan_and_wait(self, next_flush: float, next_recover: float) -> None:
         """One scan (or flush), its ids to the workers, then sleep until a reason to look."""
+        self._moved_since_scan = False
         result = await self._scan()
         self._scanned(result)
         now = time.monotonic()
@@ -325,10 +327,13 @@ class Scheduler:
                     self._in_flight -= 1
                 self._count(handled.result)
                 self.last_activity = time.monotonic()
+                if handled.result in (Result.SENT, Result.DEFERRED, Result.FAILED):
+                    self._moved_since_scan = True
                 if handled.stop_scan:
                     self._pending.clear()  # client filter exit 102: stop this scan
                 if not self._pending and self._in_flight == 0:
                     self._idle.set()
+                    self._scan_for_gauges()
         finally:
             self.stats.connections += connection.connections_opened
             await asyncio.shield(connection.close())
@@ -345,6 +350,13 @@ class Scheduler:
             except TimeoutError:
                 await connection.close()
         return None
+
+    def _scan_for_gauges(self) -> None:
+        """--metrics: the workers fell idle after moving messages: scan once more, so the
+        queue gauges show the end of the burst. The watch wakes deliver for `.envelope`
+        names only, so without this a last `.bad` would show up at the next --poll."""
+        if self.metrics is not None and self._moved_since_scan and not self.once:
+            self.request_scan()
 
     def _count(self, result: Result) -> None:
         if result is Result.SENT:

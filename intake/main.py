@@ -92,7 +92,6 @@ async def run(
                                            server.health)
         except ConfigError as error:
             log.error("intake_not_started", reason=str(error))
-            print(f"{PROGRAM}: {error}", file=sys.stderr)
             return EX_CONFIG
     if sockets is None:
         try:

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from support.deliver import Deliver
-from support.metrics import fetch, scrape, value, wait_for_value
+from support.metrics import fetch, scrape, value, wait_for_value, wait_for_values
 from support.programs import DELIVER, program_env
 from support.sink import Sink, free_port
 from support.tools import emailrelay_envelope
@@ -36,22 +36,44 @@ def test_counters_match_what_was_sent(spool: Spool, sink: Sink) -> None:
         store(spool, 10, "no@b.test")
         store(spool, 11, "no@b.test")
         store(spool, 12, "later@b.test")
-        samples = wait_for_value(port, "relay_deliver_messages_forwarded_total", 10)
-        samples = wait_for_value(port, "relay_deliver_messages_deferred_total", 1,
-                                 reason_class="smtp_4xx")
-        samples = wait_for_value(port, "relay_queue_messages", 1, state="ready")
+        # The 13 go over 4 connections in any order, and the queue gauges are set by
+        # deliver's scans: wait for every counter's final value, then for one scan
+        # that saw the end state (a scan from before the last refusal says bad 1).
+        wait_for_value(port, "relay_deliver_messages_forwarded_total", 10)
+        wait_for_value(port, "relay_deliver_messages_failed_total", 2, reason_class="smtp_5xx")
+        wait_for_value(port, "relay_deliver_messages_deferred_total", 1,
+                       reason_class="smtp_4xx")
+        samples = wait_for_values(port, {("relay_queue_messages", (("state", "ready"),)): 1,
+                                         ("relay_queue_messages", (("state", "bad"),)): 2,
+                                         ("relay_queue_messages", (("state", "busy"),)): 0})
         assert value(samples, "relay_deliver_messages_failed_total",
                      reason_class="smtp_5xx") == 2
         assert value(samples, "relay_deliver_messages_deferred_total",
                      reason_class="connection") == 0
         assert value(samples, "relay_deliver_forward_seconds_count") == 13
         assert 0 < value(samples, "relay_deliver_forward_seconds_sum") < 13 * 2
-        assert value(samples, "relay_queue_messages", state="bad") == 2
         assert value(samples, "relay_smarthost_up") == 1
         assert value(samples, "relay_queue_oldest_message_age_seconds") >= 0
         assert len(sink.messages) == 10
         assert fetch(port, "/healthz") == (200, "ok\n")
         assert fetch(port, "/nothing")[0] == 404
+    finally:
+        deliver.stop()
+
+
+def test_queue_gauges_show_the_end_of_a_burst(spool: Spool, sink: Sink) -> None:
+    """A message refused after deliver's last scan (a `.bad` wakes no scan): the queue
+    gauges still say bad 1, ready 0 soon after, not only at the next --poll (60 s)."""
+    port = free_port()
+    sink.behaviour.rcpt_replies["no@b.test"] = "550 5.1.1 no such user"
+    sink.behaviour.stall_at_rcpt = 0.5  # the refusal comes well after the scan that found it
+    deliver = Deliver(spool, sink.address, "--metrics", f"127.0.0.1:{port}")
+    try:
+        store(spool, 1, "no@b.test")
+        wait_for_value(port, "relay_deliver_messages_failed_total", 1, reason_class="smtp_5xx")
+        wait_for_values(port, {("relay_queue_messages", (("state", "bad"),)): 1,
+                               ("relay_queue_messages", (("state", "ready"),)): 0,
+                               ("relay_queue_messages", (("state", "busy"),)): 0}, timeout=20)
     finally:
         deliver.stop()
 

@@ -39,18 +39,25 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return samples[key]
 
 
-def wait_for_value(port: int, name: str, wanted: float, timeout: float = 15.0,
-                   **labels: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def wait_for_value(port: int, name: str, wanted: float, timeout: float = 30.0,
+                   **labels: str) -> Samples:
     """Scrape until *name*{labels} == *wanted*; the last scrape."""
+    return wait_for_values(port, {(name, tuple(sorted(labels.items()))): wanted}, timeout)
+
+
+def wait_for_values(port: int, wanted: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+                    timeout: float = 30.0) -> Samples:
+    """Scrape until one scrape has every (name, sorted labels) -> value of *wanted* at once
+    (gauges set by the same scan agree only within one scrape); that scrape."""
     deadline = time.monotonic() + timeout
     while True:
         samples = scrape(port)
-        try:
-            if value(samples, name, **labels) == wanted:
-                return samples
-        except KeyError:
-            pass
+        if all(samples.get(key) == value for key, value in wanted.items()):
+            return samples
         if time.monotonic() > deadline:
-            raise AssertionError(f"{name}{labels} never became {wanted}: "
-                                 f"{ {k: v for k, v in samples.items() if k[0] == name} }")
+            have = {key: samples.get(key) for key in wanted}
+            raise AssertionError(f"never all of {wanted}: the last scrape had {have}")
         time.sleep(0.1)
