@@ -71,14 +71,71 @@ def _trust(context: ssl.SSLContext, cas: str, option: str) -> None:
         raise ConfigError(f"--{option}: {cas}: cannot load: {error}") from None
 
 
+class _PassPhraseWanted(Exception):
+    """OpenSSL asked for a pass phrase: the key is encrypted (never prompt on a terminal)."""
+
+
+def _no_pass_phrase() -> str:
+    raise _PassPhraseWanted
+
+
 def _certificate(context: ssl.SSLContext, certificate: str, key: str | None,
                  option: str) -> None:
     try:
-        context.load_cert_chain(certificate, key)
+        context.load_cert_chain(certificate, key, password=_no_pass_phrase)
+    except _PassPhraseWanted:
+        raise ConfigError(f"--{option}: the private key in {key or certificate} is encrypted:"
+                          " relay needs it without a pass phrase") from None
     except FileNotFoundError as error:
         raise ConfigError(f"--{option}: {error.filename or certificate}: no such file") from None
-    except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"--{option}: cannot load: {error}") from None
+    except ssl.SSLError as error:  # before OSError: it is one
+        raise ConfigError(f"--{option}: {_pem_problem(certificate, key, error)}") from None
+    except OSError as error:
+        raise ConfigError(f"--{option}: {_unreadable(certificate, key, error)}") from None
+
+
+def _unreadable(certificate: str, key: str | None, error: OSError) -> str:
+    """Which of the files cannot be read, and why, in words."""
+    for path in (certificate, key):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as file:
+                file.read(1)
+        except OSError as reading:
+            return f"{path}: cannot read: {reading.strerror or reading}"
+    return f"cannot load: {error.strerror or error}"
+
+
+def _pem_problem(certificate: str, key: str | None, error: ssl.SSLError) -> str:
+    """What is wrong with the PEM files OpenSSL refused, said plainly; OpenSSL's own
+    words (often only "PEM lib") when nothing more can be found out."""
+    # OpenSSL's "PEM lib" says nothing a reader can use; anything else goes along.
+    openssl = "" if "PEM lib" in str(error) else f" (OpenSSL: {error})"
+    key_file = key or certificate
+    if error.reason == "KEY_VALUES_MISMATCH":
+        return (f"the private key in {key_file} does not match the certificate in "
+                f"{certificate}")
+    try:
+        with open(certificate, "rb") as file:
+            cert_text = file.read().decode("ascii", "replace")
+        with open(key_file, "rb") as file:
+            key_text = file.read().decode("ascii", "replace")
+    except OSError as reading:
+        return f"{reading.filename}: cannot read: {reading.strerror or reading}"
+    if "-----BEGIN CERTIFICATE-----" not in cert_text:
+        what = "a private key but" if "PRIVATE KEY-----" in cert_text else "not a PEM file:"
+        return (f"{certificate} is not a certificate: {what} no '-----BEGIN CERTIFICATE-----'"
+                " block")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=cert_text)
+    except ssl.SSLError:
+        return f"{certificate}: the certificate is damaged (its PEM does not decode){openssl}"
+    if "PRIVATE KEY-----" not in key_text:
+        where = key_file if key else f"{certificate} (and no separate key file was given)"
+        return f"no private key in {where}"
+    return (f"the private key in {key_file} cannot be loaded: damaged, or a kind OpenSSL"
+            f" does not know{openssl}")
 
 
 class _NamedClientContext(ssl.SSLContext):

@@ -49,7 +49,8 @@ def test_a_good_configuration_passes_and_nothing_starts(spool: Spool) -> None:
 @pytest.mark.parametrize(("program", "args", "said"), [
     ("relay-intake", ["--spool-dir", "{missing}"], "spool directory {missing} does not exist"),
     ("relay-intake", ["--server-auth", "{bad_secrets}"], "line 1: too few fields"),
-    ("relay-intake", ["--server-tls-certificate", "{not_pem}"], "--server-tls-certificate"),
+    ("relay-intake", ["--server-tls-certificate", "{not_pem}"],
+     "--server-tls-certificate: {not_pem} is not a certificate"),
     ("relay-intake", ["--filter", "/nonexistent/filter"], "is not an executable file"),
     ("relay-deliver", ["--client-auth", "/nonexistent/secrets"], "No such file or directory"),
     ("relay-deliver", ["--client-filter", "/nonexistent/filter"], "is not an executable file"),
