@@ -12,8 +12,11 @@ group in SYSCONFDIR, SYSCONFDIR/relay.toml (only if there is none: an existing o
 overwritten), and the spool directory, mode 0700, owned by the relay user (created with
 useradd when it is missing and this runs as root on the real system). Every path can be put
 under DESTDIR for packaging. What it wrote (outside the virtualenv) is listed in
-PREFIX/share/relay/installed-files, which uninstall reads: it removes those files and the
-virtualenv, and keeps relay.toml, the spool and the logs (it says so).
+PREFIX/share/relay/installed-files, with the directories install created (for the
+programs, the man pages, the units, the configuration and the run directory; ones that were
+there before are not listed), which uninstall reads: it removes those files and the
+virtualenv, then each listed directory that is empty, and keeps relay.toml, the spool and
+the logs (it says so).
 """
 
 from __future__ import annotations
@@ -89,11 +92,21 @@ def make_venv(layout: Layout) -> None:
                     script.write_bytes(data.replace(layout.destdir.encode(), b""))
 
 
+def make_directories(layout: Layout, written: list[Path], path: Path) -> None:
+    """Make directory *path* (under DESTDIR) and its missing parents; list those it made in
+    *written*, so that uninstall removes them again (only those, and only when empty)."""
+    missing = path
+    while not layout.real(missing).exists() and missing != missing.parent:
+        written.append(missing)
+        missing = missing.parent
+    layout.real(path).mkdir(parents=True, exist_ok=True)
+
+
 def write(layout: Layout, written: list[Path], path: Path, text: str, *, mode: int = 0o644,
           keep: bool = False) -> None:
     """Write *text* to *path* (under DESTDIR); with *keep*, an existing file stays as it is."""
     real = layout.real(path)
-    real.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(layout, written, path.parent)
     if keep and real.exists():
         say(f"{path} exists: kept as it is")
         return
@@ -221,9 +234,15 @@ def ensure_user(layout: Layout) -> None:
     say(f"created the system user {layout.user}")
 
 
-def make_directory(layout: Layout, path: Path, mode: int) -> None:
+def make_directory(layout: Layout, path: Path, mode: int,
+                   written: list[Path] | None = None) -> None:
+    """A directory the relay user owns; with *written*, listed for uninstall (not the spool
+    and the logs: those are kept)."""
     real = layout.real(path)
-    real.mkdir(parents=True, exist_ok=True)
+    if written is None:
+        real.mkdir(parents=True, exist_ok=True)
+    else:
+        make_directories(layout, written, path)
     os.chmod(real, mode)
     if os.geteuid() == 0:
         try:
@@ -233,14 +252,25 @@ def make_directory(layout: Layout, path: Path, mode: int) -> None:
         os.chown(real, entry.pw_uid, entry.pw_gid)
 
 
+def earlier_directories(layout: Layout) -> list[Path]:
+    """The directories an earlier install made (from its list): a reinstall finds them there
+    already, and they are still install's to remove."""
+    manifest = layout.real(layout.prefix / MANIFEST)
+    if not manifest.exists():
+        return []
+    return [Path(line) for line in manifest.read_text().splitlines()
+            if layout.real(Path(line)).is_dir() and not layout.real(Path(line)).is_symlink()]
+
+
 def install(layout: Layout) -> None:
-    written: list[Path] = []
+    written = earlier_directories(layout)
+    make_directories(layout, written, layout.prefix)
     make_venv(layout)
     say(f"relay installed in {layout.venv}")
     real_bin = layout.real(layout.bin)
-    real_bin.mkdir(parents=True, exist_ok=True)
+    make_directories(layout, written, layout.bin)
     man1 = layout.prefix / "share" / "man" / "man1"
-    layout.real(man1).mkdir(parents=True, exist_ok=True)
+    make_directories(layout, written, man1)
     version = subprocess.run([str(layout.real(layout.venv) / "bin" / "python"), "-c",
                               "from importlib.metadata import version; print(version('relay'))"],
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -272,13 +302,14 @@ def install(layout: Layout) -> None:
     ensure_user(layout)
     make_directory(layout, layout.spool_dir, 0o700)
     make_directory(layout, layout.logdir, 0o750)
-    make_directory(layout, layout.rundir, 0o750)
+    make_directory(layout, layout.rundir, 0o750, written)
     if os.geteuid() == 0 and layout.real(layout.config) in [layout.real(p) for p in written]:
         with contextlib.suppress(KeyError):
             os.chown(layout.real(layout.config), 0, grp.getgrnam(group_of(layout.user)).gr_gid)
     manifest = layout.prefix / MANIFEST
+    make_directories(layout, written, manifest.parent)
     written.append(manifest)
-    write(layout, [], manifest, "".join(f"{path}\n" for path in written))
+    write(layout, [], manifest, "".join(f"{path}\n" for path in dict.fromkeys(written)))
     say(f"units in {layout.unitdir}, {layout.sysconfdir}/supervisord.conf,"
         f" spool {layout.spool_dir} (0700, {layout.user})")
     if not layout.forward_to:
@@ -290,7 +321,8 @@ def uninstall(layout: Layout) -> None:
     if not manifest.exists():
         say(f"nothing to uninstall: no {manifest}")
         return
-    kept = {layout.config}
+    kept = {layout.config, layout.spool_dir, layout.logdir}
+    directories: list[Path] = []
     for line in manifest.read_text().splitlines():
         path = Path(line)
         if path in kept:
@@ -298,13 +330,13 @@ def uninstall(layout: Layout) -> None:
         real = layout.real(path)
         if real.is_symlink() or real.is_file():
             real.unlink()
+        elif real.is_dir():
+            directories.append(path)
     shutil.rmtree(layout.real(layout.venv), ignore_errors=True)
-    for directory in (layout.prefix / "share" / "man" / "man1", layout.prefix / "share" / "man",
-                      layout.prefix / "share" / "relay", layout.prefix / "share", layout.bin,
-                      layout.prefix):
-        real = layout.real(directory)
-        if real.is_dir() and not any(real.iterdir()):
-            real.rmdir()
+    # Deepest first; one that is not empty (something else is in it) stays.
+    for directory in sorted(directories, key=lambda path: len(path.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            layout.real(directory).rmdir()
     say(f"removed; kept {layout.config}, the spool {layout.spool_dir} and the logs"
         f" {layout.logdir} (remove them by hand if they are no longer wanted)")
 

@@ -53,8 +53,11 @@ def wait_for_status(supervisorctl: list[str], timeout: float = 30.0) -> str:
 def test_install_start_reinstall_uninstall(tmp_path: Path, sink: Sink) -> None:
     """Install, point relay.toml at a free port, start the installed programs through the
     installed supervisord.conf, relay one message to the sink; reinstall keeps relay.toml;
-    uninstall removes programs, man pages, units and supervisord.conf, keeps the rest."""
+    uninstall removes programs, man pages, units and supervisord.conf and the empty
+    directories install made (even after the reinstall found them there), keeps the rest
+    and a directory that was there before."""
     root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)  # there before: RUNDIR's parent, not install's
     output = make("install", root, f"FORWARD_TO={sink.address}").stdout
     prefix = root / "opt" / "relay"
     assert "9 programs in" in output
@@ -119,6 +122,8 @@ def test_install_start_reinstall_uninstall(tmp_path: Path, sink: Sink) -> None:
     assert not (root / "etc" / "systemd" / "system" / "relay-intake.service").exists()
     assert not conf.exists()
     assert config.exists() and spool.is_dir()
+    assert not (root / "run" / "relay").exists() and (root / "run").is_dir()
+    assert not (root / "etc" / "systemd").exists()
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
