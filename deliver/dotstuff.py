@@ -16,12 +16,16 @@ content byte for byte except for RFC 5321's two rules:
 
 A slice with neither a bare line end nor a line starting with `.` (nearly every slice) is
 returned as it is: no copy. Otherwise only that slice is copied, never the whole message.
+`data_size(slices)` is what SIZE= announces for that content (RFC 1870: the message as
+sent, CRLFs included, the dots of transparency and the final dot line not): its length,
+one more byte per bare line end, and 2 for a CRLF ending an unfinished last line.
 No I/O: reads and writes nothing.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 CRLF = b"\r\n"
 END_OF_DATA = b".\r\n"
@@ -75,4 +79,23 @@ class DataEncoder:
         return out
 
 
-__all__ = ["END_OF_DATA", "DataEncoder"]
+def data_size(slices: Iterable[bytes]) -> int:
+    """The size of the message DataEncoder sends for this content, without the dots it adds
+    (counts only: no slice is copied)."""
+    size = 0
+    last = b""  # the previous slice's last byte
+    for piece in slices:
+        if not piece:
+            continue
+        crlf = piece.count(CRLF)
+        if last == b"\r" and piece.startswith(b"\n"):
+            crlf += 1  # a CRLF split between two slices: neither half is bare
+        # each bare CR and each bare LF is sent as two bytes
+        size += len(piece) + piece.count(b"\r") + piece.count(b"\n") - 2 * crlf
+        last = piece[-1:]
+    if last and last not in (b"\r", b"\n"):
+        size += len(CRLF)  # finish() ends the last line
+    return size
+
+
+__all__ = ["END_OF_DATA", "DataEncoder", "data_size"]

@@ -38,7 +38,7 @@ from common.compat_asyncio import set_read_size
 from common.logs import Logger
 from common.secrets import SecretsError, SecretsFile
 from deliver.clientauth import NoMechanism, authenticate
-from deliver.dotstuff import DataEncoder
+from deliver.dotstuff import DataEncoder, data_size
 from deliver.outcome import Attempt, Reply, Stage
 from spool import Envelope
 
@@ -151,7 +151,7 @@ class SmarthostConnection:
         accepted: list[str] = []
         refused: list[tuple[str, Reply]] = []
         if isinstance(content, bytes):
-            size = len(content)
+            size = data_size((content,))
             content = _slices(content)
         encoding = "utf-8" if envelope.utf8_mailbox_names else "ascii"
         # Addresses aiosmtplib cannot send as they are fail for good, before connecting.

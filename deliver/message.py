@@ -11,6 +11,7 @@ crashed worker.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -24,6 +25,7 @@ from common.logs import Logger
 from common.metrics import DeliverMetrics, reason_class
 from common.secrets import SecretsError, SecretsFile
 from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
+from deliver.dotstuff import data_size
 from deliver.forward import SLICE_SIZE, Route, SmarthostConnection
 from deliver.mxfilter import BUILTINS as MX_BUILTINS
 from deliver.outcome import Deferred, Failed, Reply, Sent, Stage, classify, next_attempt
@@ -182,6 +184,11 @@ class MessageHandler:
         unknown = self._unknown_account(route.account_selector)
         if unknown:  # never under another account, never without the one asked for
             return self._fail(claimed, envelope, unknown, None)
+        # SIZE= announces what is sent, and a bare CR or LF goes out as CRLF: one pass that
+        # only counts (a file written by intake has none). On a read fault, the file's size:
+        # sending reads it again and defers on the same fault.
+        with contextlib.suppress(OSError):
+            size = data_size(claimed.content_slices(SLICE_SIZE))
         started = time.monotonic()
         # The content is read slice by slice as it is sent: a big message is never held
         # whole (a read error on the way defers it; the smarthost never sees the dot).

@@ -151,6 +151,21 @@ def test_bare_line_ends_of_a_hand_dropped_file_are_sent_as_crlf(
             if line["event"] == "line_ends_normalised"] == [(message_id, 4)]
 
 
+@pytest.mark.parametrize("content", [
+    b"Subject: x\n\n.one\ntwo\rthree\r\n",  # bare LF and CR, a dot line
+    b"Subject: x\r\n\r\nno final line end",
+    b"Subject: x\r\n\r\n..two dots\r\n.\r\nlast\r",  # a bare CR at the very end
+    b"Subject: x\r\n\r\nclean\r\n",
+])
+def test_size_is_the_size_of_what_is_sent(spool: Spool, sink: Sink, content: bytes) -> None:
+    """MAIL FROM's SIZE= (RFC 1870: without the dots of transparency) is the number of bytes
+    the sink received, also when bare line ends went out as CRLF or a CRLF was added."""
+    spool.store(content, Envelope(sender="a@example.com", to_remote=("b@example.com",)))
+    assert run_once(spool, sink) == 0
+    (received,) = sink.messages
+    assert f"SIZE={len(received.data)}" in received.mail_options, received.mail_options
+
+
 def hand_written_envelope(path: Path, sender: str, *recipients: str) -> None:
     """An envelope as a person writes it (E-MailRelay's format, LF line ends)."""
     path.write_bytes(

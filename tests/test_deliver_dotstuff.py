@@ -10,11 +10,12 @@ before a line that starts with `.` or between the CR and the LF of a line end.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deliver.dotstuff import DataEncoder
+from deliver.dotstuff import DataEncoder, data_size
 from intake.data import DataCollector
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -87,6 +88,23 @@ def test_a_cut_before_every_dot_line(lines: list[bytes], last_without_crlf: bool
     assert unstuffed == content + (b"" if content.endswith(b"\r\n") or not content else b"\r\n")
 
 
+@settings(max_examples=1000, deadline=None)
+@given(content=_CONTENT, cut_fractions=st.lists(st.floats(0, 1), max_size=12))
+def test_data_size_is_the_size_the_smarthost_reads(content: bytes,
+                                                   cut_fractions: list[float]) -> None:
+    """data_size (SIZE=) of any content cut anywhere: the length of the message the
+    smarthost reads from the DATA, its dots of transparency taken off."""
+    cuts = [int(fraction * len(content)) for fraction in cut_fractions]
+    received, _after = read_as_smarthost(encode(content, cuts))
+    assert data_size(cut(content, cuts)) == len(received)
+
+
+def cut(content: bytes, cuts: list[int]) -> list[bytes]:
+    """*content* in the slices between *cuts*."""
+    bounds = [0, *sorted(set(cuts)), len(content)]
+    return [content[start:end] for start, end in pairwise(bounds)]
+
+
 def test_examples() -> None:
     """The edge cases by name: empty, no final CRLF, a lone CR at the end, CR|LF split."""
     assert encode(b"", []) == b".\r\n"
@@ -96,6 +114,7 @@ def test_examples() -> None:
     assert encode(b"a\r\n.b\r\n", [2]) == b"a\r\n..b\r\n.\r\n"  # cut between CR and LF
     assert encode(b"a\r\n.b\r\n", [3]) == b"a\r\n..b\r\n.\r\n"  # cut right before the dot
     assert encode(b"a\nb\rc\r\n", [1, 2, 4]) == b"a\r\nb\r\nc\r\n.\r\n"
+    assert data_size([b"a\r", b"\nb"]) == 6 and data_size([b""]) == 0  # CR|LF split; empty
 
 
 def test_a_clean_slice_is_sent_as_it_is() -> None:
