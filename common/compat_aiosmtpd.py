@@ -17,6 +17,7 @@ so intake's session uses only these names and an aiosmtpd upgrade is checked in 
 | `cancel_handler()` | `_handler_coroutine` |
 | `idle_timeout` | `_timeout_duration` |
 | `on_idle_timer()`, `restart_idle_timer()`, `drop_idle()` | `_timeout_cb`, `_timeout_handle` |
+| `idle_timer_rechecks` (class attribute) | `_reset_timeout` (called for every command line) |
 | `before_greeting()` | `_handle_client` (runs before it; False ends the session) |
 | `new_envelope()` | `_create_envelope` (called at connect, RSET, EHLO and after DATA) |
 | `parse_path()`, `general_path()` | `_getaddr` |
@@ -41,6 +42,14 @@ does not use (`command_call_limit`, `proxy_protocol_timeout`, `auth_callback`) a
 missing `hostname` take the full constructor. tests/test_compat_aiosmtpd_init.py builds
 connections both ways and compares every attribute.
 
+Per command, aiosmtpd moves its idle timer (a cancel and a new timer) and builds a copy of
+the line for two log calls that are usually off. A protocol class with
+`idle_timer_rechecks` (relay's session, whose `on_idle_timer` re-arms itself from its own
+idle clock) keeps the timer armed at connect; the module-level `sanitized_log` is replaced
+by one that returns at once when its line would not be logged. The handlers' hooks are
+bound once per handler object (relay has one for all connections) and the AUTH mechanisms'
+table on demand, like the commands'.
+
 aiosmtpd also logs two warnings of its own through its `mail.log` logger that say nothing
 to a relay operator (`SPURIOUS_LOG_LINES`): one from each full `SMTP.__init__` when AUTH is
 offered without TLS (relay says so once, at start: `auth_insecure`), and one on every successful
@@ -55,6 +64,7 @@ import asyncio
 import collections
 import logging
 import ssl
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -81,6 +91,23 @@ class _DropSpurious(logging.Filter):
 
 logging.getLogger(AIOSMTPD_LOGGER).addFilter(_DropSpurious())
 
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_sanitized_log = aiosmtpd_smtp.sanitized_log
+
+
+def _quiet_sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd's `sanitized_log` (two calls per command line read), which first builds a
+    copy of its arguments with AUTH secrets masked: now only when the line is logged."""
+    logger = getattr(func, "__self__", None)
+    level = _LEVELS.get(getattr(func, "__name__", ""))
+    if isinstance(logger, logging.Logger) and level is not None and \
+            not logger.isEnabledFor(level):
+        return
+    _sanitized_log(func, msg, *args, **kwargs)
+
+
+aiosmtpd_smtp.sanitized_log = _quiet_sanitized_log
+
 
 _FULL_ONLY = ("command_call_limit", "proxy_protocol_timeout", "auth_callback")
 
@@ -96,6 +123,9 @@ class _Tables:
 
 
 _tables: dict[tuple[type, type, tuple[str, ...]], _Tables] = {}
+# The handle_* hooks bound to one handler object: relay serves every connection with one
+# handler, so the table is the same for all of them (aiosmtpd only reads it).
+_hooks: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 class _Commands(Mapping[str, Any]):
@@ -120,6 +150,31 @@ class _Commands(Mapping[str, Any]):
         return len(self._names)
 
 
+class _AuthMethods(Mapping[str, Any]):
+    """`_auth_methods` bound on demand: most connections never send AUTH."""
+
+    __slots__ = ("_handler", "_methods", "_owner")
+
+    def __init__(self, owner: SMTP, handler: Any,
+                 methods: tuple[tuple[str, str, bool], ...]) -> None:
+        self._owner = owner
+        self._handler = handler
+        self._methods = methods
+
+    def __getitem__(self, mechanism: str) -> Any:
+        for name, method, own in self._methods:
+            if name == mechanism:
+                return aiosmtpd_smtp._AuthMechAttr(
+                    getattr(self._owner if own else self._handler, method), own)
+        raise KeyError(mechanism)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _method, _own in self._methods)
+
+    def __len__(self) -> int:
+        return len(self._methods)
+
+
 def _learn(smtp: SMTP, handler: Any) -> _Tables:
     auth = []
     for mechanism, attribute in smtp._auth_methods.items():
@@ -131,6 +186,17 @@ def _learn(smtp: SMTP, handler: Any) -> _Tables:
         commands=tuple(smtp._smtp_methods),
         ehlo_hook_ver=smtp._ehlo_hook_ver,
     )
+
+
+def _bound_hooks(handler: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The handler's hooks by name, bound once per handler object."""
+    try:
+        hooks = _hooks.get(handler)
+    except TypeError:  # a handler that cannot be weakly referenced: bind them every time
+        return {name: getattr(handler, "handle_" + name) for name in names}
+    if hooks is None:
+        hooks = _hooks[handler] = {name: getattr(handler, "handle_" + name) for name in names}
+    return hooks
 
 
 def init_smtp(smtp: SMTP, handler: Any, **options: Any) -> None:
@@ -178,11 +244,9 @@ def init_smtp(smtp: SMTP, handler: Any, **options: Any) -> None:
     else:
         smtp._authenticator, smtp._auth_callback = None, aiosmtpd_smtp.login_always_fail
     smtp._auth_required = options.get("auth_required", False)
-    smtp._auth_methods = {
-        mechanism: aiosmtpd_smtp._AuthMechAttr(getattr(smtp if own else handler, name), own)
-        for mechanism, name, own in tables.auth
-    }
-    smtp._handle_hooks = {name: getattr(handler, "handle_" + name) for name in tables.hooks}
+    # Typed a dict by aiosmtpd, which only lists its keys (EHLO) and looks one up (AUTH).
+    smtp._auth_methods = cast("dict[str, Any]", _AuthMethods(smtp, handler, tables.auth))
+    smtp._handle_hooks = _bound_hooks(handler, tables.hooks)
     smtp._ehlo_hook_ver = tables.ehlo_hook_ver
     # Typed a dict by aiosmtpd, which only calls .get() and .items() on it.
     smtp._smtp_methods = cast("dict[str, Any]", _Commands(smtp, tables.commands))
@@ -236,6 +300,18 @@ class SMTPBase(SMTP):
     def idle_timeout(self) -> float:
         """The `timeout` given to the constructor."""
         return float(self._timeout_duration)
+
+    # True: on_idle_timer checks the session's own idle clock and re-arms itself for what is
+    # left, so the timer armed at connect need not be moved on every command (aiosmtpd
+    # cancels it and schedules a new one for each line read).
+    idle_timer_rechecks = False
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        handle: asyncio.TimerHandle | None = self._timeout_handle
+        if (self.idle_timer_rechecks and duration is None and handle is not None
+                and not handle.cancelled()):
+            return
+        super()._reset_timeout(duration)
 
     def _timeout_cb(self) -> None:
         self.on_idle_timer()

@@ -16,6 +16,7 @@ writes or logs anything.
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
@@ -26,6 +27,8 @@ IPV4_PREFIX = 24
 IPV6_PREFIX = 64
 
 
+# Per connection, for the same few addresses: asked of ipaddress once each.
+@functools.lru_cache(maxsize=4096)
 def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         address = ipaddress.ip_address(ip.split("%", maxsplit=1)[0])
@@ -36,6 +39,7 @@ def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
 def network_of(ip: str) -> str:
     """The client network that *ip* is counted in: its /24 (IPv4) or /64 (IPv6)."""
     address = _address(ip)

@@ -10,6 +10,7 @@ reply.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import re
 import time
@@ -41,6 +42,7 @@ def client_port(peer: object) -> int:
     return 0
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(ip: str) -> bool:
     """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback."""
     try:
@@ -64,6 +66,7 @@ def address_problem(address: str, *, smtputf8: bool) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # pure; MAIL and RCPT of every message ask it
 def path_problem(address: str, *, null_allowed: bool) -> str | None:
     """The 553 refusing a path that relay-deliver could not send on exactly as stored.
 

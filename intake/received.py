@@ -7,6 +7,7 @@ clock; reads and writes nothing. The HELO name has already been checked by
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ def protocol_name(*, extended: bool, tls: bool, authenticated: bool) -> str:
     return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
 
 
+@functools.lru_cache(maxsize=4096)
 def address_literal(ip: str) -> str:
     """The client address as an RFC 5321 address literal: [192.0.2.1] or [IPv6:2001:db8::1]."""
     try:

@@ -82,6 +82,8 @@ MOVES: dict[State, frozenset[State]] = {
 class Session(AuthSession):
     """One SMTP connection."""
 
+    idle_timer_rechecks = True  # on_idle_timer re-arms from the idle clock (intake.pace)
+
     def __init__(self, server: IntakeServer) -> None:
         config = server.config
         super().__init__(

@@ -271,7 +271,8 @@ class Spool:
                 continue
             try:
                 checkpoint("rename_envelope")
-                os.rename(message.new_path, self.envelope_path(message.message_id, State.READY))
+                os.rename(self.envelope_file(message.message_id, State.NEW),
+                          self.envelope_file(message.message_id, State.READY))
             except OSError as error:
                 message.discard()
                 results[position] = error
@@ -356,7 +357,7 @@ class MessageWriter:
         for _attempt in range(1000):
             message_id = _ids.next()
             try:
-                self._fd = os.open(spool.content_path(message_id), _CREATE_FLAGS, FILE_MODE)
+                self._fd = os.open(spool.content_file(message_id), _CREATE_FLAGS, FILE_MODE)
             except FileExistsError:
                 continue  # a clash with another process or an old file: bump seq
             break
@@ -388,8 +389,8 @@ class MessageWriter:
             os.close(self._fd)
             self._fd = -1
         data = envelope if isinstance(envelope, bytes) else format_envelope(envelope)
-        new_path = self.spool.envelope_path(self.message_id, State.NEW)
-        fd = os.open(new_path, _CREATE_FLAGS, FILE_MODE)
+        fd = os.open(self.spool.envelope_file(self.message_id, State.NEW), _CREATE_FLAGS,
+                     FILE_MODE)
         self._envelope_written = True
         try:
             _write_all(fd, data)

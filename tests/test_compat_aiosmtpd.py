@@ -22,6 +22,7 @@ from aiosmtpd.smtp import SMTP
 from support.intake import IntakeProcess, IntakeThread, RawClient
 from support.tls import client_context, server_files
 
+from common import compat_aiosmtpd
 from common.compat_aiosmtpd import AIOSMTPD_LOGGER, SPURIOUS_LOG_LINES
 from intake.session import STREAM_LIMIT, Session
 
@@ -48,6 +49,9 @@ CALLS = [
     ("connection_made", "seen_starttls = (self._original_transport is not None)"),
     ("connection_lost", "self._handler_coroutine.cancel()"),
     ("_reset_timeout", "self._timeout_cb"),
+    ("_handle_client", "self._reset_timeout()"),
+    ("_handle_client", "sanitized_log(log.info, "),
+    ("_handle_client", "sanitized_log(log.debug, "),
     ("_cb_client_connected", "self._reader = reader"),
     ("_cb_client_connected", "self._writer = writer"),
     ("_set_post_data_state", "self._create_envelope()"),
@@ -121,6 +125,41 @@ def test_the_idle_timer_reaches_relay(spool_dir: Path) -> None:
         started = time.monotonic()
         assert raw.reply().startswith("421 4.4.2 Idle timeout")
         assert time.monotonic() - started < 3
+
+
+def test_commands_keep_a_session_past_the_idle_timeout(spool_dir: Path) -> None:
+    """The idle timer armed at connect is not moved per command: when it fires it re-arms
+    from relay's idle clock, so a client sending a command now and then outlives
+    --idle-timeout several times over, and is dropped once it falls silent."""
+    with IntakeThread(spool_dir, "--idle-timeout", "1.5") as intake:
+        raw = RawClient(intake.port)
+        started = time.monotonic()
+        while time.monotonic() - started < 4.5:
+            assert raw.command(b"NOOP")[:3] == "250"
+            time.sleep(0.3)
+        silent = time.monotonic()
+        assert raw.reply().startswith("421 4.4.2 Idle timeout")
+        assert 1.0 < time.monotonic() - silent < 10
+
+
+def test_sanitized_log_copies_nothing_for_a_line_not_logged() -> None:
+    """aiosmtpd's sanitized_log is relay's guard: a line below the logger's level is not
+    passed on at all; one that is logged still has its AUTH secret masked."""
+    assert aiosmtpd.smtp.sanitized_log is not compat_aiosmtpd._sanitized_log
+    logger = logging.getLogger("relay.test.sanitized")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger.addHandler(Keep())
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    aiosmtpd.smtp.sanitized_log(logger.debug, "%r", b"AUTH PLAIN c2VjcmV0\r\n")
+    assert seen == []
+    aiosmtpd.smtp.sanitized_log(logger.info, "%r", b"AUTH PLAIN c2VjcmV0\r\n")
+    assert seen == [repr(b"AUTH PLAIN ********\r\n")]
 
 
 def test_starttls_is_not_a_new_connection(spool_dir: Path, tmp_path: Path,
