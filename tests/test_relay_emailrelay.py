@@ -292,10 +292,16 @@ def test_user_nobody_runs_every_program_and_filter_as_nobody(workdir: Path, sink
     storage = [p for worker in workers for p in children(worker)
                if "storage_process" in command_line(p)]
     assert storage
-    for pid in (*workers, *storage, daemon.program("deliver.main")):
+
+    def uids(pid: int) -> list[str]:
         status = Path(f"/proc/{pid}/status").read_text()
-        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-        assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4, command_line(pid)
+        return next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+
+    # A storage process switches as its first step, before it reads a message: on a busy
+    # machine that can be a moment after intake_started.
+    for pid in (*workers, *storage, daemon.program("deliver.main")):
+        assert wait_until(lambda pid=pid: uids(pid) == [str(nobody.pw_uid)] * 4, 10), \
+            command_line(pid)
     sink.behaviour.mail_reply = "451 hold it"
     send(daemon.port)
     assert wait_until(lambda: (queue / "filter-uid").exists(), 10)
