@@ -10,12 +10,13 @@ E-MailRelay 2.6.1 made (kept below, from a run of the real binary).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import smtplib
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,15 +60,55 @@ EMAILRELAY_RECORD = [
 ]
 
 
+def _script(path: Path, text: str) -> Path:
+    """*text* as an executable script at *path*."""
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def _spool(work: Path) -> Path:
+    spool = work / "spool"
+    spool.mkdir(mode=0o700)
+    return spool
+
+
+@contextlib.contextmanager
+def _emailrelay_server(work: Path, spool: Path, *switches: str) -> Iterator[int]:
+    """The real `emailrelay --as-server` on a free 127.0.0.1 port with *switches*, started
+    in *work* (as root: --user root, so its filters run as the test's); its port, once it
+    answers; stopped on the way out."""
+    port = free_port()
+    argv = [str(EMAILRELAY), "--as-server", "--no-daemon", "--port", str(port), "--interface",
+            "127.0.0.1", "--spool-dir", str(spool), *switches, "--pid-file", str(work / "pid")]
+    if os.geteuid() == 0:
+        argv += ["--user", "root"]
+    process = subprocess.Popen(argv, cwd=work, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _wait_for(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "emailrelay did not start"
+            time.sleep(0.1)
+
+
 def _setup(work: Path) -> tuple[Path, Path, Path, Path]:
     records = work / "records"
     records.mkdir()
-    programs = []
-    for name in ("filter", "verifier"):
-        path = work / name
-        path.write_text(RECORDER.format(dir=records))
-        path.chmod(0o755)
-        programs.append(path)
+    programs = [_script(work / name, RECORDER.format(dir=records))
+                for name in ("filter", "verifier")]
     secrets = work / "secrets"
     secrets.write_text("server plain alice secret\nserver none 127.0.0.2 trustkw\n")
     return records, programs[0], programs[1], secrets
@@ -100,8 +141,7 @@ def _read(records: Path, spool: Path, cwd: Path) -> list[list[str]]:
 
 def _relay_record(work: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     records, filter_, verifier, secrets = _setup(work)
-    spool = work / "spool"
-    spool.mkdir(mode=0o700)
+    spool = _spool(work)
     monkeypatch.chdir(work)
     with IntakeThread(spool, "--filter", str(filter_), "--address-verifier", str(verifier),
                       "--server-auth", str(secrets), "--server-auth-insecure") as intake:
@@ -119,30 +159,11 @@ def test_relay_passes_what_emailrelay_passes(tmp_path: Path,
 def test_the_kept_record_is_what_emailrelay_does_today(tmp_path: Path) -> None:
     """The real E-MailRelay, run the same way, makes the record kept in this file."""
     records, filter_, verifier, secrets = _setup(tmp_path)
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
-    port = free_port()
-    argv = [str(EMAILRELAY), "--as-server", "--no-daemon", "--port", str(port),
-            "--interface", "127.0.0.1", "--spool-dir", str(spool), "--filter", str(filter_),
-            "--address-verifier", str(verifier), "--server-auth", str(secrets),
-            "--domain", "intake.test", "--pid-file", str(tmp_path / "pid")]
-    if os.geteuid() == 0:
-        argv += ["--user", "root"]
-    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "emailrelay did not start"
-                time.sleep(0.1)
+    spool = _spool(tmp_path)
+    with _emailrelay_server(tmp_path, spool, "--filter", str(filter_), "--address-verifier",
+                            str(verifier), "--server-auth", str(secrets),
+                            "--domain", "intake.test") as port:
         _sessions(port)
-    finally:
-        process.terminate()
-        process.wait(10)
     assert _read(records, spool, tmp_path) == EMAILRELAY_RECORD
 
 
@@ -197,15 +218,16 @@ def _expected() -> list[tuple[object, ...]]:
     return [expected for _code, _output, expected in FILTER_CASES]
 
 
-def test_filter_exits_answer_as_emailrelay(tmp_path: Path) -> None:
-    """Every exit-code class and <<...>> form: the reply and whether the message is kept."""
+def _filter_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     control = tmp_path / "control"
     control.mkdir()
-    script = tmp_path / "case-filter"
-    script.write_text(CASE_FILTER.format(dir=control))
-    script.chmod(0o755)
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
+    script = _script(tmp_path / "case-filter", CASE_FILTER.format(dir=control))
+    return control, script, _spool(tmp_path)
+
+
+def test_filter_exits_answer_as_emailrelay(tmp_path: Path) -> None:
+    """Every exit-code class and <<...>> form: the reply and whether the message is kept."""
+    control, script, spool = _filter_setup(tmp_path)
     with IntakeThread(spool, "--filter", str(script)) as intake:
         assert _filter_outcomes(intake.port, spool, control) == _expected()
 
@@ -213,34 +235,9 @@ def test_filter_exits_answer_as_emailrelay(tmp_path: Path) -> None:
 @pytest.mark.skipif(not os.access(EMAILRELAY, os.X_OK), reason="no E-MailRelay binary here")
 def test_the_kept_filter_answers_are_what_emailrelay_does_today(tmp_path: Path) -> None:
     """The real E-MailRelay gives the answers kept in FILTER_CASES."""
-    control = tmp_path / "control"
-    control.mkdir()
-    script = tmp_path / "case-filter"
-    script.write_text(CASE_FILTER.format(dir=control))
-    script.chmod(0o755)
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
-    port = free_port()
-    argv = [str(EMAILRELAY), "--as-server", "--no-daemon", "--port", str(port), "--interface",
-            "127.0.0.1", "--spool-dir", str(spool), "--filter", str(script),
-            "--pid-file", str(tmp_path / "pid")]
-    if os.geteuid() == 0:
-        argv += ["--user", "root"]
-    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "emailrelay did not start"
-                time.sleep(0.1)
+    control, script, spool = _filter_setup(tmp_path)
+    with _emailrelay_server(tmp_path, spool, "--filter", str(script)) as port:
         assert _filter_outcomes(port, spool, control) == _expected()
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 # (exit code, output) -> E-MailRelay 2.6.1's reply to RCPT (a run of the real binary).
@@ -280,12 +277,8 @@ def _verifier_replies(port: int, control: Path) -> list[str]:
 def _verifier_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     control = tmp_path / "control"
     control.mkdir()
-    script = tmp_path / "case-verifier"
-    script.write_text(CASE_VERIFIER.format(dir=control))
-    script.chmod(0o755)
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
-    return control, script, spool
+    script = _script(tmp_path / "case-verifier", CASE_VERIFIER.format(dir=control))
+    return control, script, _spool(tmp_path)
 
 
 def test_verifier_replies_are_emailrelays(tmp_path: Path) -> None:
@@ -299,31 +292,9 @@ def test_verifier_replies_are_emailrelays(tmp_path: Path) -> None:
 def test_the_kept_verifier_replies_are_what_emailrelay_does_today(tmp_path: Path) -> None:
     """The real E-MailRelay gives the RCPT replies kept in VERIFIER_CASES."""
     control, script, spool = _verifier_setup(tmp_path)
-    port = free_port()
-    argv = [str(EMAILRELAY), "--as-server", "--no-daemon", "--port", str(port), "--interface",
-            "127.0.0.1", "--spool-dir", str(spool), "--address-verifier", str(script),
-            "--filter-timeout", "1", "--pid-file", str(tmp_path / "pid")]
-    if os.geteuid() == 0:
-        argv += ["--user", "root"]
-    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(port)
+    with _emailrelay_server(tmp_path, spool, "--address-verifier", str(script),
+                            "--filter-timeout", "1") as port:
         assert _verifier_replies(port, control) == [c[2] for c in VERIFIER_CASES]
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _wait_for(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, "emailrelay did not start"
-            time.sleep(0.1)
 
 
 TIMEOUT_FILTER = "#!/bin/sh\nsleep 30\n"
@@ -338,11 +309,8 @@ def _timed_out_reply(port: int) -> tuple[int, bytes]:
 
 def test_a_timed_out_filter_is_answered_as_emailrelay(tmp_path: Path) -> None:
     """A filter past --filter-timeout: `452 error` (E-MailRelay's words), nothing kept."""
-    script = tmp_path / "slow-filter"
-    script.write_text(TIMEOUT_FILTER)
-    script.chmod(0o755)
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
+    script = _script(tmp_path / "slow-filter", TIMEOUT_FILTER)
+    spool = _spool(tmp_path)
     with IntakeThread(spool, "--filter", str(script), "--filter-timeout", "1") as intake:
         assert _timed_out_reply(intake.port) == (452, b"error")
     assert not list(spool.glob("*.envelope"))
@@ -351,25 +319,11 @@ def test_a_timed_out_filter_is_answered_as_emailrelay(tmp_path: Path) -> None:
 @pytest.mark.skipif(not os.access(EMAILRELAY, os.X_OK), reason="no E-MailRelay binary here")
 def test_emailrelay_answers_a_timed_out_filter_452_error(tmp_path: Path) -> None:
     """The real E-MailRelay's answer to a timed-out filter is `452 error`."""
-    script = tmp_path / "slow-filter"
-    script.write_text(TIMEOUT_FILTER)
-    script.chmod(0o755)
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
-    port = free_port()
-    argv = [str(EMAILRELAY), "--as-server", "--no-daemon", "--port", str(port), "--interface",
-            "127.0.0.1", "--spool-dir", str(spool), "--filter", str(script),
-            "--filter-timeout", "1", "--pid-file", str(tmp_path / "pid")]
-    if os.geteuid() == 0:
-        argv += ["--user", "root"]
-    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(port)
+    script = _script(tmp_path / "slow-filter", TIMEOUT_FILTER)
+    spool = _spool(tmp_path)
+    with _emailrelay_server(tmp_path, spool, "--filter", str(script),
+                            "--filter-timeout", "1") as port:
         assert _timed_out_reply(port) == (452, b"error")
-    finally:
-        process.terminate()
-        process.wait(10)
     assert not list(spool.glob("*.envelope"))
 
 
@@ -400,9 +354,7 @@ def _client_filter_outcomes(tmp_path: Path, sink: Sink, run: Callable[[Path, Pat
                             ) -> list[tuple[object, ...]]:
     control = tmp_path / "control"
     control.mkdir()
-    script = tmp_path / "case-client-filter"
-    script.write_text(CASE_CLIENT_FILTER.format(dir=control))
-    script.chmod(0o755)
+    script = _script(tmp_path / "case-client-filter", CASE_CLIENT_FILTER.format(dir=control))
     found: list[tuple[object, ...]] = []
     for number, (code, output, _expected) in enumerate(CLIENT_FILTER_CASES):
         (control / "code").write_text(str(code))
