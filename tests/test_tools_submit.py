@@ -278,3 +278,18 @@ def test_emailrelay_submit_refusals(spool_dir: Path, args: list[str], message: s
     """What relay-submit does not do of emailrelay-submit's exits 64 with the reason."""
     assert submit_in_process(spool_dir, args, b"x\n") == 64
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", sorted({*submit._SETS_TRUE, *submit._SETS_VALUE}))
+def test_each_table_flag_sets_its_field_and_only_that(flag: str) -> None:
+    """Each flag of relay-submit's tables sets the one Request field it names, to True or
+    to its value, and leaves every other field as it was."""
+    if flag in submit._SETS_TRUE:
+        name, argv, wanted = submit._SETS_TRUE[flag], [flag], True
+    else:
+        name, argv, wanted = submit._SETS_VALUE[flag], [flag, "v@x.test"], "v@x.test"
+    request = submit.parse_command_line([*argv, "r@x.test"])
+    default = submit.Request(recipients=["r@x.test"])
+    assert getattr(request, name) == wanted and getattr(default, name) != wanted
+    setattr(default, name, wanted)
+    assert request == default

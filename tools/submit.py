@@ -55,10 +55,23 @@ LONG_OPTIONS = ["spool-dir=", "config=", "domain=", "help", "version",
                 "from=", "to=", "input-file=", "verbose", "filename", "no-stdin", "content=",
                 "body", "content-date", "content-message-id=", "content-to", "content-from",
                 "auth=", "from-auth-in=", "from-auth-out=", "bcc-split", "copy"]
-_REFUSED_LONG = {
+_REFUSED = {
+    "-I": "-I (newaliases) is not supported",
     "--bcc-split": "--bcc-split is not in relay-submit yet (Bcc is removed; one message "
                    "goes to every recipient)",
     "--copy": "--copy: relay has one spool directory (no sub-directories to copy to)",
+}
+# The flags and switches that set one Request field: to True, or to their value
+# (tests/test_tools_submit.py checks that each names a field of that type).
+_SETS_TRUE = {
+    "-t": "extract_recipients", "-i": "ignore_dots", "--help": "help", "--version": "version",
+    "--no-stdin": "no_stdin", "--body": "body_only", "--content-to": "content_to",
+    "--content-from": "content_from", "--verbose": "print_path", "--filename": "print_name",
+}
+_SETS_VALUE = {
+    "-f": "sender", "-r": "sender", "-F": "full_name", "--from": "sender",
+    "--input-file": "input_file", "--auth": "authentication", "--from-auth-in": "from_auth_in",
+    "--from-auth-out": "from_auth_out",
 }
 
 SETTINGS = (
@@ -146,69 +159,33 @@ def parse_command_line(argv: Sequence[str]) -> Request:
         raise UsageError(str(error)) from None
     request = Request(recipients=list(arguments))
     for flag, value in options:
-        if flag == "-t":
-            request.extract_recipients = True
-        elif flag == "-i" or (flag == "-o" and value == "i"):
+        if flag in _SETS_TRUE:
+            setattr(request, _SETS_TRUE[flag], True)
+        elif flag in _SETS_VALUE:
+            setattr(request, _SETS_VALUE[flag], value)
+        elif flag in _REFUSED:
+            raise UsageError(_REFUSED[flag])
+        elif flag == "-o" and value == "i":
             request.ignore_dots = True
-        elif flag in ("-f", "-r"):
-            request.sender = value
-        elif flag == "-F":
-            request.full_name = value
         elif flag == "-b":
             if value not in SUPPORTED_MODES:
                 raise UsageError(f"-b{value} is not supported (only -bm and -bp)")
             request.list_queue = value == "p"
-        elif flag == "-I":
-            raise UsageError("-I (newaliases) is not supported")
-        elif flag == "--help":
-            request.help = True
-        elif flag == "--version":
-            request.version = True
         elif flag in ("--spool-dir", "--config", "--domain"):
             request.settings_argv += [flag, value]
-        else:
-            _emailrelay_switch(request, flag, value)
+        elif flag == "--to":
+            request.recipients.append(value)
+        elif flag == "--content":
+            try:
+                request.content_lines.append(base64.b64decode(value, validate=True))
+            except binascii.Error:
+                raise UsageError(f"--content: not base64: {value!r}") from None
+        elif flag == "--content-message-id":
+            request.message_id_domain = value or None
         # Everything else (-o..., -v, -N, -R, -V, -X, -C, -B, -L, -h, -O, -U, -G, -A, -d,
-        # -e, -p, -c, -m, -n, -s, -x, -4, -6) is accepted and deliberately ignored.
+        # -e, -p, -c, -m, -n, -s, -x, -4, -6; --content-date: a Date field is added
+        # whenever there is none, as it always is) is accepted and deliberately ignored.
     return request
-
-
-def _emailrelay_switch(request: Request, flag: str, value: str) -> None:
-    """One of emailrelay-submit's long switches."""
-    if flag in _REFUSED_LONG:
-        raise UsageError(_REFUSED_LONG[flag])
-    if flag == "--from":
-        request.sender = value
-    elif flag == "--to":
-        request.recipients.append(value)
-    elif flag == "--input-file":
-        request.input_file = value
-    elif flag == "--no-stdin":
-        request.no_stdin = True
-    elif flag == "--content":
-        try:
-            request.content_lines.append(base64.b64decode(value, validate=True))
-        except binascii.Error:
-            raise UsageError(f"--content: not base64: {value!r}") from None
-    elif flag == "--body":
-        request.body_only = True
-    elif flag == "--content-message-id":
-        request.message_id_domain = value or None
-    elif flag == "--content-to":
-        request.content_to = True
-    elif flag == "--content-from":
-        request.content_from = True
-    elif flag == "--auth":
-        request.authentication = value
-    elif flag == "--from-auth-in":
-        request.from_auth_in = value
-    elif flag == "--from-auth-out":
-        request.from_auth_out = value
-    elif flag == "--verbose":
-        request.print_path = True
-    elif flag == "--filename":
-        request.print_name = True
-    # --content-date: a Date field is added whenever there is none, as it always is.
 
 
 def login_name() -> str:
