@@ -41,10 +41,9 @@ from bench.common import (
 from bench.harness import (
     progress_time,
     run_loadgen,
-    start_deliver,
-    start_intake,
     start_null_server,
     start_postfix_sink,
+    start_relay,
 )
 from bench.postfix_sink import smtp_sink
 from spool import Envelope, Spool
@@ -83,9 +82,7 @@ def latency_round(ctx: Context, prefix: str, big: bool) -> tuple[list[float], fl
                     big_sink, big_port = start_null_server(ctx, logs, progress=1, expect=1,
                                                            name="big-sink")
                 running.append(big_sink)
-            intake, port = start_intake(ctx, spool, logs)
-            running.append(intake)
-            running.append(start_deliver(ctx, spool, sink_port, logs))
+            port, _deliver = start_relay(ctx, spool, sink_port, logs, running)
             offered: dict[str, Any] = {}
 
             def offer() -> None:

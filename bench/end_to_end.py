@@ -32,9 +32,9 @@ from bench.harness import (
     progress_time,
     run_loadgen,
     start_deliver,
-    start_intake,
     start_null_server,
     start_postfix_sink,
+    start_relay,
 )
 from bench.postfix_sink import smtp_sink
 
@@ -57,11 +57,8 @@ def end_to_end(ctx: Context, prefix: str) -> tuple[float, list[float]]:
                 ctx, logs, progress=50, record=record,
                 expect=latency_count if fast_sink else latency_count + count)
             running.append(sink)
-            intake, port = start_intake(ctx, spool, logs)
-            running.append(profiled(ctx, intake, "e2e-intake", profilers))
-            deliver = profiled(ctx, start_deliver(ctx, spool, sink_port, logs), "e2e-deliver",
-                               profilers)
-            running.append(deliver)
+            port, deliver = start_relay(ctx, spool, sink_port, logs, running,
+                                        profilers=profilers, profile_name="e2e")
             offered = run_loadgen(ctx, port, latency_count, logs, sessions=sizes.intake_sessions,
                                   size=sizes.message_size, rate=sizes.e2e_rate,
                                   prefix=f"{prefix}l", record=True)

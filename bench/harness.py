@@ -134,6 +134,22 @@ def start_deliver(ctx: Context, spool: Path, forward_port: int, logs: Path, *ext
                    logs / f"{name}.log", sample_memory=True)
 
 
+def start_relay(ctx: Context, spool: Path, sink_port: int, logs: Path, running: list[Process],
+                *intake_extra: str, profilers: list[Profiler] | None = None,
+                profile_name: str = "") -> tuple[int, Process]:
+    """relay-intake and relay-deliver on *spool*, deliver forwarding to 127.0.0.1:*sink_port*;
+    each appended to *running* as soon as it runs (so that it stops with the others), and
+    with *profilers*, profiled as PROFILE_NAME-intake and -deliver. Intake's port, deliver."""
+    intake, port = start_intake(ctx, spool, logs, *intake_extra)
+    running.append(intake)
+    deliver = start_deliver(ctx, spool, sink_port, logs)
+    running.append(deliver)
+    if profilers is not None:
+        profiled(ctx, intake, f"{profile_name}-intake", profilers)
+        profiled(ctx, deliver, f"{profile_name}-deliver", profilers)
+    return port, deliver
+
+
 def run_loadgen(ctx: Context, port: int, count: int, logs: Path, *, sessions: int, size: int,
                 rate: float = 0.0, prefix: str = "m", record: bool = False,
                 timeout: float = 300.0) -> dict[str, Any]:

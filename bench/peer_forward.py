@@ -36,9 +36,9 @@ from bench.harness import (
     progress_time,
     run_loadgen,
     start_deliver,
-    start_intake,
     start_null_server,
     start_postfix_sink,
+    start_relay,
 )
 from bench.peer_intake import RELAY_LIMITS
 from bench.peers import EmailRelay, Postfix, emailrelay_program, postfix_program
@@ -98,10 +98,8 @@ def start_forwarder(ctx: Context, system: str, sink_port: int, logs: Path,
     """*system* taking mail on a port and forwarding it to *sink_port*: the port and what
     stops it (relay's processes are appended to *running* and stop with it instead)."""
     if system == "relay":
-        spool = ctx.spool(f"{NAME}-relay")
-        intake, port = start_intake(ctx, spool, logs, *RELAY_LIMITS)
-        running.append(intake)
-        running.append(start_deliver(ctx, spool, sink_port, logs))
+        port, _deliver = start_relay(ctx, ctx.spool(f"{NAME}-relay"), sink_port, logs, running,
+                                     *RELAY_LIMITS)
         return port, lambda: None
     if system == "E-MailRelay":
         program = emailrelay_program()
