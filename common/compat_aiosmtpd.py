@@ -19,6 +19,7 @@ so intake's session uses only these names and an aiosmtpd upgrade is checked in 
 | `on_idle_timer()`, `restart_idle_timer()`, `drop_idle()` | `_timeout_cb`, `_timeout_handle` |
 | `idle_timer_rechecks` (class attribute) | `_reset_timeout` (called for every command line) |
 | `before_greeting()` | `_handle_client` (runs before it; False ends the session) |
+| `greeting` (constructor), `send_reply()` | `_handle_client`'s first `push`, the greeting |
 | `new_envelope()` | `_create_envelope` (called at connect, RSET, EHLO and after DATA) |
 | `parse_path()`, `general_path()` | `_getaddr` |
 | `parse_params()` | `_getparams` |
@@ -257,9 +258,12 @@ class SMTPBase(SMTP):
     """aiosmtpd's SMTP server protocol, its internals under the public names above."""
 
     def __init__(self, handler: Any, *, stream_limit: int, command_size_limit: int,
-                 **options: Any) -> None:
+                 greeting: str | None = None, **options: Any) -> None:
         # aiosmtpd's __init__ creates the StreamReader with limit=self.line_length_limit.
         self.line_length_limit = stream_limit
+        # aiosmtpd's greeting is always '220 HOSTNAME IDENT'; *greeting* replaces it whole.
+        self._greeting = greeting
+        self._greeting_due = False
         init_smtp(self, handler, **options)  # SMTP.__init__, its introspection done once
         # aiosmtpd keeps this dict on the class and grows it on every EHLO: keep our own.
         self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
@@ -332,7 +336,22 @@ class SMTPBase(SMTP):
 
     async def _handle_client(self) -> None:
         if await self.before_greeting():
+            self._greeting_due = self._greeting is not None
             await super()._handle_client()
+
+    async def push(self, status: str | bytes) -> None:
+        """Every reply aiosmtpd and relay send: the greeting given replaces aiosmtpd's."""
+        if self._greeting_due:
+            self._greeting_due = False
+            status = "220 " + str(self._greeting)
+        await self.send_reply(status)
+
+    async def send_reply(self, status: str | bytes) -> None:
+        """Write one reply (aiosmtpd's own push; relay's session has its own)."""
+        if isinstance(status, str):
+            await super().push(status)
+        else:
+            await super().push(status)
 
     async def before_greeting(self) -> bool:
         """Runs first in the session's task; False ends it (the session said why)."""

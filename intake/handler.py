@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.tlsconfig import peer_certificate_pem
 from intake.commit import abandoned_commit
+from intake.esmtp import international_address
 from intake.filters import FilterAction, VerifierOutcome, client_display, run_filters
 from intake.filters import VerifierVerdict as Verdict
 from intake.policy import address_problem, helo_problem, path_problem, storage_error_reply
@@ -51,15 +52,25 @@ class Handler:
         if problem:
             return [problem]
         session.host_name = hostname
-        lines = [line for line in responses[:-1]
-                 if self.config.authenticator is not None or not line.startswith("250-AUTH")]
-        return [*lines, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+        lines = [line for line in responses[:-1] if not line.startswith("250-AUTH")
+                 and (self.config.smtputf8 or line != "250-SMTPUTF8")]
+        if "server" in self.config.anonymous:
+            lines[0] = "250-smtp says hello"  # E-MailRelay's anonymous EHLO
+        mechanisms = smtp.auth_mechanisms()  # in E-MailRelay's order, not aiosmtpd's sorted
+        if mechanisms:
+            lines.append("250-AUTH " + " ".join(mechanisms))
+        if self.config.pipelining:
+            lines.append("250-PIPELINING")
+        return [*lines, "250-ENHANCEDSTATUSCODES", "250 HELP"]
 
     async def handle_MAIL(self, smtp: Session, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:
         parameters = smtp.mail_parameters
-        problem = (address_problem(address, smtputf8=parameters.smtputf8)
-                   or path_problem(address, null_allowed=True))
+        checked = self._international(address, parameters.smtputf8)
+        if isinstance(checked, str):
+            return checked
+        address, utf8 = checked
+        problem = path_problem(address, null_allowed=True)
         if problem:
             return problem
         refusal = self.server.space.refusal(parameters.size)
@@ -69,15 +80,27 @@ class Handler:
         if parameters.problem:
             return parameters.problem
         envelope.mail_from = address  # aiosmtpd's own sequencing (503 for a nested MAIL)
-        smtp.begin(Transaction("" if address == "<>" else address, parameters))
+        smtp.begin(Transaction("" if address == "<>" else address, parameters, utf8=utf8))
         return "250 2.1.0 OK"
+
+    def _international(self, address: str, smtputf8: bool) -> tuple[str, bool] | str:
+        """(the address to store, whether it makes the message SMTPUTF8), or the refusal:
+        controls never; non-ASCII as --utf8-without-smtputf8 says (intake.esmtp)."""
+        problem = address_problem(address, smtputf8=True)
+        if problem:
+            return problem
+        return international_address(address, smtputf8=smtputf8,
+                                     mode=self.config.utf8_without_smtputf8)
 
     async def handle_RCPT(self, smtp: Session, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
         transaction = smtp.transaction
         assert transaction is not None  # aiosmtpd answers 503 before MAIL
-        problem = (address_problem(address, smtputf8=transaction.parameters.smtputf8)
-                   or path_problem(address, null_allowed=False))
+        checked = self._international(address, transaction.parameters.smtputf8)
+        problem = checked if isinstance(checked, str) else None
+        if not isinstance(checked, str):
+            address, utf8 = checked
+            problem = path_problem(address, null_allowed=False)
         if problem:
             self.log.info("recipient_refused", client=smtp.client_ip, reason=problem[10:])
             return problem
@@ -103,7 +126,7 @@ class Handler:
                                  reason="the address verifier returned an address that "
                                  "cannot be forwarded")
                 return "553 5.1.3 Address from the address verifier cannot be forwarded"
-        transaction.add_recipient(stored, local=local)
+        transaction.add_recipient(stored, local=local, utf8=utf8)
         envelope.rcpt_tos.append(address)  # aiosmtpd's own sequencing
         return "250 2.1.5 OK"
 

@@ -56,12 +56,15 @@ def warn_about_configuration(config: IntakeConfig, log: Logger) -> None:
         log.warning(
             "auth_unavailable",
             reason="--server-auth without --server-tls-certificate: AUTH is never offered "
-            "(it needs TLS unless --server-auth-insecure), so only 'server none' clients "
-            "can send",
+            "(it needs TLS unless --server-auth-insecure or an m: list in "
+            "--server-auth-config), so only 'server none' clients can send",
         )
     if config.auth_insecure:
-        log.warning("auth_insecure", reason="AUTH is offered without TLS: passwords travel "
-                    "in clear text")
+        insecure = config.auth_lists.insecure
+        clear = [name for name in insecure if name in ("PLAIN", "LOGIN")]
+        log.warning("auth_insecure", mechanisms=",".join(insecure),
+                    reason="AUTH is offered without TLS" + (
+                        ": passwords travel in clear text" if clear else ""))
 
 
 async def run(

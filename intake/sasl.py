@@ -1,6 +1,9 @@
 """AUTH on one connection: PLAIN and LOGIN (aiosmtpd's), CRAM-MD5 (relay's), and the limits.
 
-`AuthSession` is the part of an intake session that answers AUTH. Credentials are checked
+`AuthSession` is the part of an intake session that answers AUTH. It offers and accepts
+the mechanisms of `config.auth_lists` (intake.esmtp: --server-auth-config, or relay-intake's
+default of every mechanism with TLS and none without): one not in the list for this
+connection is refused before aiosmtpd sees it (538 when TLS would allow it). Credentials are checked
 by `intake.auth.Authenticator` against the `--server-auth` secrets file, but never for an
 address that `intake.limits.AuthFailures` has blocked (454, without looking at the
 password: the check is made again just before the credentials are compared, so that
@@ -47,11 +50,41 @@ class AuthSession(SMTPBase):
             return True
         return False
 
+    @property
+    def secure(self) -> bool:
+        """The connection is encrypted (STARTTLS done, or --server-tls-connection)."""
+        return self.tls_active or self.server.config.tls_connection
+
+    def auth_mechanisms(self) -> tuple[str, ...]:
+        """The mechanisms EHLO offers and AUTH accepts on this connection now."""
+        if self.server.config.authenticator is None:
+            return ()
+        return self.server.config.auth_lists.offered(secure=self.secure)
+
+    def _not_offered(self, arg: str) -> str | None:
+        """The refusal of an AUTH whose mechanism this connection does not offer, or None."""
+        assert self.session is not None
+        if not arg or not self.session.extended_smtp or self.session.authenticated:
+            return None  # aiosmtpd's own answers (501, 500, 503)
+        offered = self.auth_mechanisms()
+        mechanism = arg.split(maxsplit=1)[0].upper()
+        if mechanism in offered:
+            return None
+        if not self.secure and mechanism in self.server.config.auth_lists.secure:
+            return "538 5.7.11 Encryption required for requested authentication mechanism"
+        if not offered:
+            return "502 5.5.1 AUTH not available"
+        return "504 5.5.4 Unrecognized authentication type"
+
     async def smtp_AUTH(self, arg: str) -> None:
         if self.server.config.authenticator is None:
             await self.push("502 5.5.1 AUTH not available")
             return
         assert self.session is not None
+        refusal = self._not_offered(arg)
+        if refusal is not None:
+            await self.push(refusal)
+            return
         already = bool(self.session.authenticated)
         self._auth_checked = self._auth_blocked = False
         if not already and self._blocked():

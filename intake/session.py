@@ -29,7 +29,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, AnyStr, cast
+from typing import TYPE_CHECKING, cast
 
 from common import compat_asyncio
 from common.compat_aiosmtpd import MISSING, Envelope, syntax
@@ -96,12 +96,13 @@ class Session(AuthSession):
             # without a hostname every connection does a blocking lookup; --anonymous=server
             # names neither this host nor the software
             hostname="smtp" if "server" in config.anonymous else config.domain,
-            ident="ESMTP" if "server" in config.anonymous else "ESMTP relay",
+            ident="ESMTP relay",
+            greeting="greeting" if "server" in config.anonymous else None,  # E-MailRelay's
             tls_context=None if config.tls_connection else config.tls_context,
             require_starttls=config.tls_required and not config.tls_connection,
             timeout=config.idle_timeout,
             auth_required=config.authenticator is not None,
-            auth_require_tls=not (config.auth_insecure or config.tls_connection),
+            auth_require_tls=False,  # intake.sasl offers and checks config.auth_lists
             authenticator=self.check_credentials,
             loop=asyncio.get_running_loop(),
         )
@@ -258,7 +259,7 @@ class Session(AuthSession):
         if self.transport is not None:
             self.transport.close()
 
-    async def push(self, status: AnyStr) -> None:
+    async def send_reply(self, status: str | bytes) -> None:
         """Send a reply; with PIPELINING, hold MAIL/RCPT/RSET replies while commands wait.
 
         RFC 2920 lets a server answer a group of pipelined commands together: when the
@@ -271,7 +272,7 @@ class Session(AuthSession):
         if self.server.metrics is not None:
             self._meter_reply(response)
         closing = self.close_after_reply or (self.server.stopping and not self.in_transaction)
-        if (self._command in _HOLDABLE and not closing
+        if (self._command in _HOLDABLE and not closing and self.server.config.pipelining
                 and compat_asyncio.has_line(self.reader)):
             self._held_replies.append(response + b"\r\n")
             return
@@ -397,6 +398,8 @@ class Session(AuthSession):
         await self._answer("RSET", "smtp_RSET", arg)
 
     def parse_path(self, arg: str) -> tuple[str | None, str | None]:
+        if self.server.config.angle_brackets and not arg.startswith("<"):
+            return None, None  # --require-angle-brackets: malformed (553 for MAIL, 501 RCPT)
         path = simple_path(arg, self.local_part_limit)
         address, rest = self.general_path(arg) if path is None else path
         if self._command == "MAIL" and address is not None:

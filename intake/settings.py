@@ -25,6 +25,7 @@ from common.workers import default_processes
 from intake.auth import Authenticator
 from intake.deliveryfilters import builtins as delivery_builtins
 from intake.dnsbl import LOCAL_NETWORKS, Dnsbl, parse_dnsbl
+from intake.esmtp import UTF8_MODES, AuthLists, auth_lists, available_mechanisms
 from intake.filters import Verifier
 from intake.limits import Network, parse_networks
 from intake.sockets import default_backlog
@@ -82,6 +83,16 @@ OPTIONS: tuple[Option, ...] = (
            "(the greeting and EHLO reply name no host nor software), 'vrfy' (VRFY is not "
            "answered), 'content' (no Received line); 'client' is accepted (relay-deliver "
            "never sends AUTH= on MAIL)", [], "list", metavar="SCOPE"),
+    Option("pipelining", "advertise PIPELINING and answer a pipelined group in one write "
+           "(--no-pipelining: each reply is sent at once)", True, "bool"),
+    Option("smtputf8", "advertise SMTPUTF8 (--no-smtputf8: not advertised; a client's "
+           "SMTPUTF8 parameter is still accepted, as by E-MailRelay)", True, "bool"),
+    Option("utf8-without-smtputf8", "a non-ASCII address without MAIL's SMTPUTF8 parameter: "
+           "'refuse' (553), 'domain' (a non-ASCII domain is stored in A-labels, a non-ASCII "
+           "local part is refused) or 'accept' (the message becomes an SMTPUTF8 one)",
+           "refuse", choices=UTF8_MODES),
+    Option("require-angle-brackets", "refuse MAIL FROM and RCPT TO addresses not in angle "
+           "brackets (E-MailRelay's strict parsing)", False, "bool"),
     Option("greeting-delay", "seconds to wait before the greeting; a client that talks first "
            "is refused (554). 0 refuses only what already arrived", 0.0, "duration",
            metavar="DURATION"),
@@ -98,6 +109,10 @@ OPTIONS: tuple[Option, ...] = (
            "trusts them)", None, metavar="FILE"),
     Option("server-auth-insecure", "offer AUTH without TLS too (passwords in clear text)",
            False, "bool"),
+    Option("server-auth-config", "E-MailRelay's AUTH mechanism lists: 'm:' (allowed) and "
+           "'x:' (denied) without TLS, 'a:' and 'd:' with TLS; without a: or d:, m: and x: "
+           "are for both (default: every mechanism with TLS, none without, unless "
+           "--server-auth-insecure)", None, metavar="CONFIG"),
     Option("server-tls-certificate", "PEM certificate chain for STARTTLS", None, metavar="FILE"),
     Option("server-tls-key", "PEM private key for STARTTLS (default: in the certificate file)",
            None, metavar="FILE"),
@@ -171,7 +186,11 @@ class IntakeConfig:
         default_factory=lambda: FilterRunner(builtins=SPLIT_BUILTINS))
     delivery_dir: str | None = None  # --delivery-dir, for deliver:
     authenticator: Authenticator | None = None
-    auth_insecure: bool = False
+    auth_lists: AuthLists = field(default_factory=AuthLists)  # without TLS, with it
+    pipelining: bool = True
+    smtputf8: bool = True  # advertised
+    utf8_without_smtputf8: str = "refuse"  # of intake.esmtp.UTF8_MODES
+    angle_brackets: bool = False  # --require-angle-brackets
     tls_context: ssl.SSLContext | None = None
     tls_required: bool = False
     tls_connection: bool = False  # --server-tls-connection: implicit TLS
@@ -188,6 +207,12 @@ class IntakeConfig:
     user: str | None = None
     ready_fd: int | None = None
     close_stderr: bool = False
+
+    @property
+    def auth_insecure(self) -> bool:
+        """AUTH is offered on connections without TLS."""
+        return (self.authenticator is not None and not self.tls_connection
+                and bool(self.auth_lists.insecure))
 
     @property
     def open_relay(self) -> bool:
@@ -223,6 +248,30 @@ def _interfaces(values: list[str]) -> list[str]:
     if not found:
         raise ConfigError("--interface: give at least one address")
     return found
+
+
+def _authentication(settings: argparse.Namespace) -> tuple[Authenticator | None, AuthLists]:
+    """--server-auth's authenticator and the mechanism lists (--server-auth-config)."""
+    if not settings.server_auth:
+        if settings.server_auth_config is not None:
+            raise ConfigError("--server-auth-config needs --server-auth")
+        return None, AuthLists()
+    try:
+        secrets = SecretsFile(str(resolve_path(settings.server_auth)))
+        kinds = {kind for kind, _ in secrets.get().server}
+    except (SecretsError, OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--server-auth: {error}") from None
+    available = available_mechanisms(plain="plain" in kinds, md5="md5" in kinds)
+    if settings.server_auth_config is not None:
+        if settings.server_auth_insecure:
+            raise ConfigError("--server-auth-insecure and --server-auth-config: give the "
+                              "mechanisms without TLS in --server-auth-config's m: list")
+        lists = auth_lists(settings.server_auth_config, available)
+    else:  # every mechanism with TLS; without, none unless --server-auth-insecure
+        lists = auth_lists("", available)
+        if not settings.server_auth_insecure:
+            lists = AuthLists(insecure=(), secure=lists.secure)
+    return Authenticator(secrets), lists
 
 
 def build_config(settings: argparse.Namespace) -> IntakeConfig:
@@ -263,12 +312,7 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
     domain = settings.domain or local_fqdn()
     if any(not (33 <= ord(c) <= 126) for c in domain):
         raise ConfigError(f"--domain: {domain!r} is not a host name")
-    authenticator = None
-    if settings.server_auth:
-        try:
-            authenticator = Authenticator(SecretsFile(str(resolve_path(settings.server_auth))))
-        except (SecretsError, OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"--server-auth: {error}") from None
+    authenticator, lists = _authentication(settings)
     tls_context = None
     if settings.server_tls_certificate:
         key = str(resolve_path(settings.server_tls_key)) if settings.server_tls_key else None
@@ -338,7 +382,11 @@ def build_config(settings: argparse.Namespace) -> IntakeConfig:
                                    settings.filter_timeout)
                           if settings.address_verifier else None),
         authenticator=authenticator,
-        auth_insecure=settings.server_auth_insecure,
+        auth_lists=lists,
+        pipelining=settings.pipelining,
+        smtputf8=settings.smtputf8,
+        utf8_without_smtputf8=settings.utf8_without_smtputf8,
+        angle_brackets=settings.require_angle_brackets,
         tls_context=tls_context,
         tls_required=settings.server_tls_required,
         tls_connection=settings.server_tls_connection,

@@ -90,11 +90,15 @@ class Transaction:
     to_remote: list[str] = field(default_factory=list)  # To-Remote
     recipients: int = 0  # RCPTs accepted, local and remote
     content: list[bytes] = field(default_factory=list)  # DATA, unstuffed, as it came
+    # A non-ASCII local part accepted without SMTPUTF8 (--utf8-without-smtputf8 accept):
+    # the message is stored as an SMTPUTF8 one, as E-MailRelay does.
+    utf8: bool = False
 
-    def add_recipient(self, address: str, *, local: bool) -> None:
-        """An accepted RCPT TO, with the address to store."""
+    def add_recipient(self, address: str, *, local: bool, utf8: bool = False) -> None:
+        """An accepted RCPT TO, with the address to store (*utf8*: it needs SMTPUTF8)."""
         (self.to_local if local else self.to_remote).append(address)
         self.recipients += 1
+        self.utf8 = self.utf8 or (utf8 and not local)
 
     def to_envelope(self, *, authentication: str, client: str) -> Envelope:
         """The spool envelope of this transaction."""
@@ -106,5 +110,5 @@ class Transaction:
             authentication=authentication,
             client=client,
             mail_from_auth_in=self.parameters.auth,
-            utf8_mailbox_names=self.parameters.smtputf8,
+            utf8_mailbox_names=self.parameters.smtputf8 or self.utf8,
         )

@@ -130,13 +130,15 @@ def test_log_switches_reach_every_program() -> None:
     assert timed.intake is not None and "--log-time" in timed.intake
 
 
-def test_server_auth_config_with_mechanisms_before_tls_offers_auth_without_tls() -> None:
-    """--server-auth-config m:plain allows AUTH before TLS; m:;a:plain does not."""
-    insecure = plan(parse(["-d", "-u", "root", "-S", "/s", "--server-auth-config", "m:plain"]))
-    secure = plan(parse(["-d", "-u", "root", "-S", "/s", "--server-auth-config", "m:;a:plain"]))
-    assert insecure.intake is not None and secure.intake is not None
-    assert "--server-auth-insecure" in insecure.intake
-    assert "--server-auth-insecure" not in secure.intake
+def test_server_auth_config_goes_to_intake_and_its_absence_offers_auth_without_tls() -> None:
+    """--server-auth-config reaches relay-intake as given; -S without it offers every
+    mechanism before TLS too (--server-auth-insecure), E-MailRelay's default."""
+    config = plan(parse(["-d", "-u", "root", "-S", "/s", "--server-auth-config", "m:;a:plain"]))
+    default = plan(parse(["-d", "-u", "root", "-S", "/s"]))
+    assert config.intake is not None and default.intake is not None
+    assert config.intake[config.intake.index("--server-auth-config") + 1] == "m:;a:plain"
+    assert "--server-auth-insecure" not in config.intake
+    assert "--server-auth-insecure" in default.intake
 
 
 def test_server_tls_certificate_twice_is_key_then_certificate() -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from common.process import DEFAULT_USER
 from tools import emailrelay_switches as table
+from tools.emailrelay_server import intake_options
 from tools.relay_args import Given, UsageError, parse
 from tools.relay_run import help_text, run, version_text
 
@@ -46,8 +47,6 @@ _LOG_FIELDS = ("time", "unit", "address", "port", "msgid")
 _RELAY_FORMATS = ("logfmt", "json", "console")
 _SMTP_FEATURES = {
     "client-smtp-config": ("pipelining", "smtputf8strict", "eightbitstrict", "binarymimestrict"),
-    "server-smtp-config": ("pipelining", "chunking", "smtputf8", "smtputf8strict",
-                           "nostrictparsing", "noalabels"),
 }
 
 
@@ -184,7 +183,8 @@ def plan(given: Given) -> Plan:
         common.append("--close-stderr")
     if has("localedir"):
         result.notes.append("--localedir: relay's messages are English only (nothing to load)")
-    for name in ("client-smtp-config", "server-smtp-config"):
+    server_options = intake_options(given, result.notes)  # -Z, --server-auth-config
+    for name in ("client-smtp-config",):
         for text in given.all(name):
             _features(name, text)
             result.notes.append(f"--{name}: accepted; relay's SMTP features are fixed "
@@ -234,9 +234,7 @@ def plan(given: Given) -> Plan:
         args += timeout_filter
         if paths["server-auth"]:
             args += ["--server-auth", paths["server-auth"][0]]
-        config = value("server-auth-config")
-        if config is not None and _mechanisms_before_tls(config):
-            args.append("--server-auth-insecure")
+        args += server_options
         certificates = paths["server-tls-certificate"]
         if on("server-tls") or on("server-tls-connection"):
             if not certificates:
@@ -314,15 +312,6 @@ def _client_args(given: Given, paths: dict[str, list[str]], forward_to: str,
         args += ["--client-tls-verify",
                  "system" if verify == "<default>" else paths["client-tls-verify"][0]]
     return args
-
-
-def _mechanisms_before_tls(config: str) -> bool:
-    """--server-auth-config: True when the 'm:' list (mechanisms without TLS) is not empty."""
-    for item in config.split(";"):
-        key, _, mechanisms = item.strip().partition(":")
-        if key.strip() == "m":
-            return any(word.strip() for word in mechanisms.split(","))
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

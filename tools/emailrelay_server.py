@@ -1,0 +1,74 @@
+"""`relay`'s reading of E-MailRelay's SMTP server protocol switches into relay-intake options.
+
+`--server-smtp-config` (`-Z`) is read as E-MailRelay 2.6.1 reads it: comma-separated items,
+each feature named alone, `+name` or `with-name` (on), `-name`, `noname` or `without-name`
+(off), `=name` (its default); an item it does not know is a warning, not an error. Each
+feature's default is E-MailRelay's, so `relay` without `-Z` serves what `emailrelay` does
+(PIPELINING, no SMTPUTF8 advertised, addresses in angle brackets, UTF-8 addresses taken
+without SMTPUTF8). `--server-auth-config` goes to relay-intake as it is; without it,
+`--server-auth` offers every mechanism with and without TLS, E-MailRelay's default; and it
+needs `--server-auth`, as there. Reads and writes nothing.
+"""
+
+from __future__ import annotations
+
+from intake.esmtp import unknown_mechanisms
+from tools.relay_args import Given, UsageError
+
+# Each feature of --server-smtp-config and E-MailRelay 2.6.1's default for it.
+SERVER_FEATURES = {
+    "strictparsing": True, "pipelining": True, "chunking": False, "smtputf8": False,
+    "smtputf8strict": False, "alabels": True, "linger": True,
+}
+_CHUNKING = ("--server-smtp-config: chunking: relay-intake has no CHUNKING (BDAT, "
+             "BINARYMIME): aiosmtpd reads commands line by line and relay-deliver forwards "
+             "with DATA, so a BINARYMIME message could not be sent on")
+
+
+def _switch(items: list[str], name: str, default: bool) -> bool:
+    """E-MailRelay's reading of one feature: the first form present wins and is used up."""
+    forms = ((name, True), (f"+{name}", True), (f"with-{name}", True), (f"-{name}", False),
+             (f"no{name}", False), (f"without-{name}", False), (f"={name}", default))
+    for form, value in forms:
+        if form in items:
+            items.remove(form)
+            return value
+    return default
+
+
+def server_features(texts: list[str]) -> tuple[dict[str, bool], list[str]]:
+    """Every feature's value from the -Z values given, and the items not understood."""
+    items = [item for text in texts for item in text.split(",") if item]
+    values = {name: _switch(items, name, default) for name, default in SERVER_FEATURES.items()}
+    return values, items
+
+
+def intake_options(given: Given, notes: list[str]) -> list[str]:
+    """relay-intake's options for -Z and --server-auth-config (UsageError: exit 64)."""
+    if given.has("server-auth-config") and not given.has("server-auth"):
+        raise UsageError("the --server-auth-config option requires --server-auth")
+    values, unknown = server_features(given.all("server-smtp-config"))
+    for item in unknown:
+        notes.append(f"--server-smtp-config: unknown item {item!r}, ignored (as E-MailRelay "
+                     "warns and goes on)")
+    if values["chunking"]:
+        raise UsageError(_CHUNKING)
+    if not values["linger"]:
+        notes.append("--server-smtp-config: nolinger: relay-intake closes connections "
+                     "normally (no reset)")
+    args = [] if values["pipelining"] else ["--no-pipelining"]
+    if not values["smtputf8"]:
+        args.append("--no-smtputf8")
+    args += ["--utf8-without-smtputf8", "domain" if values["smtputf8strict"] else "accept"]
+    if values["strictparsing"]:
+        args.append("--require-angle-brackets")
+    if given.has("server-auth"):
+        config = given.value("server-auth-config")
+        if config is None:  # E-MailRelay's default: every mechanism, with TLS or without
+            args.append("--server-auth-insecure")
+        else:
+            args += ["--server-auth-config", config]
+            for name in unknown_mechanisms(config):
+                notes.append(f"--server-auth-config: relay has no {name} (only CRAM-MD5, "
+                             "PLAIN and LOGIN): not offered")
+    return args
