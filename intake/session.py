@@ -398,8 +398,9 @@ class Session(AuthSession):
         await self._answer("RSET", "smtp_RSET", arg)
 
     def parse_path(self, arg: str) -> tuple[str | None, str | None]:
-        if self.server.config.angle_brackets and not arg.startswith("<"):
-            return None, None  # --require-angle-brackets: malformed (553 for MAIL, 501 RCPT)
+        if (self.server.config.angle_brackets and self._command in ("MAIL", "RCPT")
+                and not arg.startswith("<")):
+            return None, None  # --require-angle-brackets: a malformed address (553)
         path = simple_path(arg, self.local_part_limit)
         address, rest = self.general_path(arg) if path is None else path
         if self._command == "MAIL" and address is not None:

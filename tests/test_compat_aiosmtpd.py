@@ -46,6 +46,8 @@ CALLS = [
     ("__init__", "self._original_transport"),
     ("__init__", "self._handler_coroutine"),
     ("connection_made", "self._handle_client()"),
+    # the greeting is _handle_client's first push (SMTPBase's `greeting` replaces it)
+    ("_handle_client", "await self.push('220 {} {}'.format(self.hostname, self.__ident__))"),
     ("connection_made", "seen_starttls = (self._original_transport is not None)"),
     ("connection_lost", "self._handler_coroutine.cancel()"),
     ("_reset_timeout", "self._timeout_cb"),
