@@ -82,8 +82,10 @@ class AuthSession(SMTPBase):
             return
         assert self.session is not None
         refusal = self._not_offered(arg)
-        if refusal is not None:
+        if refusal is not None:  # a strike like any refused AUTH (a guesser before TLS too)
+            self._auth_checked = self._auth_blocked = False
             await self.push(refusal)
+            await self._refused()
             return
         already = bool(self.session.authenticated)
         self._auth_checked = self._auth_blocked = False
