@@ -33,6 +33,7 @@ import aiosmtplib
 import structlog
 from aiosmtplib.response import SMTPResponse
 
+from common import events
 from common.compat_aiosmtplib import send_data, wire_address
 from common.compat_asyncio import set_read_size
 from common.logs import Logger
@@ -279,6 +280,8 @@ class SmarthostConnection:
             start_tls=start_tls,
             tls_context=self._tls_context if start_tls is not False or use_tls else None,
         )
+        events.emit("network", "out", "start")  # E-MailRelay's events for `notify`
+        events.emit("client", "connecting", events.address_text(route.host, route.port))
         try:
             await smtp.connect(timeout=settings.connect_timeout)
             if smtp.is_ehlo_or_helo_needed:
@@ -291,8 +294,12 @@ class SmarthostConnection:
                 raise aiosmtplib.SMTPException("TLS is required but the smarthost offers none")
         except BaseException:
             smtp.close()
+            events.emit("network", "out", "stop")
             raise
         self.connections_opened += 1
+        peer = smtp.get_transport_info("peername")
+        events.emit("client", "connected", events.address_text(str(peer[0]), peer[1])
+                    if isinstance(peer, tuple) else events.address_text(route.host, route.port))
         set_read_size(smtp.transport, REPLY_READ_SIZE)  # replies are a few lines
         self._smtp, self._route, self._clean = smtp, route, True
         self._last_used = time.monotonic()
@@ -331,15 +338,19 @@ class SmarthostConnection:
         """Forget the connection after an error: the next message gets a fresh one."""
         if self._smtp is not None:
             self._smtp.close()
+            events.emit("network", "out", "stop")
         self._smtp, self._route, self._clean = None, None, False
 
     async def close(self) -> None:
         """QUIT politely (briefly), then close."""
         smtp, self._smtp, self._route = self._smtp, None, None
-        if smtp is not None and smtp.is_connected:
+        if smtp is None:
+            return
+        if smtp.is_connected:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(smtp.quit(), timeout=2.0)
             smtp.close()
+        events.emit("network", "out", "stop")
 
 
 class _AuthProblem(aiosmtplib.SMTPException):

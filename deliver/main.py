@@ -19,7 +19,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from common import check, eventloop
+from common import check, eventloop, events
 from common.check import CHECK_OPTION
 from common.config import ConfigError, load_settings
 from common.logs import Logger, close_stderr, setup_logging_from
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"{PROGRAM}: logging: {error}", file=sys.stderr)
         return os.EX_CONFIG
+    events.configure(settings.event_fd)
     metrics_server: MetricsServer | None = None
     try:
         config = build_config(settings)

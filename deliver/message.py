@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from common import events
 from common.config import ConfigError, split_host_port
 from common.filterspec import FilterRunner, Spec
 from common.logs import Logger
@@ -28,7 +29,16 @@ from deliver.clientfilter import REJECT_CODE, FilterVerdict, run_filters
 from deliver.dotstuff import data_size
 from deliver.forward import SLICE_SIZE, Route, SmarthostConnection
 from deliver.mxfilter import BUILTINS as MX_BUILTINS
-from deliver.outcome import Deferred, Failed, Reply, Sent, Stage, classify, next_attempt
+from deliver.outcome import (
+    Attempt,
+    Deferred,
+    Failed,
+    Reply,
+    Sent,
+    Stage,
+    classify,
+    next_attempt,
+)
 from deliver.remover import Remover
 from spool import Claim, Envelope, EnvelopeError, HostileFile, Spool, claim
 from spool.claims import DEFERRAL_KEY
@@ -190,10 +200,12 @@ class MessageHandler:
         with contextlib.suppress(OSError):
             size = data_size(claimed.content_slices(SLICE_SIZE))
         started = time.monotonic()
+        events.emit("client", "sending", message_id)  # E-MailRelay's events for `notify`
         # The content is read slice by slice as it is sent: a big message is never held
         # whole (a read error on the way defers it; the smarthost never sees the dot).
         attempt = await connection.transact(route, envelope, claimed.content_slices(SLICE_SIZE),
                                             size)
+        events.emit("client", "sent", message_id, _short_reason(attempt))
         if attempt.line_ends_normalised:  # a content file with bare CR or LF, sent as CRLF
             self.log.info("line_ends_normalised", msg_id=message_id,
                           count=attempt.line_ends_normalised)
@@ -359,4 +371,14 @@ def _os_reason(error: OSError) -> str:
     return error.strerror or str(error)
 
 
+def _short_reason(attempt: Attempt) -> str:
+    """What E-MailRelay's `sent` event says after the id: nothing when every recipient
+    took the message, else the reply's text without its code ("5.7.1 go away")."""
+    if attempt.stage is Stage.DONE and not attempt.refused:
+        return ""
+    reply = attempt.refused[0][1] if attempt.refused else attempt.reply
+    return " ".join(reply.text.split())
+
+
 __all__ = ["Handled", "MessageHandler", "Policy", "Result"]
+

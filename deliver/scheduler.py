@@ -32,6 +32,7 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from common import events
 from common.compat_watchdog import no_move_pairing_delay
 from common.logs import Logger
 from common.metrics import DeliverMetrics
@@ -94,6 +95,8 @@ class Scheduler:
         self._hint_pending = threading.Event()  # coalesces watchdog events across threads
         self._watch: _Watch | None = None
         self.last_activity = time.monotonic()  # a scan or a message handled (for /healthz)
+        self._why = "startup"  # why the next scan happens, for "client: forward: start"
+        self._forwarding = False
 
     # -- wake-ups (all may be called any number of times) -----------------------------
 
@@ -108,6 +111,7 @@ class Scheduler:
         For SIGUSR1, the trigger file and the admin interface; call in the loop's thread
         (`flush_threadsafe` from another)."""
         self._flush_wanted = True
+        self._why = "admin"
         self.request_scan()
 
     def flush_threadsafe(self) -> None:
@@ -128,6 +132,7 @@ class Scheduler:
 
     def _hint_arrived(self) -> None:
         self._hint_pending.clear()
+        self._why = self._why or "new message"
         self.request_scan()
 
     def stop(self) -> None:
@@ -170,6 +175,7 @@ class Scheduler:
             for task in still_running:
                 task.cancel()  # each releases its claim back to `.envelope` on the way out
             await asyncio.gather(*workers, return_exceptions=True)
+            self._went_idle()  # a pass cut short by the stop ends too
             # Every sent message is removed before the run ends (and --once counts what is
             # left), even if a worker was cancelled: its hand-overs happened before.
             remover = self.handler.remover
@@ -219,10 +225,13 @@ class Scheduler:
     async def _scan_and_wait(self, next_flush: float, next_recover: float) -> None:
         """One scan (or flush), its ids to the workers, then sleep until a reason to look."""
         self._moved_since_scan = False
+        why, self._why = self._why or "poll", ""
+        flushing = self._flush_wanted
         result = await self._scan()
         self._scanned(result)
         now = time.monotonic()
         self._pending = deque(i for i in result.due if not self.handler.held(i, now))
+        self._forward_started(why, flushing)
         if self._pending:
             self._work_ready.set()
         if self._backlog():
@@ -266,6 +275,7 @@ class Scheduler:
         while not self._stopping:
             if self.flush_at_start:
                 self._flush_wanted = True  # each pass of a flushing --once lists everything
+            why, self._why = self._why or "poll", ""
             result = await self._scan()
             self._scanned(result)
             due = [i for i in result.due if i not in self._attempted]
@@ -273,9 +283,26 @@ class Scheduler:
                 return
             self._attempted.update(due)
             self._pending = deque(due)
+            self._forward_started(why, False)
             self._idle.clear()
             self._work_ready.set()
             await self._idle.wait()
+
+    def _forward_started(self, why: str, flushing: bool) -> None:
+        """The events of a pass: start when work appears; an explicit flush of an empty
+        queue ends at once, as E-MailRelay's forward does ("no messages")."""
+        if self._pending and not self._forwarding:
+            self._forwarding = True
+            events.emit("client", "forward", "start", why)
+        elif not self._pending and not self._forwarding and flushing:
+            events.emit("client", "forward", "end", "no messages")
+
+    def _went_idle(self) -> None:
+        """Nothing pending and nothing in flight: the pass (if any) has ended."""
+        self._idle.set()
+        if self._forwarding:
+            self._forwarding = False
+            events.emit("client", "forward", "end")
 
     def _scanned(self, result: ScanResult) -> None:
         """A scan happened: the time for /healthz, the queue gauges for --metrics."""
@@ -332,7 +359,7 @@ class Scheduler:
                 if handled.stop_scan:
                     self._pending.clear()  # client filter exit 102: stop this scan
                 if not self._pending and self._in_flight == 0:
-                    self._idle.set()
+                    self._went_idle()
                     self._scan_for_gauges()
         finally:
             self.stats.connections += connection.connections_opened
@@ -343,7 +370,7 @@ class Scheduler:
             if self._pending:
                 return self._pending.popleft()
             if self._in_flight == 0:
-                self._idle.set()
+                self._went_idle()
             self._work_ready.clear()
             try:
                 await asyncio.wait_for(self._work_ready.wait(), IDLE_CLOSE_SECONDS)

@@ -24,6 +24,7 @@ from common.config import (
     resolve_path,
     split_host_port,
 )
+from common.events import EVENT_FD_OPTION
 from common.filterspec import Spec, parse_filter
 from common.process import CLOSE_STDERR_OPTION, READY_FD_OPTION, USER_OPTION, lookup_user
 from common.secrets import SecretsError, SecretsFile
@@ -100,6 +101,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="FILE"),
     USER_OPTION,
     READY_FD_OPTION,
+    EVENT_FD_OPTION,
     CLOSE_STDERR_OPTION,
     eventloop.EVENT_LOOP_OPTION,
 )

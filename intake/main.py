@@ -23,7 +23,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from common import check, eventloop
+from common import check, eventloop, events
 from common.config import ConfigError, load_settings
 from common.logs import Logger, close_stderr, setup_logging_from
 from common.metrics import IntakeMetrics, MetricsServer
@@ -165,6 +165,7 @@ def prepare(argv: list[str] | None) -> tuple[IntakeConfig, Spool, Logger]:
         log = setup_logging_from(PROGRAM, settings)
     except (OSError, ValueError) as error:
         raise ConfigError(f"logging: {error}") from None
+    events.configure(settings.event_fd)
     config = build_config(settings)
     spool = Spool(config.spool_dir)
     return config, spool, log

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from common import compat_asyncio
+from common import compat_asyncio, events
 from common.compat_aiosmtpd import MISSING, Envelope, syntax
 from intake import dnsbl
 from intake.data import DataCollector, DataProblem, read_data
@@ -125,6 +125,7 @@ class Session(AuthSession):
         self._command = ""  # the command being answered
         self._held_replies: list[bytes] = []
         self._metered = False  # counted in relay_intake_sessions_active
+        self._announced = False  # "network: in: start" sent (common.events)
 
     def move(self, state: State) -> None:
         """Go to *state*: only along MOVES (once CLOSED, a session stays so)."""
@@ -164,6 +165,8 @@ class Session(AuthSession):
             if self.server.config.session_timeout > 0:
                 self._session_timer = self.loop.call_later(self.server.config.session_timeout,
                                                            self._session_expired)
+            self._announced = True
+            events.emit("network", "in", "start")  # for `relay --admin`'s notify
         super().connection_made(transport)
 
     def admit(self) -> None:
@@ -189,6 +192,9 @@ class Session(AuthSession):
         if self._session_timer is not None:
             self._session_timer.cancel()
         self.server.sessions.discard(self)
+        if self._announced:
+            self._announced = False
+            events.emit("network", "in", "stop")
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:

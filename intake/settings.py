@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from common import eventloop
 from common.check import CHECK_OPTION
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, local_fqdn, resolve_path
+from common.events import EVENT_FD_OPTION
 from common.filterspec import FilterRunner, Spec, parse_filter, parse_verifier
 from common.metrics import METRICS_OPTION, parse_listen
 from common.process import CLOSE_STDERR_OPTION, READY_FD_OPTION, USER_OPTION, lookup_user
@@ -147,6 +148,7 @@ OPTIONS: tuple[Option, ...] = (
            "header (repeatable)", [], "list", metavar="NETWORK"),
     USER_OPTION,
     READY_FD_OPTION,
+    EVENT_FD_OPTION,
     CLOSE_STDERR_OPTION,
     eventloop.EVENT_LOOP_OPTION,
     METRICS_OPTION,

@@ -10,17 +10,17 @@ deliver woken); `list` and `failures` list ids as E-MailRelay does (names ending
 Only loopback clients are served unless `remote_clients`. Reads the spool's directory
 listing; changes messages only through `tools.queue_actions` and `spool` (claims and
 renames). `terminate` calls the function it is given (the `relay` command stops itself).
+`notify` marks the session: its connection (tools.admin_server, which also caps how many
+there are) then writes each event of relay-intake and relay-deliver as E-MailRelay does
+(`event_text`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import os
 import signal
-import socket
-import socketserver
 import subprocess
 import threading
 from collections.abc import Callable
@@ -29,8 +29,10 @@ from importlib import metadata
 
 import structlog
 
+from common.events import address_text
 from common.logs import Logger
 from spool import Spool, State, entries, unfail
+from tools.admin_server import AdminServer, Hub
 from tools.common import tools_lock
 from tools.queue_actions import flush_all
 
@@ -91,6 +93,7 @@ class Session:
         self.eol: str | None = None
         self.errors = 0
         self.closed = False
+        self.notifying = False
 
     def _reply(self, text: str) -> str:
         eol = self.eol or "\r\n"
@@ -207,7 +210,17 @@ class Session:
         return self._reply(INFO[key])
 
     def cmd_notify(self, _args: list[str]) -> str:
-        return ""  # E-MailRelay answers nothing (not even a prompt); relay sends no events
+        self.notifying = True  # the connection sends events from now on (tools.admin_server)
+        return ""  # E-MailRelay answers nothing, not even a prompt
+
+    def event_text(self, event: tuple[str, ...]) -> str:
+        """An event as E-MailRelay 2.6.1 writes it: the line end first, then `EVENT: ` and
+        the non-empty words joined with `: `, control characters escaped, two spaces."""
+        words = ": ".join(word for word in event if word)
+        return (self.eol or "\r\n") + "EVENT: " + printable(words) + "  "
+
+    def error_reply(self, text: str) -> str:
+        return self._reply(text)
 
     def cmd_quit(self, _args: list[str]) -> str:
         self.closed = True
@@ -220,90 +233,15 @@ class Session:
         return ""
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    server: _Server
-
-    def handle(self) -> None:
-        settings = self.server.settings
-        peer = self.client_address[0]
-        if not settings.remote_clients and not is_local(peer):
-            settings.log.warning("admin_client_refused", client=peer,
-                                 reason="not a local client (see --remote-clients)")
-            return
-        settings.log.info("admin_connection", client=peer)
-        session = Session(settings)
-        while not session.closed:
-            raw = self.rfile.readline(_MAX_LINE)
-            if not raw:
-                break
-            try:
-                reply = session.line(raw)
-            except Exception as error:  # a spool that went away: say so, keep serving
-                reply = session._reply(f"error: {error}")
-            if reply:
-                self.wfile.write(reply.encode("utf-8"))
-                self.wfile.flush()
-
-
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], family: socket.AddressFamily,
-                 settings: AdminSettings) -> None:
-        self.address_family = family
-        self.settings = settings
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:  # "::" beside "0.0.0.0" on the same port
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        super().server_bind()
-
-
-class AdminServer:
-    """The admin interface on one port, served from daemon threads until `stop()`."""
-
-    def __init__(self, port: int, settings: AdminSettings,
-                 interfaces: tuple[str, ...] = ("127.0.0.1", "::1"),
-                 listed_after: tuple[str, ...] = ()) -> None:
-        """*listed_after*: lines `status` lists after the admin addresses (the SMTP ones),
-        in place before the first client can ask."""
-        self._servers: list[_Server] = []
-        for host in interfaces:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            try:
-                server = _Server((host, port), family, settings)
-            except OSError as error:
-                if ":" in host and error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                    continue  # no IPv6 here
-                self.stop()
-                raise OSError(error.errno, f"admin: cannot listen on {host} port {port}:"
-                                           f" {error.strerror}") from None
-            self._servers.append(server)
-            port = port or int(server.server_address[1])  # port 0: the same one for all
-            settings.listening.append(listen_text(host, int(server.server_address[1])))
-        self.port = port
-        settings.listening.extend(listed_after)
-        for server in self._servers:
-            threading.Thread(target=server.serve_forever, name="admin", daemon=True).start()
-
-    def stop(self) -> None:
-        for server in self._servers:
-            server.shutdown()
-            server.server_close()
-        self._servers = []
-
-
-def listen_text(host: str, port: int | str) -> str:
-    """An address as E-MailRelay's `status` shows it: 127.0.0.1:25, ::1.25 (IPv6: a dot)."""
-    return f"{host}.{port}" if ":" in host else f"{host}:{port}"
-
-
-def forward_once_with(command: list[str]) -> Callable[[], str | None]:
-    """A `forward_once` that runs *command* (relay-deliver --once ...) and reads its exit."""
+def forward_once_with(command: list[str],
+                      event_fd: int | None = None) -> Callable[[], str | None]:
+    """A `forward_once` that runs *command* (relay-deliver --once ...) and reads its exit;
+    its events go to *event_fd* when one is given."""
 
     lock = threading.Lock()
+    fds: tuple[int, ...] = ()
+    if event_fd is not None:
+        command, fds = [*command, "--event-fd", str(event_fd)], (event_fd,)
 
     def run() -> str | None:
         if not lock.acquire(blocking=False):
@@ -311,7 +249,7 @@ def forward_once_with(command: list[str]) -> Callable[[], str | None]:
         try:
             completed = subprocess.run(command, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                       check=False, timeout=3600)
+                                       pass_fds=fds, check=False, timeout=3600)
         except (OSError, subprocess.TimeoutExpired) as error:
             return f"cannot run relay-deliver: {error}"
         finally:
@@ -326,13 +264,32 @@ def forward_once_with(command: list[str]) -> Callable[[], str | None]:
     return run
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0", "\\": "\\\\"}
+
+
+def printable(text: str) -> str:
+    """E-MailRelay's G::Str::printable: backslash doubled, control characters escaped
+    (\\n, \\r, \\t, \\0, else \\xHH), the rest as it is."""
+    out = []
+    for char in text:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def start_for_relay(port_text: str, *, spool_dir: str, forward_to: str | None,
                     with_terminate: bool, remote_clients: bool,
                     deliver_command: list[str] | None,
-                    smtp_listening: tuple[tuple[str, str], ...] = ()) -> AdminServer:
+                    smtp_listening: tuple[tuple[str, str], ...] = (),
+                    event_fd: int | None = None) -> AdminServer:
     """The admin interface for the `relay` command; ValueError for a bad port, OSError when
     it cannot listen. Terminate sends this process SIGTERM (relay stops as on a signal).
-    *deliver_command*: run for a flush when no relay-deliver runs (--as-server).
+    *deliver_command*: run for a flush when no relay-deliver runs (--as-server), given
+    *event_fd* (the supervisor's event pipe) so that its events reach `notify` too.
     *smtp_listening*: relay-intake's addresses, listed by `status` after the admin ones."""
     if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
         raise ValueError(f"--admin: {port_text!r} is not a port number")
@@ -342,9 +299,18 @@ def start_for_relay(port_text: str, *, spool_dir: str, forward_to: str | None,
         with_terminate=with_terminate,
         remote_clients=remote_clients,
         terminate=lambda: os.kill(os.getpid(), signal.SIGTERM),
-        forward_once=None if deliver_command is None else forward_once_with(deliver_command),
+        forward_once=None if deliver_command is None else
+        forward_once_with(deliver_command, event_fd),
     )
-    interfaces = ("0.0.0.0", "::") if remote_clients else ("127.0.0.1", "::1")
-    # E-MailRelay's order: the admin addresses, then the SMTP ones
-    return AdminServer(int(port_text), settings, interfaces,
-                       tuple(listen_text(host, port) for host, port in smtp_listening))
+    return serve(int(port_text), settings,
+                 ("0.0.0.0", "::") if remote_clients else ("127.0.0.1", "::1"),
+                 tuple(address_text(host, port) for host, port in smtp_listening))
+
+
+def serve(port: int, settings: AdminSettings, interfaces: tuple[str, ...],
+          listed_after: tuple[str, ...] = ()) -> AdminServer:
+    """The admin interface with *settings* on *port* (0: any free one) of *interfaces*;
+    `status` lists its addresses, then *listed_after* (E-MailRelay's order)."""
+    hub = Hub(lambda: Session(settings),
+              lambda peer: settings.remote_clients or is_local(peer), settings.log)
+    return AdminServer(port, hub, interfaces, settings.listening, listed_after)

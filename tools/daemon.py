@@ -10,6 +10,9 @@ hands each a pipe to say it is ready on (`--ready-fd`), and then runs until SIGT
 on: every program reopens its log file) or a child ending on its own (the others are
 stopped; the exit code is that child's). Writes the pid file (mode 0644, the --user's
 group, its parent directory made if missing) and removes it at exit; touches nothing else.
+With `with_events` (relay --admin) every program also gets the write end of one pipe
+(`--event-fd`, see common.events); the supervisor reads it in the same loop as the
+programs' stderr and hands each event to `on_event` (the admin interface's `publish`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from common.events import EventReader
 from common.logs import Logger, reopen
 from common.pidfile import remove_pid_file, write_pid_file
 
@@ -46,8 +50,10 @@ class Program:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
 
-    def command(self, ready_fd: int) -> list[str]:
-        return [sys.executable, "-I", "-m", self.module, *self.args, "--ready-fd", str(ready_fd)]
+    def command(self, ready_fd: int, event_fd: int | None = None) -> list[str]:
+        events = [] if event_fd is None else ["--event-fd", str(event_fd)]
+        return [sys.executable, "-I", "-m", self.module, *self.args, "--ready-fd", str(ready_fd),
+                *events]
 
 
 def _die_with_parent() -> None:
@@ -131,6 +137,13 @@ class Supervisor:
     _signals: list[int] = field(default_factory=list)  # received, not yet handled
     _errors: list[int] = field(default_factory=list)  # the programs' stderr pipes
     log: Logger | None = None  # relay's own logger (common.logs): where the supervisor's lines go
+    # --admin: the programs' events (common.events) come through a pipe to this callback
+    # (set once the admin interface runs; until then they are read and dropped).
+    with_events: bool = False
+    on_event: Callable[[tuple[str, ...]], None] | None = None
+    event_fd: int | None = None  # the pipe's write end (for a one-off relay-deliver too)
+    _event_read: int | None = None
+    _event_reader: EventReader = field(default_factory=EventReader)
 
     def say(self, event: str, **fields: Any) -> None:
         """One error line of relay's own: to its log (file, syslog) and, while open, stderr."""
@@ -149,11 +162,17 @@ class Supervisor:
         in place from here on: a SIGTERM during the start is acted on by `run`."""
         for signum in HANDLED:
             signal.signal(signum, self._on_signal)
+        if self.with_events and self.event_fd is None:
+            self._event_read, self.event_fd = os.pipe()
+            os.set_blocking(self._event_read, False)
+            os.set_blocking(self.event_fd, False)  # a program never waits to tell an event
+        events = () if self.event_fd is None else (self.event_fd,)
         for program in self.programs:
             read_end, write_end = os.pipe()
             try:
                 program.process = subprocess.Popen(
-                    program.command(write_end), pass_fds=(write_end,), stderr=subprocess.PIPE,
+                    program.command(write_end, self.event_fd), pass_fds=(write_end, *events),
+                    stderr=subprocess.PIPE,
                     preexec_fn=_die_with_parent,  # noqa: PLW1509 (no thread runs yet)
                     stdin=subprocess.DEVNULL if detached else None,
                     stdout=subprocess.DEVNULL if detached else None)
@@ -181,7 +200,8 @@ class Supervisor:
     def pump(self, timeout: float, also: int | None = None) -> bool:
         """Copy what the programs wrote to stderr (waiting up to *timeout*); True if *also*
         became readable."""
-        watched = [*self._errors, *([also] if also is not None else [])]
+        watched = [*self._errors, *([also] if also is not None else []),
+                   *([self._event_read] if self._event_read is not None else [])]
         if not watched:
             time.sleep(timeout)
             return False
@@ -191,6 +211,9 @@ class Supervisor:
             return False
         for fd in readable:
             if fd == also:
+                continue
+            if fd == self._event_read:
+                self._pass_events()
                 continue
             try:
                 chunk = os.read(fd, 65536)
@@ -202,6 +225,24 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.write(2, chunk)
         return also is not None and also in readable
+
+    def _pass_events(self) -> None:
+        """Read what the event pipe holds and hand each event on (never blocks)."""
+        assert self._event_read is not None
+        try:
+            chunk = os.read(self._event_read, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # cannot happen while this process holds the write end
+            os.close(self._event_read)
+            self._event_read = None
+            return
+        for event in self._event_reader.feed(chunk):
+            if self.on_event is not None:
+                with contextlib.suppress(Exception):  # the admin interface's own fault
+                    self.on_event(event)
 
     def _wait_ready(self, program: Program, read_end: int) -> int:
         """Read the program's ready line; its exit code if it ends first (70 on a timeout)."""

@@ -137,18 +137,21 @@ def run(the_plan: Plan) -> int:
     os.umask(0o007)  # spool files 0660 (and the log file), as E-MailRelay's
     group = pwd.getpwnam(the_plan.user).pw_gid if the_plan.user else None
     supervisor = daemon.Supervisor(programs, pid_file=the_plan.pid_file, pid_group=group,
-                                   log=_own_log(the_plan))
+                                   log=_own_log(the_plan),
+                                   with_events=the_plan.admin_port is not None)
     code = supervisor.start(detached=the_plan.daemon)
     if code != 0:
         daemon.tell_parent(str(code))
         return code
     try:
-        admin = _start_admin(the_plan)  # once everything runs: its commands act at once
+        admin = _start_admin(the_plan, supervisor.event_fd)  # once everything runs
     except (ValueError, OSError) as error:
         sys.stderr.write(f"relay: {error}\n")
         supervisor.stop()
         daemon.tell_parent(str(os.EX_CONFIG))
         return os.EX_CONFIG
+    if admin is not None:
+        supervisor.on_event = admin.publish  # the programs' events, for `notify`
     daemon.tell_parent("ready")
     if the_plan.daemon:
         daemon.quiet_stdio(close_stderr=the_plan.close_stderr)
@@ -177,8 +180,9 @@ def _own_log(the_plan: Plan) -> Logger | None:
         return None  # the programs report it (they open the same file) and exit 78
 
 
-def _start_admin(the_plan: Plan) -> Any:
-    """--admin PORT: tools.admin's server in this process (terminate: SIGTERM to it)."""
+def _start_admin(the_plan: Plan, event_fd: int | None) -> Any:
+    """--admin PORT: tools.admin's server in this process (terminate: SIGTERM to it);
+    *event_fd* is the supervisor's event pipe, for a one-off relay-deliver's events."""
     if the_plan.admin_port is None:
         return None
     from tools.admin import start_for_relay  # noqa: PLC0415 (load only what runs)
@@ -189,7 +193,8 @@ def _start_admin(the_plan: Plan) -> Any:
                            with_terminate=the_plan.admin_terminate,
                            remote_clients=the_plan.remote_clients,
                            deliver_command=the_plan.flush_command,
-                           smtp_listening=tuple(the_plan.smtp_listening))
+                           smtp_listening=tuple(the_plan.smtp_listening),
+                           event_fd=event_fd)
 
 
 def _check(the_plan: Plan) -> int:
