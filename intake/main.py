@@ -242,8 +242,8 @@ def per_worker(config: IntakeConfig, index: int) -> IntakeConfig:
 
 
 def listen_failed(error: OSError, log: Logger) -> int:
-    log.error("listen_failed", reason=str(error))
-    print(f"{PROGRAM}: {error.strerror or error}", file=sys.stderr)
+    """The SMTP port could not be bound: said once, by the log line (stderr by default)."""
+    log.error("listen_failed", reason=error.strerror or str(error))
     return EX_BIND
 
 

@@ -53,16 +53,19 @@ def test_sigterm_finishes_the_open_transaction_then_exits_0(
         socket.create_connection(("127.0.0.1", intake.port), timeout=2)
 
 
-def test_port_in_use_exits_2(spool_dir: Path) -> None:
-    """A port that cannot be bound: exit 2 and a message naming it."""
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_port_in_use_exits_2(spool_dir: Path, processes: str) -> None:
+    """A port that cannot be bound: exit 2 and a message naming it, said once (one process
+    or several)."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = subprocess.run([INTAKE, "--spool-dir", str(spool_dir), "--port", str(port)],
+        result = subprocess.run([INTAKE, "--spool-dir", str(spool_dir), "--port", str(port),
+                                 "--processes", processes],
                                 env=program_env(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert f"cannot listen on 127.0.0.1 port {port}" in result.stderr
+    assert result.stderr.count(f"cannot listen on 127.0.0.1 port {port}") == 1, result.stderr
 
 
 @pytest.mark.parametrize("problem", ["missing", "world-writable", "bad-size", "bad-filter",
