@@ -18,6 +18,21 @@ stored bytes instead, slice by slice as `deliver.dotstuff` prepares them, throug
   waits for the resume), so that the content waits in the file, not in memory;
 - `SMTP.close()` after a lost connection or a timeout, as `data()` does.
 
+`GreetingSMTP` is aiosmtplib's client with E-MailRelay's separate greeting timeout
+(`--prompt-timeout`): aiosmtplib waits for the connection and the 220 greeting with one
+timeout and gives up without a greeting, where E-MailRelay's client waits for the
+greeting this long and then goes on with EHLO. It replaces `SMTP._create_connection(timeout)`
+(what `connect()` calls to open the connection and read the greeting, the TLS handshake
+of implicit TLS included), building the connection as aiosmtplib does: an
+`SMTPProtocol(loop=, connection_lost_callback=SMTP._on_connection_lost)`,
+`loop.create_connection`, `SMTP._get_tls_context()` for implicit TLS, `SMTP.protocol` and
+`SMTP.transport` set, then `SMTPProtocol.read_response(timeout)` for the greeting. A
+greeting that comes late, as the reply to EHLO, closes the connection (the replies would
+be one behind from there on).
+
+`send_bdat` sends the content of a BINARYMIME message in one `BDAT <size> LAST` chunk (RFC
+3030), the bytes as they are stored, with the same internals as `send_data`.
+
 And `wire_address`: what `SMTP.mail()` and `SMTP.rcpt()` put between `<` and `>` for an
 address is `aiosmtplib.email.quote_address` of it, which parses the address with
 `email.utils.parseaddr` and so may send another address than the one given
@@ -38,11 +53,15 @@ from typing import Any
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
 # The internals named above, by the object they belong to (the test checks each one).
 PROTOCOL_INTERNALS = ("_command_lock", "_response_pending", "_paused", "_drain_helper",
                       "write", "read_response")
+# The internals GreetingSMTP uses, on aiosmtplib.SMTP (the test checks each one).
+SMTP_INTERNALS = ("_create_connection", "_on_connection_lost", "_get_tls_context")
+READY = 220
 # Bytes written without waiting before send_data lets the other tasks run.
 YIELD_EVERY = 256 * 1024
 START_INPUT = 354
@@ -71,18 +90,7 @@ async def send_data(smtp: aiosmtplib.SMTP, pieces: Iterable[bytes], *, timeout: 
             if start.code != START_INPUT:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
             protocol._response_pending = True
-            unyielded = 0
-            for piece in pieces:
-                protocol.write(piece)
-                unyielded += len(piece)
-                if protocol._paused:
-                    await _drained(protocol, timeout)
-                    unyielded = 0
-                elif unyielded >= YIELD_EVERY:
-                    # The socket took it all: yield anyway, so that a fast link does not
-                    # keep the event loop from the other connections for a whole message.
-                    await asyncio.sleep(0)
-                    unyielded = 0
+            await _write_all(protocol, pieces, timeout)
             response: SMTPResponse = await protocol.read_response(timeout=final_timeout)
             if response.code != COMPLETED:
                 raise aiosmtplib.SMTPDataError(response.code, response.message)
@@ -92,10 +100,108 @@ async def send_data(smtp: aiosmtplib.SMTP, pieces: Iterable[bytes], *, timeout: 
         raise
 
 
+async def send_bdat(smtp: aiosmtplib.SMTP, pieces: Iterable[bytes], size: int, *,
+                    timeout: float, final_timeout: float) -> SMTPResponse:
+    """`BDAT <size> LAST`, then *pieces* (the content as stored, *size* bytes in all), then
+    the reply; *timeout* bounds each wait for the smarthost to take more, *final_timeout*
+    the reply. Raises as `send_data` does (`SMTPDataError` for a reply other than 250)."""
+    protocol: Any = smtp.protocol
+    if protocol is None or protocol._command_lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    try:
+        async with protocol._command_lock:
+            protocol._response_pending = True
+            protocol.write(f"BDAT {size} LAST\r\n".encode("ascii"))
+            await _write_all(protocol, pieces, timeout)
+            response: SMTPResponse = await protocol.read_response(timeout=final_timeout)
+            if response.code != COMPLETED:
+                raise aiosmtplib.SMTPDataError(response.code, response.message)
+            return response
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError):
+        smtp.close()
+        raise
+
+
+class GreetingSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client that waits *greeting_timeout* seconds for the 220 greeting
+    after connecting (the `timeout` of `connect()` bounds the connection and an implicit
+    TLS handshake only), then, with *go_on*, goes on without it (E-MailRelay's
+    `--prompt-timeout`); without *go_on* a missing greeting is a timeout, as in aiosmtplib."""
+
+    def __init__(self, *args: Any, greeting_timeout: float = 20.0, go_on: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.greeting_timeout = greeting_timeout
+        self.go_on = go_on
+        self.greeting_missed = False  # True until the first reply after a missed greeting
+
+    async def _create_connection(self, timeout: float | None) -> SMTPResponse:
+        loop = self.loop or asyncio.get_running_loop()
+        protocol = SMTPProtocol(loop=loop, connection_lost_callback=self._on_connection_lost)
+        tls_context = await self._get_tls_context() if self.use_tls else None
+        hostname, port = self.hostname or "localhost", self.port or 25  # relay gives both
+        try:
+            transport, _ = await asyncio.wait_for(loop.create_connection(
+                lambda: protocol, host=hostname, port=port, ssl=tls_context,
+                ssl_handshake_timeout=timeout if tls_context else None,
+                local_addr=self.source_address), timeout=timeout)
+        except TimeoutError as error:
+            raise aiosmtplib.SMTPConnectTimeoutError(
+                f"Timed out connecting to {hostname} on port {port}") from error
+        except OSError as error:
+            raise aiosmtplib.SMTPConnectError(
+                f"Error connecting to {hostname} on port {port}: {error}") from error
+        self.protocol, self.transport = protocol, transport
+        self.greeting_missed = False
+        try:
+            response: SMTPResponse = await protocol.read_response(
+                timeout=self.greeting_timeout)
+        except aiosmtplib.SMTPServerDisconnected as error:
+            raise aiosmtplib.SMTPConnectError(
+                f"Error connecting to {hostname} on port {port}: {error}") from error
+        except aiosmtplib.SMTPTimeoutError as error:
+            if not self.go_on:
+                raise aiosmtplib.SMTPConnectTimeoutError(
+                    f"no greeting within {self.greeting_timeout:g} s") from error
+            self.greeting_missed = True
+            return SMTPResponse(READY, "")
+        if response.code != READY:
+            raise aiosmtplib.SMTPConnectResponseError(response.code, response.message)
+        return response
+
+    async def execute_command(self, *args: bytes, **kwargs: Any) -> SMTPResponse:
+        response: SMTPResponse = await super().execute_command(*args, **kwargs)
+        if self.greeting_missed:
+            self.greeting_missed = False  # only the first reply can be the late greeting
+            if response.code == READY:
+                self.close()
+                raise aiosmtplib.SMTPConnectResponseError(
+                    response.code, f"the greeting came after --prompt-timeout "
+                    f"({self.greeting_timeout:g} s), as the reply to "
+                    f"{args[0].decode('ascii', 'replace')}: {response.message}")
+        return response
+
+
 def wire_address(address: str, encoding: str) -> bytes:
     """The path aiosmtplib sends for *address* in MAIL FROM / RCPT TO, `<` and `>`
     included; ValueError (UnicodeEncodeError among them) when it would refuse it."""
     return quote_address(address).encode(encoding)
+
+
+async def _write_all(protocol: Any, pieces: Iterable[bytes], timeout: float) -> None:
+    """Write *pieces*, waiting in flow control (at most *timeout* each time)."""
+    unyielded = 0
+    for piece in pieces:
+        protocol.write(piece)
+        unyielded += len(piece)
+        if protocol._paused:
+            await _drained(protocol, timeout)
+            unyielded = 0
+        elif unyielded >= YIELD_EVERY:
+            # The socket took it all: yield anyway, so that a fast link does not
+            # keep the event loop from the other connections for a whole message.
+            await asyncio.sleep(0)
+            unyielded = 0
 
 
 async def _drained(protocol: Any, timeout: float) -> None:
@@ -107,4 +213,5 @@ async def _drained(protocol: Any, timeout: float) -> None:
             f"the smarthost took no more of the message for {timeout:g} s") from None
 
 
-__all__ = ["PROTOCOL_INTERNALS", "send_data", "wire_address"]
+__all__ = ["PROTOCOL_INTERNALS", "SMTP_INTERNALS", "GreetingSMTP", "send_bdat", "send_data",
+           "wire_address"]

@@ -26,7 +26,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiosmtplib
@@ -34,12 +34,13 @@ import structlog
 from aiosmtplib.response import SMTPResponse
 
 from common import events
-from common.compat_aiosmtplib import send_data, wire_address
+from common.compat_aiosmtplib import GreetingSMTP, send_bdat, send_data, wire_address
 from common.compat_asyncio import set_read_size
 from common.logs import Logger
 from common.secrets import SecretsError, SecretsFile
-from deliver.clientauth import NoMechanism, authenticate
+from deliver.clientauth import AuthConfig, NoMechanism, authenticate
 from deliver.dotstuff import DataEncoder, data_size
+from deliver.extensions import MailPlan, Strict, mail_plan
 from deliver.outcome import Attempt, Reply, Stage
 from spool import Envelope
 
@@ -60,6 +61,9 @@ COALESCE = 64 * 1024
 # The reply code of an address aiosmtplib will not send (RFC 5321: mailbox name not
 # allowed), as a smarthost refusing it would answer.
 UNSENDABLE = 553
+# EHLO refused with these (RFC 5321: syntax error, not implemented): try HELO, as
+# E-MailRelay does; any other reply to EHLO ends the attempt.
+EHLO_UNKNOWN = (500, 501, 502)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,9 @@ class ForwardSettings:
     log_dialogue: bool = False  # --verbose: every command and reply, AUTH exchanges hidden
     client_interface: str | None = None  # --client-interface: the local address to bind
     all_recipients: bool = False  # --forward-to-all: one refused recipient stops the message
+    prompt_timeout: float = 20.0  # --prompt-timeout: then EHLO without a greeting; 0: never
+    strict: Strict = field(default_factory=Strict)  # --eightbit-strict and the other two
+    auth_config: AuthConfig = field(default_factory=AuthConfig)  # --client-auth-config
 
     def tls_context(self) -> ssl.SSLContext:
         """The client TLS context: verified against *tls_verify*, or (as E-MailRelay) not."""
@@ -99,7 +106,7 @@ class ForwardSettings:
         return context
 
 
-class DialogueLoggingSMTP(aiosmtplib.SMTP):
+class DialogueLoggingSMTP(GreetingSMTP):
     """aiosmtplib's client, logging each command and reply (aiosmtplib itself logs none).
 
     The arguments of AUTH and the lines that answer its 334 challenges are never shown.
@@ -170,14 +177,18 @@ class SmarthostConnection:
             return Attempt(Stage.RCPT, refused[0][1], (), tuple(refused))
         try:
             smtp = await self._ready(route)
-            options = self._mail_options(smtp, envelope, size or 0)
-            if isinstance(options, Attempt):
-                return options
+            plan = mail_plan(envelope.body_type, envelope.utf8_mailbox_names,
+                             smtp.esmtp_extensions, size or 0, self.settings.strict)
+            if isinstance(plan, str):  # needs an extension the smarthost lacks: for good
+                return Attempt(Stage.UNSENDABLE, Reply(None, plan))
+            if plan.without:
+                log.warning("sending_without_extension", extensions=plan.without,
+                            server=route.host)
             stage = Stage.MAIL
             self._clean = False
             timeout = self.settings.response_timeout
             try:
-                await smtp.mail(envelope.sender, options=options, encoding=encoding,
+                await smtp.mail(envelope.sender, options=plan.parameters, encoding=encoding,
                                 timeout=timeout)
             except ValueError as error:  # refused by aiosmtplib itself: nothing was sent
                 return Attempt(Stage.MAIL, _unsendable("sender", envelope.sender, str(error)))
@@ -202,9 +213,7 @@ class SmarthostConnection:
             if self.settings.log_dialogue:
                 log.debug("smtp_command", command=f"DATA ({size} bytes)", server=route.host)
             encoder = DataEncoder()
-            response = await send_data(smtp, _data_pieces(content, encoder),
-                                       timeout=self.settings.response_timeout,
-                                       final_timeout=self.settings.data_timeout)
+            response = await self._send_content(smtp, plan, content, size or 0, encoder)
             if self.settings.log_dialogue:
                 log.debug("smtp_reply", code=response.code, text=response.message,
                           server=route.host)
@@ -228,20 +237,15 @@ class SmarthostConnection:
             self._drop()  # cancelled (shutdown): the connection's state is unknown
             raise
 
-    def _mail_options(self, smtp: aiosmtplib.SMTP, envelope: Envelope,
-                      size: int) -> list[str] | Attempt:
-        options: list[str] = []
-        if smtp.supports_extension("size"):
-            options.append(f"SIZE={size}")
-        if envelope.body_type == "8bit" and smtp.supports_extension("8bitmime"):
-            options.append("BODY=8BITMIME")
-        if envelope.utf8_mailbox_names:
-            if not smtp.supports_extension("smtputf8"):
-                # The addresses cannot be expressed to this smarthost: a permanent failure,
-                # reported with 553 (mailbox name not allowed) like a refusing server would.
-                return Attempt(Stage.MAIL, Reply(553, "smarthost does not support SMTPUTF8"))
-            options.append("SMTPUTF8")
-        return options
+    async def _send_content(self, smtp: aiosmtplib.SMTP, plan: MailPlan,
+                            content: Iterable[bytes], size: int,
+                            encoder: DataEncoder) -> SMTPResponse:
+        """DATA (dot-stuffed), or for BODY=BINARYMIME one BDAT with the bytes as stored."""
+        timeout, final = self.settings.response_timeout, self.settings.data_timeout
+        if plan.bdat:
+            return await send_bdat(smtp, content, size, timeout=timeout, final_timeout=final)
+        return await send_data(smtp, _data_pieces(content, encoder), timeout=timeout,
+                               final_timeout=final)
 
     async def _ready(self, route: Route) -> aiosmtplib.SMTP:
         """A connected, greeted (and authenticated) client for *route*."""
@@ -268,7 +272,7 @@ class SmarthostConnection:
             start_tls = True if settings.tls_required else None
         else:
             start_tls = False
-        client_class = DialogueLoggingSMTP if settings.log_dialogue else aiosmtplib.SMTP
+        client_class = DialogueLoggingSMTP if settings.log_dialogue else GreetingSMTP
         source = (settings.client_interface, 0) if settings.client_interface else None
         smtp = client_class(
             hostname=route.host,
@@ -279,6 +283,9 @@ class SmarthostConnection:
             use_tls=use_tls,
             start_tls=start_tls,
             tls_context=self._tls_context if start_tls is not False or use_tls else None,
+            # --prompt-timeout 0: no going on without a greeting (wait --response-timeout)
+            greeting_timeout=settings.prompt_timeout or settings.response_timeout,
+            go_on=settings.prompt_timeout > 0,
         )
         events.emit("network", "out", "start")  # E-MailRelay's events for `notify`
         events.emit("client", "connecting", events.address_text(route.host, route.port))
@@ -288,7 +295,9 @@ class SmarthostConnection:
                 # The extensions (8BITMIME, SMTPUTF8, SIZE) must be known before MAIL.
                 try:
                     await smtp.ehlo()
-                except aiosmtplib.SMTPHeloError:
+                except aiosmtplib.SMTPHeloError as error:
+                    if error.code not in EHLO_UNKNOWN:
+                        raise
                     await smtp.helo()
             if settings.tls_required and not smtp.get_transport_info("sslcontext"):
                 raise aiosmtplib.SMTPException("TLS is required but the smarthost offers none")
@@ -317,7 +326,7 @@ class SmarthostConnection:
         if account is None:
             raise _AuthProblem(f"no client account for selector {route.account_selector!r}")
         try:
-            await authenticate(smtp, account)
+            await authenticate(smtp, account, self.settings.auth_config)
         except NoMechanism as error:
             raise _AuthProblem(str(error)) from None
         except aiosmtplib.SMTPResponseException as error:  # SMTPAuthenticationError too

@@ -52,6 +52,9 @@ def forward_settings(config: DeliverConfig) -> ForwardSettings:
         log_dialogue=config.verbose,
         client_interface=config.client_interface,
         all_recipients=config.forward_to_all,
+        prompt_timeout=config.prompt_timeout,
+        strict=config.strict,
+        auth_config=config.client_auth_config,
     )
 
 

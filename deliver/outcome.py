@@ -16,6 +16,7 @@ class Stage(Enum):
 
     CONNECT = "connect"  # connection, greeting, EHLO, STARTTLS
     AUTH = "auth"
+    UNSENDABLE = "unsendable"  # needs an extension the smarthost lacks (deliver.extensions)
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"  # the DATA command, the message, the reply after the final dot
@@ -87,6 +88,7 @@ Outcome = Sent | Deferred | Failed
 _STAGE_WORDS = {
     Stage.CONNECT: "connecting to the smarthost",
     Stage.AUTH: "authenticating to the smarthost",
+    Stage.UNSENDABLE: "before MAIL FROM",
     Stage.MAIL: "MAIL FROM",
     Stage.RCPT: "RCPT TO",
     Stage.DATA: "DATA",
@@ -103,6 +105,8 @@ def classify(attempt: Attempt) -> Outcome:
     - 5xx at MAIL or DATA: Failed. 4xx, no reply, a lost connection, a timeout: Deferred.
     - Connecting and authenticating never fail a message for good: a smarthost that is
       down or a wrong password is the operator's to fix, and the mail must wait for that.
+    - A message that needs an extension the smarthost lacks (Stage.UNSENDABLE): Failed
+      with the reason alone and no code, as E-MailRelay writes it.
     """
     reply = attempt.reply
     where = _STAGE_WORDS[attempt.stage]
@@ -116,6 +120,8 @@ def classify(attempt: Attempt) -> Outcome:
             first = attempt.refused[0][1]
             return Deferred(f"all recipients refused: {first.describe()}", first.code)
         return _split((), attempt.refused)
+    if attempt.stage is Stage.UNSENDABLE:
+        return Failed(reply.text, reply.code)
     if attempt.stage in (Stage.CONNECT, Stage.AUTH):
         return Deferred(f"{where}: {reply.describe()}", reply.code)
     if reply.permanent:

@@ -29,6 +29,8 @@ from common.filterspec import Spec, parse_filter
 from common.process import CLOSE_STDERR_OPTION, READY_FD_OPTION, USER_OPTION, lookup_user
 from common.secrets import SecretsError, SecretsFile
 from common.tlsconfig import SYSTEM_CAS, client_context, parse_tls_config
+from deliver.clientauth import AuthConfig, parse_auth_config
+from deliver.extensions import Strict
 from deliver.mxfilter import BUILTINS as MX_BUILTINS
 
 PROGRAM = "relay-deliver"
@@ -62,6 +64,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DURATION"),
     Option("client-auth", "secrets file with a 'client plain USER PASSWORD' line", None,
            metavar="FILE"),
+    Option("client-auth-config", "AUTH mechanisms, E-MailRelay's client syntax: m:LIST "
+           "keeps only these, x:LIST avoids these (e.g. m:cram-sha256,cram-md5;x:login);"
+           " needs --client-auth", None, metavar="CONFIG"),
     Option("client-tls", "use STARTTLS when the smarthost offers it", False, "bool"),
     Option("client-tls-connection", "implicit TLS from the first byte (port 465)", False, "bool"),
     Option("client-tls-required", "never send without TLS (STARTTLS must succeed)", False, "bool"),
@@ -81,8 +86,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("client-interface", "local address to connect from", None, metavar="ADDRESS"),
     Option("forward-to-all", "send a message only if the smarthost accepts every recipient "
            "(E-MailRelay's default); otherwise refused recipients are split off", False, "bool"),
-    Option("connection-timeout", "seconds to connect and get the greeting", 40.0, "duration",
-           metavar="DURATION"),
+    Option("connection-timeout", "seconds to connect (and the TLS handshake of "
+           "--client-tls-connection)", 40.0, "duration", metavar="DURATION"),
+    Option("prompt-timeout", "seconds to wait for the smarthost's greeting, then go on with "
+           "EHLO without it (E-MailRelay's -w); 0: wait --response-timeout, then give up",
+           20.0, "duration", metavar="DURATION"),
+    Option("eightbit-strict", "fail (.bad) an 8bit message to a smarthost without 8BITMIME "
+           "(E-MailRelay's +eightbitstrict); otherwise it is sent anyway", False, "bool"),
+    Option("smtputf8-strict", "fail (.bad) a message with UTF-8 addresses to a smarthost "
+           "without SMTPUTF8; --no-smtputf8-strict: send it anyway", True, "bool"),
+    Option("binarymime-strict", "fail (.bad) a binarymime message to a smarthost without "
+           "BINARYMIME and CHUNKING; --no-binarymime-strict: send it with DATA", True,
+           "bool"),
     Option("response-timeout", "seconds to wait for each reply", 60.0, "duration",
            metavar="DURATION"),
     Option("data-timeout", "seconds to wait for the reply after the final dot (RFC 5321: 10m)",
@@ -126,6 +141,7 @@ class DeliverConfig:
     client_filters: tuple[Spec, ...]
     filter_timeout: float
     client_auth: SecretsFile | None
+    client_auth_config: AuthConfig
     client_tls: bool
     client_tls_connection: bool
     client_tls_required: bool
@@ -135,6 +151,8 @@ class DeliverConfig:
     client_interface: str | None
     forward_to_all: bool
     connection_timeout: float
+    prompt_timeout: float
+    strict: Strict
     response_timeout: float
     data_timeout: float
     retry_first: float
@@ -166,6 +184,10 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
                  "data_timeout", "shutdown_timeout"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be more than 0 seconds")
+    if settings.prompt_timeout < 0:
+        raise ConfigError("--prompt-timeout must not be negative")
+    if settings.client_auth_config and not settings.client_auth:
+        raise ConfigError("--client-auth-config needs --client-auth")
     if settings.flush_every < 0:
         raise ConfigError("--flush-every must not be negative")
     if settings.user:
@@ -207,6 +229,7 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
                              for spec in parse_filter(text, "client-filter", MX_BUILTINS)),
         filter_timeout=settings.filter_timeout,
         client_auth=client_auth,
+        client_auth_config=parse_auth_config(settings.client_auth_config),
         client_tls=settings.client_tls,
         client_tls_connection=settings.client_tls_connection,
         client_tls_required=settings.client_tls_required,
@@ -216,6 +239,9 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         client_interface=settings.client_interface,
         forward_to_all=settings.forward_to_all,
         connection_timeout=settings.connection_timeout,
+        prompt_timeout=settings.prompt_timeout,
+        strict=Strict(settings.eightbit_strict, settings.smtputf8_strict,
+                      settings.binarymime_strict),
         response_timeout=settings.response_timeout,
         data_timeout=settings.data_timeout,
         retry_first=settings.retry_first,

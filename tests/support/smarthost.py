@@ -25,7 +25,7 @@ class Script:
     *ehlo_extra* adds EHLO lines (AUTH, say).
     """
 
-    greeting: bytes = b"220 smarthost.test ESMTP scripted"
+    greeting: bytes | None = b"220 smarthost.test ESMTP scripted"  # None: never greets
     replies: dict[str, bytes] = field(default_factory=dict)
     hangup_at: str | None = None
     delay_at: dict[str, float] = field(default_factory=dict)
@@ -120,7 +120,8 @@ class _Session:
         return True
 
     def run(self) -> None:
-        if not self.answer("GREETING", self.script.greeting):
+        if self.script.greeting is not None and not self.answer("GREETING",
+                                                                 self.script.greeting):
             return
         while (line := self.line()) is not None:
             with self.server.lock:
