@@ -30,6 +30,14 @@ of implicit TLS included), building the connection as aiosmtplib does: an
 greeting that comes late, as the reply to EHLO, closes the connection (the replies would
 be one behind from there on).
 
+`send_pipelined` writes MAIL FROM and every RCPT TO at once (RFC 2920 PIPELINING, as
+E-MailRelay's `+pipelining`) and reads their replies in order. aiosmtplib's protocol
+parses one reply per read: the replies that came in the same read stay in
+`SMTPProtocol._buffer`, and `SMTPProtocol._read_response_from_buffer()` takes them out
+one by one (a reply still incomplete there is finished by the next read). The commands are
+the bytes `SMTP.mail()` and `SMTP.rcpt()` write, checked against
+`aiosmtplib.protocol.COMMAND_INJECTION_REGEX` as `SMTPProtocol.execute_command` checks them.
+
 `send_bdat` sends the content of a BINARYMIME message in one `BDAT <size> LAST` chunk (RFC
 3030), the bytes as they are stored, with the same internals as `send_data`.
 
@@ -53,12 +61,12 @@ from typing import Any
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
-from aiosmtplib.protocol import SMTPProtocol
+from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
 # The internals named above, by the object they belong to (the test checks each one).
 PROTOCOL_INTERNALS = ("_command_lock", "_response_pending", "_paused", "_drain_helper",
-                      "write", "read_response")
+                      "write", "read_response", "_buffer", "_read_response_from_buffer")
 # The internals GreetingSMTP uses, on aiosmtplib.SMTP (the test checks each one).
 SMTP_INTERNALS = ("_create_connection", "_on_connection_lost", "_get_tls_context")
 READY = 220
@@ -118,6 +126,51 @@ async def send_bdat(smtp: aiosmtplib.SMTP, pieces: Iterable[bytes], size: int, *
                 raise aiosmtplib.SMTPDataError(response.code, response.message)
             return response
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError):
+        smtp.close()
+        raise
+
+
+def mail_command(sender: str, options: Iterable[str], encoding: str) -> bytes:
+    """The MAIL FROM line `SMTP.mail()` writes (ValueError as it raises)."""
+    return _command(b"MAIL", b"FROM:" + wire_address(sender, encoding),
+                    *(option.encode("ascii") for option in options))
+
+
+def rcpt_command(recipient: str, encoding: str) -> bytes:
+    """The RCPT TO line `SMTP.rcpt()` writes (ValueError as it raises)."""
+    return _command(b"RCPT", b"TO:" + wire_address(recipient, encoding))
+
+
+def _command(*args: bytes) -> bytes:
+    for arg in args:
+        if COMMAND_INJECTION_REGEX.search(arg):
+            raise ValueError("Command arg contains a prohibited control character")
+    return b" ".join(args) + b"\r\n"
+
+
+async def send_pipelined(smtp: aiosmtplib.SMTP, commands: list[bytes], *,
+                         timeout: float) -> list[SMTPResponse]:
+    """Write *commands* (whole lines, from `mail_command` / `rcpt_command`) at once; their
+    replies, in order. *timeout* bounds each wait; a lost connection or a timeout closes
+    it (`SMTPServerDisconnected`, `SMTPTimeoutError`), as `send_data` does."""
+    protocol: Any = smtp.protocol
+    if protocol is None or protocol._command_lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    replies: list[SMTPResponse] = []
+    try:
+        async with protocol._command_lock:
+            protocol._response_pending = True
+            protocol.write(b"".join(commands))
+            while len(replies) < len(commands):
+                replies.append(await protocol.read_response(timeout=timeout))
+                while len(replies) < len(commands):
+                    more = protocol._read_response_from_buffer()  # came in the same read
+                    if more is None:
+                        break
+                    replies.append(more)
+        return replies
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError,
+            aiosmtplib.SMTPResponseException):
         smtp.close()
         raise
 
@@ -213,5 +266,5 @@ async def _drained(protocol: Any, timeout: float) -> None:
             f"the smarthost took no more of the message for {timeout:g} s") from None
 
 
-__all__ = ["PROTOCOL_INTERNALS", "SMTP_INTERNALS", "GreetingSMTP", "send_bdat", "send_data",
-           "wire_address"]
+__all__ = ["PROTOCOL_INTERNALS", "SMTP_INTERNALS", "GreetingSMTP", "mail_command",
+           "rcpt_command", "send_bdat", "send_data", "send_pipelined", "wire_address"]

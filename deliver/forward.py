@@ -24,21 +24,30 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiosmtplib
 import structlog
 from aiosmtplib.response import SMTPResponse
 
 from common import events
-from common.compat_aiosmtplib import GreetingSMTP, send_bdat, send_data, wire_address
+from common.compat_aiosmtplib import (
+    GreetingSMTP,
+    mail_command,
+    rcpt_command,
+    send_bdat,
+    send_data,
+    send_pipelined,
+)
 from common.compat_asyncio import set_read_size
 from common.logs import Logger
 from common.secrets import SecretsError, SecretsFile
+from deliver.addresses import address_problem, ehlo_name, unsendable
 from deliver.clientauth import AuthConfig, NoMechanism, authenticate
+from deliver.dialogue import DialogueLoggingSMTP
 from deliver.dotstuff import DataEncoder, data_size
 from deliver.extensions import MailPlan, Strict, mail_plan
 from deliver.outcome import Attempt, Reply, Stage
@@ -58,12 +67,12 @@ REPLY_READ_SIZE = 16 * 1024
 # message is one write).
 SLICE_SIZE = 256 * 1024
 COALESCE = 64 * 1024
-# The reply code of an address aiosmtplib will not send (RFC 5321: mailbox name not
-# allowed), as a smarthost refusing it would answer.
-UNSENDABLE = 553
 # EHLO refused with these (RFC 5321: syntax error, not implemented): try HELO, as
 # E-MailRelay does; any other reply to EHLO ends the attempt.
 EHLO_UNKNOWN = (500, 501, 502)
+MAIL_OK = 250
+RCPT_OK = (250, 251)  # as SMTP.rcpt()
+
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,8 @@ class ForwardSettings:
     prompt_timeout: float = 20.0  # --prompt-timeout: then EHLO without a greeting; 0: never
     strict: Strict = field(default_factory=Strict)  # --eightbit-strict and the other two
     auth_config: AuthConfig = field(default_factory=AuthConfig)  # --client-auth-config
+    pipelining: bool = False  # --pipelining: MAIL and RCPTs in one write, if offered
+    linger: bool = True  # --no-linger: close with a reset (SO_LINGER 0), E-MailRelay's -linger
 
     def tls_context(self) -> ssl.SSLContext:
         """The client TLS context: verified against *tls_verify*, or (as E-MailRelay) not."""
@@ -104,32 +115,6 @@ class ForwardSettings:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-
-
-class DialogueLoggingSMTP(GreetingSMTP):
-    """aiosmtplib's client, logging each command and reply (aiosmtplib itself logs none).
-
-    The arguments of AUTH and the lines that answer its 334 challenges are never shown.
-    The message content is not a command and is not logged.
-    """
-
-    _in_auth = False
-
-    async def execute_command(self, *args: bytes, **kwargs: Any) -> SMTPResponse:
-        if args and args[0].upper() == b"AUTH":
-            self._in_auth = True
-            shown = b" ".join(args[:2]).decode("ascii", "replace") + (" ***" if args[2:] else "")
-        elif self._in_auth:
-            shown = "***"
-        else:
-            shown = b" ".join(args).decode("utf-8", "replace")
-        log.debug("smtp_command", command=shown, server=self.hostname)
-        response: SMTPResponse = await super().execute_command(*args, **kwargs)
-        if response.code != 334:
-            self._in_auth = False
-        log.debug("smtp_reply", code=response.code,
-                  text="***" if self._in_auth else response.message, server=self.hostname)
-        return response
 
 
 class SmarthostConnection:
@@ -163,12 +148,12 @@ class SmarthostConnection:
             content = _slices(content)
         encoding = "utf-8" if envelope.utf8_mailbox_names else "ascii"
         # Addresses aiosmtplib cannot send as they are fail for good, before connecting.
-        problem = _address_problem("sender", envelope.sender, encoding)
+        problem = address_problem("sender", envelope.sender, encoding)
         if problem is not None:
             return Attempt(Stage.MAIL, problem)
         sendable: list[str] = []
         for recipient in envelope.to_remote:
-            problem = _address_problem("recipient", recipient, encoding)
+            problem = address_problem("recipient", recipient, encoding)
             if problem is None:
                 sendable.append(recipient)
             else:
@@ -187,11 +172,20 @@ class SmarthostConnection:
             stage = Stage.MAIL
             self._clean = False
             timeout = self.settings.response_timeout
-            try:
-                await smtp.mail(envelope.sender, options=plan.parameters, encoding=encoding,
-                                timeout=timeout)
-            except ValueError as error:  # refused by aiosmtplib itself: nothing was sent
-                return Attempt(Stage.MAIL, _unsendable("sender", envelope.sender, str(error)))
+            if self.settings.pipelining and smtp.supports_extension("pipelining"):
+                unsent = await self._pipelined(smtp, envelope.sender, sendable,
+                                               parameters=plan.parameters, encoding=encoding,
+                                               accepted=accepted, refused=refused)
+                if unsent is not None:
+                    return unsent
+                sendable = []  # all done
+            else:
+                try:
+                    await smtp.mail(envelope.sender, options=plan.parameters,
+                                    encoding=encoding, timeout=timeout)
+                except ValueError as error:  # refused by aiosmtplib itself: nothing was sent
+                    return Attempt(Stage.MAIL, unsendable("sender", envelope.sender,
+                                                           str(error)))
             stage = Stage.RCPT
             for recipient in sendable:
                 try:
@@ -199,7 +193,7 @@ class SmarthostConnection:
                 except aiosmtplib.SMTPRecipientRefused as refusal:
                     refused.append((recipient, Reply(refusal.code, refusal.message)))
                 except ValueError as error:  # as above: this RCPT was never sent
-                    refused.append((recipient, _unsendable("recipient", recipient,
+                    refused.append((recipient, unsendable("recipient", recipient,
                                                            str(error))))
                 else:
                     accepted.append(recipient)
@@ -236,6 +230,40 @@ class SmarthostConnection:
         except BaseException:
             self._drop()  # cancelled (shutdown): the connection's state is unknown
             raise
+
+    async def _pipelined(self, smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], *,
+                         parameters: list[str], encoding: str, accepted: list[str],
+                         refused: list[tuple[str, Reply]]) -> Attempt | None:
+        """--pipelining: MAIL FROM and the RCPT TOs in one write, then their replies; fills
+        *accepted* and *refused*. Raises SMTPSenderRefused as `SMTP.mail()` does."""
+        try:
+            commands = [mail_command(sender, parameters, encoding)]
+        except ValueError as error:  # nothing was sent
+            return Attempt(Stage.MAIL, unsendable("sender", sender, str(error)))
+        sent: list[str] = []
+        for recipient in recipients:
+            try:
+                commands.append(rcpt_command(recipient, encoding))
+                sent.append(recipient)
+            except ValueError as error:
+                refused.append((recipient, unsendable("recipient", recipient, str(error))))
+        if self.settings.log_dialogue:
+            for command in commands:
+                log.debug("smtp_command", command=command.decode("utf-8", "replace").strip(),
+                          server=smtp.hostname, pipelined=True)
+        replies = await send_pipelined(smtp, commands, timeout=self.settings.response_timeout)
+        if self.settings.log_dialogue:
+            for reply in replies:
+                log.debug("smtp_reply", code=reply.code, text=reply.message,
+                          server=smtp.hostname)
+        if replies[0].code != MAIL_OK:
+            raise aiosmtplib.SMTPSenderRefused(replies[0].code, replies[0].message, sender)
+        for recipient, reply in zip(sent, replies[1:], strict=True):
+            if reply.code in RCPT_OK:
+                accepted.append(recipient)
+            else:
+                refused.append((recipient, Reply(reply.code, reply.message)))
+        return None
 
     async def _send_content(self, smtp: aiosmtplib.SMTP, plan: MailPlan,
                             content: Iterable[bytes], size: int,
@@ -277,7 +305,8 @@ class SmarthostConnection:
         smtp = client_class(
             hostname=route.host,
             port=route.port,
-            local_hostname=_ehlo_name(settings.local_hostname, route, settings.client_interface),
+            local_hostname=ehlo_name(settings.local_hostname, route.host, route.port,
+                                     settings.client_interface),
             source_address=source,
             timeout=settings.response_timeout,
             use_tls=use_tls,
@@ -310,6 +339,9 @@ class SmarthostConnection:
         events.emit("client", "connected", events.address_text(str(peer[0]), peer[1])
                     if isinstance(peer, tuple) else events.address_text(route.host, route.port))
         set_read_size(smtp.transport, REPLY_READ_SIZE)  # replies are a few lines
+        if not settings.linger:
+            smtp.get_transport_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._smtp, self._route, self._clean = smtp, route, True
         self._last_used = time.monotonic()
         if settings.client_auth is not None:
@@ -399,24 +431,6 @@ def _data_pieces(content: Iterable[bytes], encoder: DataEncoder) -> Iterator[byt
         yield held[0] if len(held) == 1 else b"".join(held)
 
 
-def _address_problem(role: str, address: str, encoding: str) -> Reply | None:
-    """None when aiosmtplib sends *address* as it is; else the permanent refusal."""
-    try:
-        path = wire_address(address, encoding)
-    except ValueError as error:
-        return _unsendable(role, address, str(error))
-    if path != f"<{address}>".encode(encoding):
-        shown = path.decode(encoding, "replace")
-        return _unsendable(role, address, f"the client library would send it as {shown}")
-    return None
-
-
-def _unsendable(role: str, address: str, why: str) -> Reply:
-    """A permanent refusal, made here, of an address aiosmtplib will not send as it is."""
-    return Reply(UNSENDABLE, f"relay-deliver cannot send the {role} {address or '<>'}:"
-                             f" {' '.join(why.split())}")
-
-
 def _all_refused(recipients: tuple[str, ...] | list[str], refused: list[tuple[str, Reply]]
                  ) -> tuple[Reply, tuple[()], tuple[tuple[str, Reply], ...]]:
     """--forward-to-all: the message is not sent; every recipient shares one refusal, the
@@ -424,24 +438,6 @@ def _all_refused(recipients: tuple[str, ...] | list[str], refused: list[tuple[st
     first temporary one (relay retries it)."""
     decisive = next((reply for _address, reply in refused if reply.permanent), refused[0][1])
     return decisive, (), tuple((address, decisive) for address in recipients)
-
-
-def _ehlo_name(domain: str, route: Route, interface: str | None) -> str:
-    """The EHLO argument: *domain*, or, for a name without a dot, the address literal of the
-    local end (as E-MailRelay's client does), found by asking the routing table."""
-    if "." in domain.strip("."):
-        return domain
-    address = interface
-    if not address:
-        try:
-            family = socket.AF_INET6 if ":" in route.host else socket.AF_INET
-            info = socket.getaddrinfo(route.host, route.port, family, socket.SOCK_DGRAM)
-            with socket.socket(info[0][0], socket.SOCK_DGRAM) as probe:
-                probe.connect(info[0][4])  # UDP: no packet is sent, only a route is chosen
-                address = str(probe.getsockname()[0])
-        except OSError:
-            return domain
-    return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
 
 
 def _describe(error: BaseException) -> str:

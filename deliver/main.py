@@ -55,6 +55,8 @@ def forward_settings(config: DeliverConfig) -> ForwardSettings:
         prompt_timeout=config.prompt_timeout,
         strict=config.strict,
         auth_config=config.client_auth_config,
+        pipelining=config.pipelining,
+        linger=config.linger,
     )
 
 

@@ -98,6 +98,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("binarymime-strict", "fail (.bad) a binarymime message to a smarthost without "
            "BINARYMIME and CHUNKING; --no-binarymime-strict: send it with DATA", True,
            "bool"),
+    Option("pipelining", "send MAIL FROM and every RCPT TO in one write when the smarthost "
+           "offers PIPELINING (E-MailRelay's +pipelining)", False, "bool"),
+    Option("linger", "--no-linger: close each connection to the smarthost with a reset "
+           "(SO_LINGER 0, no TIME_WAIT; E-MailRelay's -linger)", True, "bool"),
     Option("response-timeout", "seconds to wait for each reply", 60.0, "duration",
            metavar="DURATION"),
     Option("data-timeout", "seconds to wait for the reply after the final dot (RFC 5321: 10m)",
@@ -153,6 +157,8 @@ class DeliverConfig:
     connection_timeout: float
     prompt_timeout: float
     strict: Strict
+    pipelining: bool
+    linger: bool
     response_timeout: float
     data_timeout: float
     retry_first: float
@@ -242,6 +248,8 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         prompt_timeout=settings.prompt_timeout,
         strict=Strict(settings.eightbit_strict, settings.smtputf8_strict,
                       settings.binarymime_strict),
+        pipelining=settings.pipelining,
+        linger=settings.linger,
         response_timeout=settings.response_timeout,
         data_timeout=settings.data_timeout,
         retry_first=settings.retry_first,

@@ -183,7 +183,7 @@ def test_bad_command_lines_are_refused(argv: list[str], message: str) -> None:
     (["-B"], "not a POP server"),
     (["--hidden"], "Windows only"),
     (["--server-tls"], "need --server-tls-certificate"),
-    (["--client-smtp-config", "warp"], "unknown feature 'warp'"),
+    (["--client-auth-config", "m:plain"], "requires --client-auth"),
     (["--log-format", "colour"], "unknown field 'colour'"),
 ])
 def test_plans_that_are_refused(argv: list[str], message: str) -> None:

@@ -19,7 +19,6 @@ OPTIONAL = "optional"
 
 _POP = ("relay is not a POP server: E-MailRelay's POP server serves the spool to mail "
         "readers, relay only forwards (see docs/emailrelay.md)")
-_ISSUE_15 = "not in relay yet (the authentication mechanisms: issue 15)"
 
 # The admin interface (tools.admin) is built in.
 ADMIN_SUPPORT = True
@@ -67,7 +66,7 @@ SWITCHES: tuple[Switch, ...] = (
     _s("version", "V", NONE, BASIC, "the version (with --verbose: the build's features)"),
     # SMTP client
     _s("client-smtp-config", "c", REQUIRED, CLIENT, "client protocol features: "
-       "[+-]pipelining, smtputf8strict, eightbitstrict, binarymimestrict", "config"),
+       "[+-]eightbitstrict, smtputf8strict, binarymimestrict, pipelining", "config"),
     _s("forward", "f", NONE, CLIENT, "forward the spool at start-up (needs --forward-to)"),
     _s("forward-on-disconnect", "1", NONE, CLIENT,
        "forward the spool whenever an SMTP client disconnects (needs --forward-to)"),
@@ -109,7 +108,8 @@ SWITCHES: tuple[Switch, ...] = (
     _s("interface", "I", REQUIRED, SERVER, "listening addresses: a comma list, each "
        "optionally smtp=, pop= or admin=", "ip-address-list"),
     _s("prompt-timeout", "w", REQUIRED, SERVER,
-       "seconds to wait for the smarthost's greeting (default 20)", "time"),
+       "seconds to wait for the smarthost's greeting, then EHLO without it (default 20)",
+       "time"),
     _s("server-smtp-config", "Z", REQUIRED, SERVER, "server protocol features: pipelining, "
        "chunking, smtputf8, smtputf8strict, nostrictparsing, noalabels", "config"),
     _s("size", "M", REQUIRED, SERVER, "largest message accepted, in bytes", "bytes"),
@@ -124,8 +124,8 @@ SWITCHES: tuple[Switch, ...] = (
     _s("admin-terminate", "Q", NONE, ADMIN, "the admin interface's terminate command"),
     # authentication
     _s("client-auth", "C", REQUIRED, AUTH, "secrets file for AUTH to the smarthost", "file"),
-    _s("client-auth-config", None, REQUIRED, AUTH, "client AUTH mechanisms (m:, x:, a:, d:)",
-       "config", refused=_ISSUE_15),
+    _s("client-auth-config", None, REQUIRED, AUTH, "client AUTH mechanisms: m: the ones to "
+       "use, x: the ones to avoid (needs --client-auth)", "config"),
     _s("server-auth", "S", REQUIRED, AUTH, "secrets file: clients authenticate", "file"),
     _s("server-auth-config", None, REQUIRED, AUTH, "server AUTH mechanisms: m: and x: before "
        "TLS, a: and d: after (m:;a:plain)", "config"),

@@ -29,6 +29,7 @@ from common.process import DEFAULT_USER
 from tools import emailrelay_switches as table
 from tools.emailrelay_server import intake_options
 from tools.relay_args import Given, UsageError, parse
+from tools.relay_client import client_notes, client_options
 from tools.relay_run import help_text, run, version_text
 
 __all__ = ["Given", "Plan", "UsageError", "main", "parse", "plan"]
@@ -45,9 +46,6 @@ _MULTI = ("interface", "server-tls-certificate", "filter", "client-filter",
           "client-tls-certificate")
 _LOG_FIELDS = ("time", "unit", "address", "port", "msgid")
 _RELAY_FORMATS = ("logfmt", "json", "console")
-_SMTP_FEATURES = {
-    "client-smtp-config": ("pipelining", "smtputf8strict", "eightbitstrict", "binarymimestrict"),
-}
 
 
 def _absolute(path: str) -> str:
@@ -90,15 +88,6 @@ def refuse_what_relay_does_not_do(given: Given) -> None:
         reason = table.refusal(table.BY_LONG[name])
         if reason is not None:
             raise UsageError(f"--{name}: {reason}")
-
-
-def _features(name: str, text: str) -> list[str]:
-    known = _SMTP_FEATURES[name]
-    words = [word.strip().lstrip("+-") for word in text.split(",") if word.strip()]
-    for word in words:
-        if word not in known:
-            raise UsageError(f"--{name}: unknown feature {word!r} (one of {', '.join(known)})")
-    return words
 
 
 def _default_interfaces(remote: bool) -> list[str]:
@@ -184,14 +173,7 @@ def plan(given: Given) -> Plan:
     if has("localedir"):
         result.notes.append("--localedir: relay's messages are English only (nothing to load)")
     server_options = intake_options(given, result.notes)  # -Z, --server-auth-config
-    for name in ("client-smtp-config",):
-        for text in given.all(name):
-            _features(name, text)
-            result.notes.append(f"--{name}: accepted; relay's SMTP features are fixed "
-                                "(see docs/emailrelay.md)")
-    if has("prompt-timeout"):
-        result.notes.append("--prompt-timeout: accepted; relay waits for the greeting up to "
-                            "--connection-timeout")
+    result.notes += client_notes(given)  # -c, --client-auth-config
 
     timeout_filter = ["--filter-timeout", value("filter-timeout") or ""] \
         if has("filter-timeout") else []
@@ -304,6 +286,7 @@ def _client_args(given: Given, paths: dict[str, list[str]], forward_to: str,
     args += timeout_filter
     if paths["client-auth"]:
         args += ["--client-auth", paths["client-auth"][0]]
+    args += client_options(given)
     for name in ("client-tls", "client-tls-connection", "client-tls-required"):
         if given.has(name):
             args.append(f"--{name}")

@@ -49,11 +49,20 @@ class Behaviour:
     stall_at_rcpt: float = 0.0
     # Answer the first N messages' DATA with data_reply, then accept.
     data_reply_count: int | None = None
+    # EHLO keywords the sink does not advertise (e.g. "8BITMIME"; MAIL still takes them).
+    ehlo_without: tuple[str, ...] = ()
 
 
 class _Handler:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+
+    async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        hidden = self.sink.behaviour.ehlo_without
+        kept = [line for line in responses if line[4:].split(" ")[0] not in hidden]
+        return [*(f"250-{line[4:]}" for line in kept[:-1]), f"250 {kept[-1][4:]}"]
 
     async def handle_MAIL(self, server: SMTP, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:

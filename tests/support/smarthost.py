@@ -22,7 +22,8 @@ class Script:
     answering that verb ("GREETING" right after connecting); *delay_at* sleeps before
     answering; *stall_in_data* stops reading after that many bytes of DATA;
     *starttls_extra* is sent in the same packet as the 220 to STARTTLS (response injection);
-    *ehlo_extra* adds EHLO lines (AUTH, say).
+    *ehlo_extra* adds EHLO lines (AUTH, say); a *greeting* of None: the smarthost never
+    greets (it answers the commands all the same). "DOT" is also the reply to BDAT LAST.
     """
 
     greeting: bytes | None = b"220 smarthost.test ESMTP scripted"  # None: never greets
@@ -145,6 +146,9 @@ class _Session:
                 self.buffer = b""
                 self.conn = self.server.tls_context.wrap_socket(self.conn, server_side=True)
                 self.tls = True
+            elif verb == "BDAT":
+                if not self.read_bdat(line):
+                    return
             elif verb == "DATA":
                 if not self.answer("DATA", b"354 go ahead"):
                     return
@@ -155,6 +159,22 @@ class _Session:
                 return
             elif not self.answer(verb, b"250 OK"):
                 return
+
+    def read_bdat(self, command: bytes) -> bool:
+        """Read one `BDAT <size> LAST` chunk (the only kind relay sends); record its bytes."""
+        size = int(command.split()[1])
+        while len(self.buffer) < size:
+            if not self.recv():
+                return False
+        raw, self.buffer = self.buffer[:size], self.buffer[size:]
+        with self.server.lock:
+            self.server.attempts += 1
+        if not self.answer("DOT", b"250 2.0.0 queued"):
+            return False
+        if self.script.replies.get("DOT", b"250")[:1] == b"2":
+            with self.server.lock:
+                self.server.data.append(raw)
+        return True
 
     def read_data(self) -> bool:
         """Read up to the final dot; record the wire bytes; answer as scripted."""
