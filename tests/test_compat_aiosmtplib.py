@@ -4,8 +4,12 @@ Each test fails naming the internal or the behaviour when an aiosmtplib release 
 the protocol's lock, reply flag, write, reply reading and flow control that `send_data`
 drives; that `send_data` waits in flow control and gives up on a smarthost that stops
 reading; and that aiosmtplib refuses an address it cannot send (`<>` as a recipient) with a
-ValueError before writing anything, which deliver counts as a permanent refusal.
-Against a real aiosmtpd sink and a real listening socket on 127.0.0.1.
+ValueError before writing anything, which deliver counts as a permanent refusal; the
+connection internals `GreetingSMTP` replaces (`SMTP._create_connection`), and that it goes on
+without a greeting; that `send_pipelined` gets each reply of commands written at once, the
+ones that came in one read included; that `mail_command` and `rcpt_command` are the lines
+`SMTP.mail()` and `SMTP.rcpt()` write; and `send_bdat`. Against a real aiosmtpd sink, a
+raw-socket smarthost and a real listening socket on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -18,9 +22,21 @@ from collections.abc import Iterator
 
 import aiosmtplib
 import pytest
+from aiosmtplib.protocol import SMTPProtocol
 from support.sink import Behaviour, Sink
+from support.smarthost import Script, ScriptedSmarthost
 
-from common.compat_aiosmtplib import PROTOCOL_INTERNALS, send_data, wire_address
+from common.compat_aiosmtplib import (
+    PROTOCOL_INTERNALS,
+    SMTP_INTERNALS,
+    GreetingSMTP,
+    mail_command,
+    rcpt_command,
+    send_bdat,
+    send_data,
+    send_pipelined,
+    wire_address,
+)
 
 
 async def _connected(port: int) -> aiosmtplib.SMTP:
@@ -46,6 +62,8 @@ def test_the_protocol_internals_are_there(sink: Sink) -> None:
         assert inspect.iscoroutinefunction(protocol._drain_helper), "_drain_helper changed"
         assert inspect.iscoroutinefunction(protocol.read_response), "read_response changed"
         assert list(inspect.signature(protocol.write).parameters) == ["data"], "write changed"
+        assert isinstance(protocol._buffer, bytearray), "_buffer changed"
+        assert protocol._read_response_from_buffer() is None, "_read_response_from_buffer"
         await smtp.quit()
 
     asyncio.run(check())
@@ -170,3 +188,182 @@ def test_wire_address_is_what_mail_and_rcpt_send(sink: Sink) -> None:
 
     asyncio.run(send())
     assert sink.messages[0].rcpt_tos == ["b@example.com", "c"]
+
+
+def test_the_connection_internals_greeting_smtp_replaces_are_there() -> None:
+    """SMTP._create_connection(timeout) (what connect() calls), _on_connection_lost(protocol),
+    _get_tls_context() and SMTPProtocol(loop, connection_lost_callback) as GreetingSMTP
+    builds the connection."""
+    missing = [name for name in SMTP_INTERNALS if not hasattr(aiosmtplib.SMTP, name)]
+    assert missing == [], f"aiosmtplib.SMTP lost {missing}"
+    create = aiosmtplib.SMTP._create_connection
+    assert inspect.iscoroutinefunction(create), "_create_connection is not a coroutine"
+    assert list(inspect.signature(create).parameters) == ["self", "timeout"], \
+        "_create_connection(timeout) changed"
+    assert "_create_connection(" in inspect.getsource(aiosmtplib.SMTP.connect), \
+        "connect() no longer calls _create_connection"
+    assert inspect.iscoroutinefunction(aiosmtplib.SMTP._get_tls_context), "_get_tls_context"
+    lost = inspect.signature(aiosmtplib.SMTP._on_connection_lost)
+    assert list(lost.parameters) == ["self", "protocol"], "_on_connection_lost changed"
+    init = inspect.signature(SMTPProtocol.__init__).parameters
+    assert {"loop", "connection_lost_callback"} <= set(init), "SMTPProtocol() changed"
+
+
+def test_greeting_smtp_goes_on_without_a_greeting() -> None:
+    """A smarthost that never greets: connect() returns after greeting_timeout with
+    greeting_missed, EHLO and a message go through; with go_on=False it is a timeout."""
+    with ScriptedSmarthost(Script(greeting=None)) as smarthost:
+
+        async def talk(go_on: bool) -> tuple[bool, int]:
+            smtp = GreetingSMTP(hostname="127.0.0.1", port=smarthost.port, timeout=5,
+                                start_tls=False, local_hostname="client.test",
+                                greeting_timeout=0.5, go_on=go_on)
+            await smtp.connect(timeout=5)
+            missed = smtp.greeting_missed
+            response = await smtp.ehlo()
+            await smtp.quit()
+            return missed, response.code
+
+        assert asyncio.run(talk(True)) == (True, 250)
+        with pytest.raises(aiosmtplib.SMTPConnectTimeoutError):
+            asyncio.run(talk(False))
+    assert smarthost.commands[:2] == [b"EHLO client.test", b"QUIT"]
+
+
+def test_greeting_smtp_reads_a_greeting_as_aiosmtplib(sink: Sink) -> None:
+    """A smarthost that greets: connect() returns its 220, greeting_missed stays False."""
+
+    async def talk() -> tuple[int, bool]:
+        smtp = GreetingSMTP(hostname="127.0.0.1", port=sink.port, timeout=5, start_tls=False,
+                            local_hostname="client.test", greeting_timeout=5)
+        response = await smtp.connect(timeout=5)
+        await smtp.quit()
+        return response.code, smtp.greeting_missed
+
+    assert asyncio.run(talk()) == (220, False)
+
+
+def test_a_late_greeting_as_the_reply_to_ehlo_closes_the_connection() -> None:
+    """The 220 coming after the greeting timeout, as EHLO's reply: an SMTP error with code
+    220 and the connection closed (never a reply one behind)."""
+    with ScriptedSmarthost(Script(delay_at={"GREETING": 1.5})) as smarthost:
+
+        async def talk() -> aiosmtplib.SMTP:
+            smtp = GreetingSMTP(hostname="127.0.0.1", port=smarthost.port, timeout=5,
+                                start_tls=False, local_hostname="client.test",
+                                greeting_timeout=0.3)
+            await smtp.connect(timeout=5)
+            with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+                await smtp.ehlo()
+            assert refused.value.code == 220 and "--prompt-timeout" in refused.value.message
+            return smtp
+
+        assert not asyncio.run(talk()).is_connected
+
+
+def test_mail_and_rcpt_command_are_what_aiosmtplib_writes() -> None:
+    """The lines SMTP.mail() and SMTP.rcpt() write, byte for byte, and the same refusals."""
+    with ScriptedSmarthost() as smarthost:
+
+        async def talk() -> None:
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=smarthost.port, timeout=5,
+                                   start_tls=False, local_hostname="client.test")
+            await smtp.connect()
+            await smtp.mail("\u00e4@x.test", options=["SIZE=10", "BODY=8BITMIME"],
+                            encoding="utf-8")
+            await smtp.rcpt("b@y.test")
+            await smtp.quit()
+
+        asyncio.run(talk())
+    assert smarthost.commands[1:3] == [
+        mail_command("\u00e4@x.test", ["SIZE=10", "BODY=8BITMIME"], "utf-8")[:-2],
+        rcpt_command("b@y.test", "ascii")[:-2]]
+    with pytest.raises(ValueError, match="prohibited"):
+        mail_command("a@x.test", ["SIZE=1\r\nRSET"], "ascii")
+    for unsendable in ("<>", "a b@y.test"):
+        with pytest.raises(ValueError):
+            rcpt_command(unsendable, "ascii")
+
+
+def test_send_pipelined_gets_every_reply_in_order(sink: Sink) -> None:
+    """MAIL and three RCPTs written at once (their replies mostly in one read): four
+    replies, each its command's, the 550 in its place; then DATA goes through."""
+    sink.behaviour.rcpt_replies = {"no@y.test": "550 5.1.1 no such user"}
+
+    async def send() -> list[int]:
+        smtp = await _connected(sink.port)
+        replies = await send_pipelined(smtp, [
+            mail_command("a@x.test", [], "ascii"), rcpt_command("b@y.test", "ascii"),
+            rcpt_command("no@y.test", "ascii"), rcpt_command("c@y.test", "ascii")], timeout=5)
+        await send_data(smtp, [b"x\r\n.\r\n"], timeout=5, final_timeout=5)
+        await smtp.quit()
+        return [reply.code for reply in replies]
+
+    assert asyncio.run(send()) == [250, 250, 550, 250]
+    assert [m.rcpt_tos for m in sink.messages] == [["b@y.test", "c@y.test"]]
+
+
+def test_send_bdat_sends_the_bytes_as_they_are() -> None:
+    """BDAT <size> LAST and the bytes unchanged (a dot line, a bare LF); the reply is the
+    smarthost's; a refusal is an SMTPDataError with its code."""
+    body = b"a\n.\r\n\x00b"
+    for reply, expected in ((b"250 2.0.0 ok", 250), (b"554 5.6.0 no", 554)):
+        with ScriptedSmarthost(Script(replies={"DOT": reply})) as smarthost:
+
+            async def send() -> int:
+                smtp = await _connected(smarthost.port)
+                await smtp.mail("a@x.test")
+                await smtp.rcpt("b@y.test")
+                try:
+                    response = await send_bdat(smtp, [body[:3], body[3:]], len(body),
+                                               timeout=5, final_timeout=5)
+                except aiosmtplib.SMTPDataError as error:
+                    return error.code
+                await smtp.quit()
+                return response.code
+
+            assert asyncio.run(send()) == expected
+        assert b"BDAT %d LAST" % len(body) in smarthost.commands
+        assert smarthost.data == ([body] if expected == 250 else [])
+
+
+def test_send_pipelined_takes_replies_that_came_in_one_read() -> None:
+    """A server that answers MAIL and two RCPTs in one packet: all three replies, in order
+    (the second and third from SMTPProtocol._buffer), none lost."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"220 batch.test\r\n")
+            data = b""
+            while data.count(b"\r\n") < 1:
+                data += conn.recv(4096)
+            conn.sendall(b"250 batch.test\r\n")
+            data = b""
+            while data.count(b"\r\n") < 3:
+                data += conn.recv(4096)
+            conn.sendall(b"250 2.1.0 sender\r\n550 5.1.1 first\r\n251 2.1.5 second\r\n")
+            conn.recv(4096)  # QUIT, or the close
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def send() -> list[tuple[int, str]]:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5, start_tls=False,
+                               local_hostname="client.test")
+        await smtp.connect()
+        await smtp.ehlo()
+        replies = await send_pipelined(smtp, [
+            mail_command("a@x.test", [], "ascii"), rcpt_command("b@y.test", "ascii"),
+            rcpt_command("c@y.test", "ascii")], timeout=5)
+        smtp.close()
+        return [(reply.code, reply.message) for reply in replies]
+
+    try:
+        assert asyncio.run(send()) == [(250, "2.1.0 sender"), (550, "5.1.1 first"),
+                                       (251, "2.1.5 second")]
+    finally:
+        thread.join(10)
+        listener.close()

@@ -51,6 +51,7 @@ class Behaviour:
     data_reply_count: int | None = None
     # EHLO keywords the sink does not advertise (e.g. "8BITMIME"; MAIL still takes them).
     ehlo_without: tuple[str, ...] = ()
+    ehlo_extra: tuple[str, ...] = ()  # more EHLO keywords, e.g. "PIPELINING"
 
 
 class _Handler:
@@ -62,6 +63,7 @@ class _Handler:
         session.host_name = hostname
         hidden = self.sink.behaviour.ehlo_without
         kept = [line for line in responses if line[4:].split(" ")[0] not in hidden]
+        kept[-1:-1] = [f"250-{word}" for word in self.sink.behaviour.ehlo_extra]
         return [*(f"250-{line[4:]}" for line in kept[:-1]), f"250 {kept[-1][4:]}"]
 
     async def handle_MAIL(self, server: SMTP, session: Any, envelope: Any, address: str,

@@ -46,6 +46,9 @@ class ScriptedSmarthost:
         self.data: list[bytes] = []
         self.attempts = 0  # DATA transfers that ended with the final dot
         self.commands: list[bytes] = []
+        self.queued_behind: list[bytes] = []  # commands that came with more behind them
+        self.resets = 0  # connections the client ended with a reset (RST), not a FIN
+        self.ended = 0  # sessions over (closed by either side)
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -79,11 +82,16 @@ class ScriptedSmarthost:
     def _session(self, conn: socket.socket) -> None:
         try:
             _Session(self, conn).run()
+        except ConnectionResetError:
+            with self.lock:
+                self.resets += 1
         except OSError:
             pass
         finally:
             with contextlib.suppress(OSError):
                 conn.close()
+            with self.lock:
+                self.ended += 1
 
 
 class _Session:
@@ -127,6 +135,8 @@ class _Session:
         while (line := self.line()) is not None:
             with self.server.lock:
                 self.server.commands.append(line)
+                if b"\r\n" in self.buffer:
+                    self.server.queued_behind.append(line)
             verb = line.split(b" ", 1)[0].upper().decode("ascii", "replace")
             if verb == "EHLO":
                 if self.script.hangup_at == "EHLO":
