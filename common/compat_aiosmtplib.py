@@ -189,6 +189,8 @@ class GreetingSMTP(aiosmtplib.SMTP):
         self.greeting_missed = False  # True until the first reply after a missed greeting
 
     async def _create_connection(self, timeout: float | None) -> SMTPResponse:
+        if self.sock is not None or self.socket_path is not None:  # not relay's: aiosmtplib's
+            return await super()._create_connection(timeout)
         loop = self.loop or asyncio.get_running_loop()
         protocol = SMTPProtocol(loop=loop, connection_lost_callback=self._on_connection_lost)
         tls_context = await self._get_tls_context() if self.use_tls else None

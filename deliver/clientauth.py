@@ -82,13 +82,13 @@ async def authenticate(smtp: aiosmtplib.SMTP, account: ClientAccount,
     if not account.authenticates:
         return None
     offered = smtp.server_auth_methods
-    usable = mechanisms(account, config or AuthConfig(), offered)
+    config = config or AuthConfig()
+    usable = mechanisms(account, config, offered)
     if not usable:
         have = "an md5 secret (CRAM-MD5 only)" if account.password is None else "a password"
+        listed = "" if config == AuthConfig() else ", and --client-auth-config leaves none"
         raise NoMechanism(f"the account has {have}; the smarthost offers "
-                          f"{' '.join(offered).upper() or 'no AUTH'}"
-                          + (" (after --client-auth-config)" if config != AuthConfig()
-                             and config is not None else ""))
+                          f"{' '.join(offered).upper() or 'no AUTH'}{listed}")
     for number, name in enumerate(usable, 1):
         try:
             await _one(smtp, account, name)

@@ -172,13 +172,13 @@ class SmarthostConnection:
             stage = Stage.MAIL
             self._clean = False
             timeout = self.settings.response_timeout
-            if self.settings.pipelining and smtp.supports_extension("pipelining"):
+            pipelined = self.settings.pipelining and smtp.supports_extension("pipelining")
+            if pipelined:
                 unsent = await self._pipelined(smtp, envelope.sender, sendable,
                                                parameters=plan.parameters, encoding=encoding,
                                                accepted=accepted, refused=refused)
                 if unsent is not None:
                     return unsent
-                sendable = []  # all done
             else:
                 try:
                     await smtp.mail(envelope.sender, options=plan.parameters,
@@ -187,7 +187,7 @@ class SmarthostConnection:
                     return Attempt(Stage.MAIL, unsendable("sender", envelope.sender,
                                                            str(error)))
             stage = Stage.RCPT
-            for recipient in sendable:
+            for recipient in [] if pipelined else sendable:  # pipelined: already done
                 try:
                     await smtp.rcpt(recipient, encoding=encoding, timeout=timeout)
                 except aiosmtplib.SMTPRecipientRefused as refusal:
