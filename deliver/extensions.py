@@ -40,12 +40,14 @@ class MailPlan:
     parameters: list[str]
     bdat: bool = False
     without: list[str] = field(default_factory=list)
+    size: int = 0  # what SIZE= says: as DATA sends it, or for BDAT as stored
 
 
 def mail_plan(body_type: str, utf8_names: bool, offered: Collection[str], size: int,
-              strict: Strict) -> MailPlan | str:
+              strict: Strict, *, stored_size: int | None = None) -> MailPlan | str:
     """The plan for a message of *body_type* (`Content:`) and *utf8_names*, to a smarthost
-    whose EHLO *offered* these extensions (lower case); or the reason it fails for good."""
+    whose EHLO *offered* these extensions (lower case); or the reason it fails for good.
+    *size* is the content's size as DATA sends it, *stored_size* as stored (BDAT's)."""
     eightbit = "8bitmime" in offered
     chunking = "binarymime" in offered and "chunking" in offered
     utf8 = "smtputf8" in offered
@@ -62,13 +64,16 @@ def mail_plan(body_type: str, utf8_names: bool, offered: Collection[str], size: 
         if strict.smtputf8:
             return SMTPUTF8_REASON
         without.append("SMTPUTF8")
+    bdat = body_type == "binarymime" and chunking
+    if bdat and stored_size is not None:
+        size = stored_size
     parameters: list[str] = []
     if "size" in offered:
         parameters.append(f"SIZE={size}")
-    if body_type == "binarymime" and chunking:
+    if bdat:
         parameters.append("BODY=BINARYMIME")
     elif eightbit and body_type in ("7bit", "8bit"):
         parameters.append("BODY=8BITMIME" if body_type == "8bit" else "BODY=7BIT")
     if utf8_names and utf8:
         parameters.append("SMTPUTF8")
-    return MailPlan(parameters, body_type == "binarymime" and chunking, without)
+    return MailPlan(parameters, bdat, without, size)

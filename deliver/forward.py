@@ -134,18 +134,22 @@ class SmarthostConnection:
         return self._smtp is not None and self._smtp.is_connected
 
     async def transact(self, route: Route, envelope: Envelope,
-                       content: bytes | Iterable[bytes], size: int | None = None) -> Attempt:
+                       content: bytes | Iterable[bytes], size: int | None = None, *,
+                       stored_size: int | None = None) -> Attempt:
         """Send *content* to *envelope*'s To-Remote recipients; report what happened.
 
         *content* is the stored content: one `bytes`, or its slices in order (read as the
-        transaction needs them) together with its *size*.
+        transaction needs them) together with its *size* as DATA sends it and its
+        *stored_size* (the file's, what BDAT sends).
         """
         stage = Stage.CONNECT
         accepted: list[str] = []
         refused: list[tuple[str, Reply]] = []
         if isinstance(content, bytes):
-            size = data_size((content,))
+            size, stored_size = data_size((content,)), len(content)
             content = _slices(content)
+        elif stored_size is None:
+            stored_size = size  # one size given: the file's
         encoding = "utf-8" if envelope.utf8_mailbox_names else "ascii"
         # Addresses aiosmtplib cannot send as they are fail for good, before connecting.
         problem = address_problem("sender", envelope.sender, encoding)
@@ -163,12 +167,10 @@ class SmarthostConnection:
         try:
             smtp = await self._ready(route)
             plan = mail_plan(envelope.body_type, envelope.utf8_mailbox_names,
-                             smtp.esmtp_extensions, size or 0, self.settings.strict)
+                             smtp.esmtp_extensions, size or 0, self.settings.strict,
+                             stored_size=stored_size)
             if isinstance(plan, str):  # needs an extension the smarthost lacks: for good
                 return Attempt(Stage.UNSENDABLE, Reply(None, plan))
-            if plan.without:
-                log.warning("sending_without_extension", extensions=plan.without,
-                            server=route.host)
             stage = Stage.MAIL
             self._clean = False
             timeout = self.settings.response_timeout
@@ -207,7 +209,7 @@ class SmarthostConnection:
             if self.settings.log_dialogue:
                 log.debug("smtp_command", command=f"DATA ({size} bytes)", server=route.host)
             encoder = DataEncoder()
-            response = await self._send_content(smtp, plan, content, size or 0, encoder)
+            response = await self._send_content(smtp, plan, content, plan.size, encoder)
             if self.settings.log_dialogue:
                 log.debug("smtp_reply", code=response.code, text=response.message,
                           server=route.host)
@@ -215,7 +217,7 @@ class SmarthostConnection:
             self._last_used = time.monotonic()
             return Attempt(
                 Stage.DONE, Reply(response.code, response.message), tuple(accepted),
-                tuple(refused), encoder.normalised,
+                tuple(refused), encoder.normalised, tuple(plan.without),
             )
         except _AuthProblem as error:
             self._drop()

@@ -197,6 +197,7 @@ class MessageHandler:
         # SIZE= announces what is sent, and a bare CR or LF goes out as CRLF: one pass that
         # only counts (a file written by intake has none). On a read fault, the file's size:
         # sending reads it again and defers on the same fault.
+        stored_size = size  # what BDAT sends (a binarymime message goes as it is)
         with contextlib.suppress(OSError):
             size = data_size(claimed.content_slices(SLICE_SIZE))
         started = time.monotonic()
@@ -204,11 +205,14 @@ class MessageHandler:
         # The content is read slice by slice as it is sent: a big message is never held
         # whole (a read error on the way defers it; the smarthost never sees the dot).
         attempt = await connection.transact(route, envelope, claimed.content_slices(SLICE_SIZE),
-                                            size)
+                                            size, stored_size=stored_size)
         events.emit("client", "sent", message_id, _short_reason(attempt))
         if attempt.line_ends_normalised:  # a content file with bare CR or LF, sent as CRLF
             self.log.info("line_ends_normalised", msg_id=message_id,
                           count=attempt.line_ends_normalised)
+        if attempt.without:  # E-MailRelay's lenient keywords: sent all the same
+            self.log.warning("sent_without_extension", msg_id=message_id,
+                             extensions=",".join(attempt.without))
         outcome = classify(attempt)
         # Reached: any reply at all, or a stage past the connection.
         reached = attempt.stage is not Stage.CONNECT or attempt.reply.code is not None

@@ -43,13 +43,15 @@ class Reply:
 @dataclass(frozen=True)
 class Attempt:
     """What happened: the stage reached, the last reply, and each refused recipient;
-    and how many bare CR or LF of the content went out as CRLF (see deliver.dotstuff)."""
+    how many bare CR or LF of the content went out as CRLF (see deliver.dotstuff); and the
+    extensions it was sent without (8BITMIME...: see deliver.extensions)."""
 
     stage: Stage
     reply: Reply
     accepted: tuple[str, ...] = ()
     refused: tuple[tuple[str, Reply], ...] = ()
     line_ends_normalised: int = 0
+    without: tuple[str, ...] = ()  # extensions the message needed and went without
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,8 @@ class RoutePool(SmarthostConnection):
         return any(connection.connected for connection in self._routes.values())
 
     async def transact(self, route: Route, envelope: Envelope,
-                       content: bytes | Iterable[bytes], size: int | None = None) -> Attempt:
+                       content: bytes | Iterable[bytes], size: int | None = None, *,
+                       stored_size: int | None = None) -> Attempt:
         routed = (route.host, route.port) != self.default
         down = self.health.reason(route) if routed else None
         if down is not None:
@@ -101,7 +102,8 @@ class RoutePool(SmarthostConnection):
             connection = SmarthostConnection(self.settings, self._context)
             self._routes[route] = connection
         self._routes.move_to_end(route)
-        attempt = await connection.transact(route, envelope, content, size)
+        attempt = await connection.transact(route, envelope, content, size,
+                                            stored_size=stored_size)
         if not routed:
             return attempt
         self.health.record(route, attempt)

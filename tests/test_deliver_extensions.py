@@ -10,6 +10,7 @@ goes out as E-MailRelay sends it. Also --pipelining and --no-linger on the wire.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from support.deliver import run_once
@@ -46,6 +47,7 @@ ALL = {"8bitmime", "smtputf8", "size", "binarymime", "chunking"}
     ("binarymime", False, {"binarymime", "chunking"}, Strict(),
      MailPlan(["BODY=BINARYMIME"], bdat=True)),
     ("unknown", False, ALL, Strict(), MailPlan(["SIZE=9"])),
+    ("binarymime", False, ALL, Strict(), MailPlan(["SIZE=9", "BODY=BINARYMIME"], bdat=True)),
     # E-MailRelay checks 8BITMIME first, then BINARYMIME, then SMTPUTF8
     ("8bit", True, set(), Strict(eightbit=True), EIGHTBIT_REASON),
 ])
@@ -53,6 +55,8 @@ def test_mail_plan_is_emailrelays_rule(body: str, utf8: bool, offered: set[str],
                                        expected: MailPlan | str) -> None:
     """Each body type and name kind against each EHLO: E-MailRelay 2.6.1's parameters, or
     its reason when the keyword is strict."""
+    if isinstance(expected, MailPlan):
+        expected = replace(expected, size=9)
     assert mail_plan(body, utf8, offered, 9, strict) == expected
 
 
@@ -76,11 +80,16 @@ def seven_bit_sink() -> Iterator[Sink]:
         yield sink
 
 
-def test_eight_bit_is_sent_anyway_by_default(spool: Spool, seven_bit_sink: Sink) -> None:
-    """No eightbitstrict (E-MailRelay's default): the 8bit message goes out, no BODY=."""
-    spool.store(EIGHT_BIT, Envelope(sender="a@x.test", to_remote=("b@y.test",),
-                                    body_type="8bit"))
+def test_eight_bit_is_sent_anyway_by_default(spool: Spool, seven_bit_sink: Sink,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """No eightbitstrict (E-MailRelay's default): the 8bit message goes out, no BODY=, and
+    a warning says it went without 8BITMIME (E-MailRelay warns too)."""
+    message_id = spool.store(EIGHT_BIT, Envelope(sender="a@x.test", to_remote=("b@y.test",),
+                                                 body_type="8bit"))
     assert run_once(spool, seven_bit_sink.address) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if '"sent_without_extension"' in line]
+    assert len(warnings) == 1 and message_id in warnings[0] and "8BITMIME" in warnings[0]
     (message,) = seven_bit_sink.messages
     assert message.data == EIGHT_BIT
     assert not any(option.startswith("BODY=") for option in message.mail_options)
@@ -210,3 +219,12 @@ def test_no_linger_ends_a_dropped_connection_with_a_reset(spool: Spool) -> None:
             assert smarthost.attempts == 1
             wait_until(lambda: smarthost.ended == 1, 15)
             assert smarthost.resets == resets
+
+
+def test_bdat_announces_and_sends_the_stored_size() -> None:
+    """For BDAT, SIZE= is the content as stored (DATA's size counts a bare LF as CRLF)."""
+    plan = mail_plan("binarymime", False, ALL, 12, Strict(), stored_size=10)
+    assert isinstance(plan, MailPlan)
+    assert (plan.parameters[0], plan.size, plan.bdat) == ("SIZE=10", 10, True)
+    data = mail_plan("8bit", False, ALL, 12, Strict(), stored_size=10)
+    assert isinstance(data, MailPlan) and (data.parameters[0], data.size) == ("SIZE=12", 12)
