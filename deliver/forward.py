@@ -74,7 +74,6 @@ MAIL_OK = 250
 RCPT_OK = (250, 251)  # as SMTP.rcpt()
 
 
-
 @dataclass(frozen=True)
 class Route:
     """Where one message goes: host, port, and the client account selector for AUTH."""
@@ -207,7 +206,8 @@ class SmarthostConnection:
                 return Attempt(Stage.RCPT, refused[0][1], (), tuple(refused))
             stage = Stage.DATA
             if self.settings.log_dialogue:
-                log.debug("smtp_command", command=f"DATA ({size} bytes)", server=route.host)
+                log.debug("smtp_command", server=route.host,
+                          command=f"{'BDAT' if plan.bdat else 'DATA'} ({plan.size} bytes)")
             encoder = DataEncoder()
             response = await self._send_content(smtp, plan, content, plan.size, encoder)
             if self.settings.log_dialogue:
