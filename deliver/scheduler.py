@@ -1,12 +1,12 @@
 """When to scan the spool and who sends what: wake-ups, the queue of due ids, the workers.
 
 The directory listing (`spool.scan_due`) is the truth; everything else only asks for a scan:
-watchdog events for `*.envelope` files and for intake's trigger file, SIGUSR1, the
-`--poll` timer, and the earliest future due time of a deferred message. Scans run one at a
-time in a thread (a request during a scan sets a "scan again" flag) and keep only message
-ids: envelopes are parsed by the worker that claims them. N workers each own one reusable
-smarthost connection. Reads directory listings; every change to a message goes through
-`deliver.message`. Never parses an envelope itself.
+watchdog events for `*.envelope` files and for intake's trigger file (`deliver.watch`),
+SIGUSR1, the `--poll` timer, and the earliest future due time of a deferred message. Scans
+run one at a time in a thread (a request during a scan sets a "scan again" flag) and keep
+only message ids: envelopes are parsed by the worker that claims them. N workers each own
+one reusable smarthost connection. Reads directory listings; every change to a message
+goes through `deliver.message`. Never parses an envelope itself.
 
 A flush (`flush()`: SIGUSR1, the trigger file, `relay --as-client`, the admin interface's
 `flush`, `--flush-every`, `--flush-at-start`) lists every waiting message, deferred ones
@@ -26,20 +26,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from common import events
-from common.compat_watchdog import no_move_pairing_delay
 from common.logs import Logger
 from common.metrics import DeliverMetrics
 from deliver.forward import SmarthostConnection
 from deliver.message import MessageHandler, Result
+from deliver.watch import Watch, ignore
 from spool import ScanResult, Spool, recover, scan_due
-from spool.names import TRIGGER_NAME, State
+from spool.names import State
 
 # A connection idle this long is closed (QUIT); the next message opens a new one.
 IDLE_CLOSE_SECONDS = 30.0
@@ -93,7 +90,7 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hint_pending = threading.Event()  # coalesces watchdog events across threads
-        self._watch: _Watch | None = None
+        self._watch: Watch | None = None
         self.last_activity = time.monotonic()  # a scan or a message handled (for /healthz)
         self._why = "startup"  # why the next scan happens, for "client: forward: start"
         self._forwarding = False
@@ -156,9 +153,9 @@ class Scheduler:
             # what the recovery puts back is found by the scan it asks for.
             recovery = asyncio.create_task(self._recover_then_scan())
         # Without the watch for new mail (--no-watch) the trigger file is still watched.
-        wake = self.request_scan_threadsafe if self.watch else _ignore
-        self._watch = None if self.once else _Watch.start(self.spool, wake,
-                                                           self.flush_threadsafe, self.log)
+        wake = self.request_scan_threadsafe if self.watch else ignore
+        self._watch = None if self.once else Watch.start(self.spool, wake,
+                                                          self.flush_threadsafe, self.log)
         workers = [asyncio.create_task(self._worker(), name=f"worker-{n}")
                    for n in range(self.concurrency)]
         try:
@@ -170,7 +167,7 @@ class Scheduler:
             self.stop()
             watch, self._watch = self._watch, None
             if watch is not None:
-                watch.observer.stop()
+                watch.stop()
             _done, still_running = await asyncio.wait(workers, timeout=self.shutdown_timeout)
             for task in still_running:
                 task.cancel()  # each releases its claim back to `.envelope` on the way out
@@ -182,7 +179,7 @@ class Scheduler:
             await asyncio.to_thread(remover.close)
             self.stats.removals_failed = len(remover.left_behind)
             if watch is not None:
-                await asyncio.to_thread(watch.observer.join, 2.0)
+                await asyncio.to_thread(watch.join, 2.0)
             if recovery is not None:
                 await recovery
         final = await asyncio.to_thread(scan_due, self.spool)
@@ -394,82 +391,3 @@ class Scheduler:
             self.stats.failed += 1
         elif result is Result.HELD:
             self.stats.held += 1
-
-def _ignore() -> None:
-    """A file event that needs nothing (new mail under --no-watch waits for a flush)."""
-
-
-class _Watch:
-    """The watchdog observer of the spool directory, which can be paused and resumed."""
-
-    def __init__(self, observer: Any, spool: Spool, handler: FileSystemEventHandler,
-                 log: Logger) -> None:
-        self.observer = observer
-        self._path = str(spool.path)
-        self._handler = handler
-        self._log = log
-        self.armed = True
-
-    @classmethod
-    def start(cls, spool: Spool, wake: Callable[[], None], flush: Callable[[], None],
-              log: Logger) -> _Watch | None:
-        """Watch *spool*; None when the watch cannot be had (--poll still finds the mail)."""
-        no_move_pairing_delay()  # relay takes events as hints: pairing moves only delays
-        observer = Observer()
-        handler = _SpoolEvents(wake, flush)
-        observer.schedule(handler, str(spool.path), recursive=False)
-        observer.daemon = True
-        try:
-            observer.start()
-        except OSError as error:  # e.g. out of inotify watches
-            log.warning("watch_failed", reason=error.strerror or str(error))
-            return None
-        return cls(observer, spool, handler, log)
-
-    def pause(self) -> None:
-        """Remove the inotify watch (the observer's threads stay). Blocks briefly."""
-        if self.armed:
-            self.observer.unschedule_all()
-            self.armed = False
-            self._log.debug("watch_paused")
-
-    def resume(self) -> None:
-        """Watch again. Blocks briefly. The caller scans afterwards (events may be lost)."""
-        if self.armed:
-            return
-        try:
-            self.observer.schedule(self._handler, self._path, recursive=False)
-        except OSError as error:  # out of inotify watches now: --poll finds the mail
-            self._log.warning("watch_failed", reason=error.strerror or str(error))
-            return
-        self.armed = True
-        self._log.debug("watch_resumed")
-
-
-class _SpoolEvents(FileSystemEventHandler):
-    """Turns file events that may mean new mail into scan requests (hints only); the trigger
-    file into a flush."""
-
-    def __init__(self, wake: Callable[[], None], flush: Callable[[], None]) -> None:
-        self._wake = wake
-        self._flush = flush
-
-    def _event(self, path: str | bytes) -> None:
-        name = path.decode(errors="replace") if isinstance(path, bytes) else path
-        name = name.rsplit("/", 1)[-1]
-        if name == TRIGGER_NAME:
-            self._flush()
-        elif name.endswith(State.READY.suffix):
-            self._wake()
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        self._event(event.src_path)
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        self._event(event.dest_path)
-
-    def on_closed(self, event: FileSystemEvent) -> None:
-        self._event(event.src_path)
-
-    def on_modified(self, event: FileSystemEvent) -> None:
-        self._event(event.src_path)  # the trigger file, or an envelope written in place
