@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import smtplib
@@ -171,10 +170,11 @@ def test_relay_as_server_then_as_client(sink: Sink, spool_dir: Path) -> None:
 
 
 def test_relay_unknown_switch_and_help() -> None:
-    """An unknown switch is a clear error with exit 64; --help --verbose lists every switch."""
+    """An unknown switch is a clear error with exit 1 (emailrelay's); --help --verbose lists
+    every switch."""
     bad = subprocess.run([str(BIN / "relay"), "--as-server", "--frobnicate"],
                          env=program_env(), capture_output=True, text=True)
-    assert bad.returncode == os.EX_USAGE
+    assert bad.returncode == 1
     assert "unknown switch --frobnicate" in bad.stderr
     short = subprocess.run([str(BIN / "relay"), "--help"], env=program_env(),
                            capture_output=True, text=True)

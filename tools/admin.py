@@ -285,12 +285,16 @@ def start_for_relay(port_text: str, *, spool_dir: str, forward_to: str | None,
                     with_terminate: bool, remote_clients: bool,
                     deliver_command: list[str] | None,
                     smtp_listening: tuple[tuple[str, str], ...] = (),
+                    interfaces: tuple[str, ...] = (),
                     event_fd: int | None = None) -> AdminServer:
     """The admin interface for the `relay` command; ValueError for a bad port, OSError when
     it cannot listen. Terminate sends this process SIGTERM (relay stops as on a signal).
     *deliver_command*: run for a flush when no relay-deliver runs (--as-server), given
     *event_fd* (the supervisor's event pipe) so that its events reach `notify` too.
-    *smtp_listening*: relay-intake's addresses, listed by `status` after the admin ones."""
+    *smtp_listening*: relay-intake's addresses, listed by `status` after the admin ones.
+    *interfaces*: the addresses to listen on (--interface's unqualified and `admin=` ones,
+    as E-MailRelay's admin server); none given: loopback, or every address with
+    *remote_clients*."""
     if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
         raise ValueError(f"--admin: {port_text!r} is not a port number")
     settings = AdminSettings(
@@ -302,15 +306,18 @@ def start_for_relay(port_text: str, *, spool_dir: str, forward_to: str | None,
         forward_once=None if deliver_command is None else
         forward_once_with(deliver_command, event_fd),
     )
-    return serve(int(port_text), settings,
-                 ("0.0.0.0", "::") if remote_clients else ("127.0.0.1", "::1"),
-                 tuple(address_text(host, port) for host, port in smtp_listening))
+    defaults = ("0.0.0.0", "::") if remote_clients else ("127.0.0.1", "::1")
+    return serve(int(port_text), settings, interfaces or defaults,
+                 tuple(address_text(host, port) for host, port in smtp_listening),
+                 ipv6_optional=not interfaces)
 
 
 def serve(port: int, settings: AdminSettings, interfaces: tuple[str, ...],
-          listed_after: tuple[str, ...] = ()) -> AdminServer:
+          listed_after: tuple[str, ...] = (), *, ipv6_optional: bool = True) -> AdminServer:
     """The admin interface with *settings* on *port* (0: any free one) of *interfaces*;
-    `status` lists its addresses, then *listed_after* (E-MailRelay's order)."""
+    `status` lists its addresses, then *listed_after* (E-MailRelay's order). With
+    *ipv6_optional* an IPv6 address is skipped where there is no IPv6 (the defaults)."""
     hub = Hub(lambda: Session(settings),
               lambda peer: settings.remote_clients or is_local(peer), settings.log)
-    return AdminServer(port, hub, interfaces, settings.listening, listed_after)
+    return AdminServer(port, hub, interfaces, settings.listening, listed_after,
+                       ipv6_optional=ipv6_optional)

@@ -243,10 +243,12 @@ class AdminServer:
     """The admin interface on one port, served from daemon threads until `stop()`."""
 
     def __init__(self, port: int, hub: Hub, interfaces: tuple[str, ...],
-                 listening: list[str], listed_after: tuple[str, ...] = ()) -> None:
-        """Listen on each of *interfaces* (an IPv6 one is skipped where there is no IPv6);
-        each address is added to *listening* (what `status` lists), then *listed_after*
-        (the SMTP ones), before the first client can ask. OSError when it cannot listen."""
+                 listening: list[str], listed_after: tuple[str, ...] = (), *,
+                 ipv6_optional: bool = True) -> None:
+        """Listen on each of *interfaces* (with *ipv6_optional*, an IPv6 one is skipped
+        where there is no IPv6); each address is added to *listening* (what `status`
+        lists), then *listed_after* (the SMTP ones), before the first client can ask.
+        OSError when it cannot listen."""
         self.hub = hub
         self._listeners: list[_Listener] = []
         for host in interfaces:
@@ -254,7 +256,8 @@ class AdminServer:
             try:
                 listener = _Listener((host, port), family, hub)
             except OSError as error:
-                if ":" in host and error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                if ipv6_optional and ":" in host and \
+                        error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                     continue  # no IPv6 here
                 self.stop()
                 raise OSError(error.errno, f"admin: cannot listen on {host} port {port}:"

@@ -269,11 +269,11 @@ class Supervisor:
 
     def flush(self) -> None:
         """Try every queued message now (SIGUSR1 to relay-deliver): the admin `flush`."""
-        self._send(signal.SIGUSR1, names=("relay-deliver",))
+        self._send(signal.SIGUSR1, modules=("deliver.main",))
 
-    def _send(self, signum: int, names: Sequence[str] | None = None) -> None:
+    def _send(self, signum: int, modules: Sequence[str] | None = None) -> None:
         for program in self.programs:
-            if names is not None and program.name not in names:
+            if modules is not None and program.module not in modules:
                 continue
             if program.process is not None and program.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -13,7 +13,7 @@ needs `--server-auth`, as there. Reads and writes nothing.
 from __future__ import annotations
 
 from intake.esmtp import unknown_mechanisms
-from tools.relay_args import Given, UsageError
+from tools.relay_args import Given, Refused, UsageError
 
 # Each feature of --server-smtp-config and E-MailRelay 2.6.1's default for it.
 SERVER_FEATURES = {
@@ -44,7 +44,8 @@ def server_features(texts: list[str]) -> tuple[dict[str, bool], list[str]]:
 
 
 def intake_options(given: Given, notes: list[str]) -> list[str]:
-    """relay-intake's options for -Z and --server-auth-config (UsageError: exit 64)."""
+    """relay-intake's options for -Z and --server-auth-config (UsageError: exit 1, as
+    E-MailRelay; Refused, exit 64, for chunking)."""
     if given.has("server-auth-config") and not given.has("server-auth"):
         raise UsageError("the --server-auth-config option requires --server-auth")
     values, unknown = server_features(given.all("server-smtp-config"))
@@ -52,7 +53,7 @@ def intake_options(given: Given, notes: list[str]) -> list[str]:
         notes.append(f"--server-smtp-config: unknown item {item!r}, ignored (as E-MailRelay "
                      "warns and goes on)")
     if values["chunking"]:
-        raise UsageError(_CHUNKING)
+        raise Refused(_CHUNKING)
     if not values["linger"]:
         notes.append("--server-smtp-config: nolinger: relay-intake closes connections "
                      "normally (no reset)")

@@ -6,15 +6,18 @@
     relay [switches] /etc/emailrelay.conf                     the switches of a config file
 
 Every switch of `emailrelay --help --verbose` (`tools.emailrelay_switches`) is accepted with
-its long name and letter; a few are refused with one line saying why (exit 64). `parse`
-reads the command line (and the config file, E-MailRelay's "name value" lines) into the
-switches given; `plan` decides, as E-MailRelay does, what runs: relay-intake unless
+its long name and letter; a few are refused with one line saying why (exit 64); a command
+line E-MailRelay refuses too exits 1, as emailrelay. `parse` reads the command line (and
+the config file, E-MailRelay's "name value" lines) into the switches given to each instance
+(`--in-spool-dir`, `--out-port`: E-MailRelay's several instances in one process); `plan`
+decides, as E-MailRelay does, what each instance runs: relay-intake unless
 --dont-serve/--no-smtp; relay-deliver when there is a --forward-to, woken as the switches
 say (--forward-on-disconnect: as mail arrives; --poll N: the whole spool every N s;
 --forward: once at start; otherwise only on a flush: SIGUSR1 to `relay`, the trigger file,
-the admin interface); --as-client: one flush in the foreground. Then `tools.relay_run`
-runs them through `tools.daemon`, in the background unless --no-daemon (`tools.relay_args`
-reads the command line). Reads nothing itself; the programs do the rest.
+the admin interface); --as-client: one flush in the foreground. The process-wide switches
+(daemon, pid file, user, logging) are the first instance's. Then `tools.relay_run` runs
+every instance's programs through one `tools.daemon`, in the background unless --no-daemon
+(`tools.relay_args` reads the command line). Reads nothing itself; the programs do the rest.
 """
 
 from __future__ import annotations
@@ -28,13 +31,11 @@ from dataclasses import dataclass, field
 from common.process import DEFAULT_USER
 from tools import emailrelay_switches as table
 from tools.emailrelay_server import intake_options
-from tools.relay_args import Given, UsageError, parse
+from tools.relay_args import Given, Refused, UsageError, parse
 from tools.relay_client import client_notes, client_options
 from tools.relay_run import help_text, run, version_text
 
-__all__ = ["Given", "Plan", "UsageError", "main", "parse", "plan"]
-
-EX_USAGE = os.EX_USAGE
+__all__ = ["Given", "Plan", "Refused", "UsageError", "main", "parse", "plan"]
 
 # Switches whose value is a file or directory: made absolute before the daemon leaves the
 # working directory (E-MailRelay's @app is the directory of the `relay` executable).
@@ -44,6 +45,10 @@ _PATHS = ("spool-dir", "pid-file", "log-file", "filter", "client-filter", "addre
 # Repeatable switches (all values kept); every other switch: the first value given wins.
 _MULTI = ("interface", "server-tls-certificate", "filter", "client-filter",
           "client-tls-certificate")
+# Switches that count only for the first instance (E-MailRelay's process-wide ones).
+PROCESS_WIDE = ("log", "verbose", "debug", "log-time", "log-file", "log-format", "syslog",
+                "no-syslog", "close-stderr", "no-daemon", "user", "pid-file", "tls-config",
+                "localedir", "help", "version", "check")
 _LOG_FIELDS = ("time", "unit", "address", "port", "msgid")
 _RELAY_FORMATS = ("logfmt", "json", "console")
 
@@ -80,14 +85,16 @@ class Plan:
     remote_clients: bool = False
     flush_command: list[str] | None = None  # a one-off flush in the foreground (admin)
     check: bool = False  # --check: each program checks what it would load, nothing runs
+    name: str = ""  # the instance's name (its --NAME-spool-dir), "" for an unnamed one
+    more: list[Plan] = field(default_factory=list)  # the further instances (on the first)
 
 
 def refuse_what_relay_does_not_do(given: Given) -> None:
-    """UsageError naming the first switch relay refuses, with the reason."""
+    """Refused (exit 64) naming the first switch relay refuses, with the reason."""
     for name in given.values:
         reason = table.refusal(table.BY_LONG[name])
         if reason is not None:
-            raise UsageError(f"--{name}: {reason}")
+            raise Refused(f"--{name}: {reason}")
 
 
 def _default_interfaces(remote: bool) -> list[str]:
@@ -106,32 +113,55 @@ def _default_interfaces(remote: bool) -> list[str]:
     return found
 
 
+def _interfaces(texts: list[str]) -> tuple[list[str], list[str]]:
+    """The SMTP and the admin addresses of the --interface values, as E-MailRelay reads
+    them: comma lists; an address without a qualifier is for every server, `smtp=` and
+    `admin=` for that one; `pop=` for none of relay's."""
+    smtp: list[str] = []
+    admin: list[str] = []
+    for text in texts:
+        for item in (word.strip() for word in text.split(",") if word.strip()):
+            kind, equals, address = item.partition("=")
+            if not equals:
+                smtp.append(item)
+                admin.append(item)
+            elif kind == "smtp":
+                smtp.append(address)
+            elif kind == "admin":
+                admin.append(address)
+            elif kind != "pop":
+                raise UsageError(f"--interface: {item!r}: the qualifiers are smtp=, pop= "
+                                 "and admin=")
+    return smtp, admin
+
+
+def _modes(given: Given) -> tuple[str | None, set[str]]:
+    """An instance's smarthost and the switches its --as-* mode implies."""
+    modes = [name for name in ("as-client", "as-proxy", "as-server") if given.has(name)]
+    if len(modes) > 1:
+        raise UsageError(f"--{modes[0]} cannot be combined with --{modes[1]}")
+    if given.has("as-client"):
+        return given.value("as-client"), {"log", "no-syslog", "no-daemon", "dont-serve",
+                                          "forward"}
+    if given.has("as-proxy"):
+        return given.value("as-proxy"), {"log", "close-stderr", "forward-on-disconnect"}
+    if given.has("as-server"):
+        return given.value("forward-to"), {"log", "close-stderr"}
+    return given.value("forward-to"), set()
+
+
 def plan(given: Given) -> Plan:
-    """Decide, as E-MailRelay does, what runs and with which arguments."""
+    """Decide, as E-MailRelay does, what runs and with which arguments: the first
+    instance's plan, which also holds the process's settings (its daemon, pid file, user,
+    logging, --check), and in `more` one for each further instance (`--out-spool-dir`...),
+    whose process-wide switches are ignored, as E-MailRelay ignores them."""
     refuse_what_relay_does_not_do(given)
     has, value = given.has, given.value
     result = Plan()
-    forward_to = value("forward-to")
-    implied: set[str] = set()
-    modes = [name for name in ("as-client", "as-proxy", "as-server") if has(name)]
-    if len(modes) > 1:
-        raise UsageError(f"--{modes[0]} cannot be combined with --{modes[1]}")
-    if has("as-client"):
-        forward_to = value("as-client")
-        implied |= {"log", "no-syslog", "no-daemon", "dont-serve", "forward"}
-    elif has("as-proxy"):
-        forward_to = value("as-proxy")
-        implied |= {"log", "close-stderr", "forward-on-disconnect"}
-    elif has("as-server"):
-        implied |= {"log", "close-stderr"}
+    _forward_to, implied = _modes(given)
 
     def on(name: str) -> bool:
         return has(name) or name in implied
-
-    for name in ("forward", "forward-on-disconnect", "poll", "immediate"):
-        if on(name) and not forward_to:
-            raise UsageError(f"--{name} needs --forward-to")
-    paths = {name: [_absolute(v) for v in given.all(name)] for name in _PATHS}
 
     # logging: every program gets the same switches
     logging: list[str] = []
@@ -140,8 +170,9 @@ def plan(given: Given) -> Plan:
     syslog = (has("syslog") or (on("log") and not on("no-syslog")))
     if syslog:
         logging += ["--syslog", "--syslog-facility", value("syslog") or "mail"]
-    if paths["log-file"]:
-        logging += ["--log-file", paths["log-file"][0]]
+    log_files = given.all("log-file")
+    if log_files:
+        logging += ["--log-file", _absolute(log_files[0])]
     log_time = on("log-time")
     for fields in given.all("log-format"):
         for item in (word.strip() for word in fields.split(",") if word.strip()):
@@ -156,8 +187,8 @@ def plan(given: Given) -> Plan:
 
     # the process
     result.daemon = not on("no-daemon")
-    result.pid_file = paths["pid-file"][0] if paths["pid-file"] else None
-    spool = ["--spool-dir", paths["spool-dir"][0]] if paths["spool-dir"] else []
+    pid_files = given.all("pid-file")
+    result.pid_file = _absolute(pid_files[0]) if pid_files else None
     user = value("user") or DEFAULT_USER
     if os.geteuid() == 0 and user != "root":
         try:
@@ -165,36 +196,69 @@ def plan(given: Given) -> Plan:
         except KeyError:
             raise UsageError(f"--user: no such user {user!r}") from None
         result.user = user
-    common = [*spool, *logging]
+    common = list(logging)
     if result.user:
         common += ["--user", result.user]
     if result.close_stderr:
         common.append("--close-stderr")
     if has("localedir"):
         result.notes.append("--localedir: relay's messages are English only (nothing to load)")
+    result.check = on("check")
+    process = _Process(common, value("tls-config"), result.check)
+    _plan_instance(given, result, process, first=True)
+    for other in given.more:
+        refuse_what_relay_does_not_do(other)
+        for name in PROCESS_WIDE:
+            if other.has(name):
+                result.notes.append(
+                    f"--{other.name}-{name}: ignored: a process-wide switch counts only for "
+                    f"the first instance{f' ({given.name})' if given.name else ''}, as in "
+                    "E-MailRelay")
+        unit = Plan(name=other.name)
+        _plan_instance(other, unit, process, first=False)
+        result.notes += unit.notes
+        result.more.append(unit)
+    if result.deliver_once and result.more:
+        result.notes.append("--as-client: the other instances do not start (E-MailRelay ends "
+                            "when the first one has forwarded its spool)")
+    return result
+
+
+@dataclass(frozen=True)
+class _Process:
+    """What every instance's programs get from the first instance's switches."""
+
+    common: list[str]  # logging, --user, --close-stderr
+    tls_config: str | None
+    check: bool
+
+
+def _plan_instance(given: Given, result: Plan, process: _Process, *, first: bool) -> None:
+    """Fill in *result*: the programs one instance runs and its admin interface."""
+    has, value = given.has, given.value
+    forward_to, implied = _modes(given)
+
+    def on(name: str) -> bool:
+        return has(name) or name in implied
+
+    for name in ("forward", "forward-on-disconnect", "poll", "immediate"):
+        if on(name) and not forward_to:
+            raise UsageError(f"--{_named(given, name)} needs --{_named(given, 'forward-to')}")
+    paths = {name: [_absolute(v) for v in given.all(name)] for name in _PATHS}
+    spool = ["--spool-dir", paths["spool-dir"][0]] if paths["spool-dir"] else []
+    common = [*spool, *process.common]
+    tls_config = ["--tls-config", process.tls_config] if process.tls_config is not None else []
     server_options = intake_options(given, result.notes)  # -Z, --server-auth-config
     result.notes += client_notes(given)  # -c, --client-auth-config
 
     timeout_filter = ["--filter-timeout", value("filter-timeout") or ""] \
         if has("filter-timeout") else []
+    interfaces, result.admin_interfaces = _interfaces(given.all("interface"))
     # relay-intake
     serving = not on("dont-serve") and not on("no-smtp")
     if serving:
         smtp_port = value("port") or "25"
         args = [*common, "--port", smtp_port]
-        interfaces: list[str] = []
-        for text in given.all("interface"):
-            for item in (word.strip() for word in text.split(",") if word.strip()):
-                kind, equals, address = item.partition("=")
-                if not equals:
-                    interfaces.append(item)
-                elif kind == "smtp":
-                    interfaces.append(address)
-                elif kind == "admin":
-                    result.admin_interfaces.append(address)
-                elif kind != "pop":
-                    raise UsageError(f"--interface: {item!r}: the qualifiers are smtp=, pop= "
-                                     "and admin=")
         if not interfaces:
             interfaces = _default_interfaces(on("remote-clients"))
         for address in interfaces:
@@ -220,39 +284,42 @@ def plan(given: Given) -> Plan:
         certificates = paths["server-tls-certificate"]
         if on("server-tls") or on("server-tls-connection"):
             if not certificates:
-                raise UsageError("--server-tls and --server-tls-connection need "
-                                 "--server-tls-certificate")
+                raise UsageError(f"--{_named(given, 'server-tls')} and "
+                                 f"--{_named(given, 'server-tls-connection')} need "
+                                 f"--{_named(given, 'server-tls-certificate')}")
             args += ["--server-tls-certificate", certificates[-1]]
             if len(certificates) > 1:
                 args += ["--server-tls-key", certificates[0]]
         elif certificates:
-            result.notes.append("--server-tls-certificate without --server-tls: STARTTLS is "
-                                "not offered")
-        for name in ("server-tls-required", "server-tls-connection", "check"):
+            result.notes.append(f"--{_named(given, 'server-tls-certificate')} without "
+                                f"--{_named(given, 'server-tls')}: STARTTLS is not offered")
+        for name in ("server-tls-required", "server-tls-connection"):
             if on(name):
                 args.append(f"--{name}")
+        if process.check:
+            args.append("--check")
         if paths["server-tls-verify"]:
             verify = given.value("server-tls-verify")
             args += ["--server-tls-verify",
                      "<default>" if verify == "<default>" else paths["server-tls-verify"][0]]
-        if has("tls-config"):
-            args += ["--tls-config", value("tls-config") or ""]
-        result.intake = args
+        result.intake = [*args, *tls_config]
     # relay-deliver
+    client = [*_client_args(given, paths, forward_to, timeout_filter), *tls_config] \
+        if forward_to else []
     if forward_to and on("immediate") and result.intake is not None:
-        result.immediate = _client_args(given, paths, forward_to, timeout_filter)
+        result.immediate = client
     if forward_to and (serving or on("forward") or on("no-smtp")):
-        args = [*common, *_client_args(given, paths, forward_to, timeout_filter)]
+        args = [*common, *client]
         if not on("forward-to-some"):
             args.append("--forward-to-all")
         result.flush_command = [sys.executable, "-I", "-m", "deliver.main", *args,
                                 "--once", "--flush"]
-        if on("check"):
+        if process.check:
             args.append("--check")
-        if on("dont-serve"):
+        if on("dont-serve") and first:
             result.deliver_once = True
             args += ["--once", "--flush"]
-        else:
+        else:  # a further instance's --as-client: one flush at start, then only when told
             if not on("forward-on-disconnect"):
                 args.append("--no-watch")
             if on("poll"):
@@ -267,8 +334,11 @@ def plan(given: Given) -> Plan:
     result.spool_dir = paths["spool-dir"][0] if paths["spool-dir"] else None
     result.forward_to = forward_to
     result.remote_clients = on("remote-clients")
-    result.check = on("check")
-    return result
+
+
+def _named(given: Given, switch: str) -> str:
+    """*switch* as this instance's user wrote it (`out-forward-to` in instance out)."""
+    return f"{given.name}-{switch}" if given.name else switch
 
 
 def _client_args(given: Given, paths: dict[str, list[str]], forward_to: str,
@@ -276,7 +346,7 @@ def _client_args(given: Given, paths: dict[str, list[str]], forward_to: str,
     """relay-deliver's options for talking to the smarthost (deliver and --immediate)."""
     args = ["--forward-to", forward_to]
     for name in ("domain", "client-interface", "connection-timeout", "response-timeout",
-                 "client-tls-server-name", "client-tls-verify-name", "tls-config"):
+                 "client-tls-server-name", "client-tls-verify-name"):
         if given.has(name):
             args += [f"--{name}", given.value(name) or ""]
     for path in paths["client-tls-certificate"]:
@@ -311,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         the_plan = plan(given)
     except UsageError as error:
         sys.stderr.write(f"relay: {error}\n")
-        return EX_USAGE
+        return error.exit_code
     return run(the_plan)
 
 

@@ -1,8 +1,10 @@
 """Running what `tools.relay.plan` decided: the daemon, the admin interface, --check, help.
 
-`run` starts relay-intake and relay-deliver through `tools.daemon` (detached unless
---no-daemon), writes the `--immediate` filter script when asked, starts `tools.admin` once
-everything listens, and logs relay's own lines with the programs' logging switches; `help_text`
+`run` starts each instance's relay-intake and relay-deliver through one `tools.daemon`
+(detached unless --no-daemon), writes the `--immediate` filter scripts when asked, starts
+each instance's `tools.admin` once everything listens, logs relay's own lines with the
+programs' logging switches, and exits with emailrelay's codes for a failed start (1, or 2
+for an address that cannot be bound); `help_text`
 and `version_text` are `relay --help` and `relay --version` (E-MailRelay's shape). Writes
 the `--immediate` script (removed at exit) and, through `tools.daemon`, the pid file.
 """
@@ -10,6 +12,7 @@ the `--immediate` script (removed at exit) and, through `tools.daemon`, the pid 
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import pwd
 import shlex
@@ -30,6 +33,16 @@ if TYPE_CHECKING:
     from tools.relay import Plan
 
 EMAILRELAY_VERSION = "2.6.1"  # the E-MailRelay whose command line this is
+# emailrelay 2.6.1 exits 2 when it cannot bind a listening address, 1 for any other failure
+EX_BIND = 2
+EX_FAILURE = 1
+_BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+def emailrelay_code(code: int) -> int:
+    """A program's failure to start, as emailrelay exits for it: 2 when an address cannot
+    be bound (relay-intake's own 2), 1 for anything else (a bad setting, 78, included)."""
+    return code if code in (0, EX_BIND) else EX_FAILURE
 
 
 def help_text(verbose: bool) -> str:
@@ -127,13 +140,15 @@ def run(the_plan: Plan) -> int:
             return code  # the parent: the daemon is ready (0) or failed
         os.chdir("/")
     programs = []
-    if the_plan.intake is not None:
-        intake = list(the_plan.intake)
-        if the_plan.immediate is not None:  # written by the daemon, removed when it ends
-            intake += ["--filter", immediate_filter(the_plan.immediate)]
-        programs.append(daemon.Program("relay-intake", "intake.main", intake))
-    if the_plan.deliver is not None:
-        programs.append(daemon.Program("relay-deliver", "deliver.main", the_plan.deliver))
+    for unit in [the_plan, *the_plan.more]:  # each instance's programs, in order
+        tag = f"[{unit.name}]" if unit.name else ""
+        if unit.intake is not None:
+            intake = list(unit.intake)
+            if unit.immediate is not None:  # written by the daemon, removed when it ends
+                intake += ["--filter", immediate_filter(unit.immediate)]
+            programs.append(daemon.Program(f"relay-intake{tag}", "intake.main", intake))
+        if unit.deliver is not None:
+            programs.append(daemon.Program(f"relay-deliver{tag}", "deliver.main", unit.deliver))
     os.umask(0o007)  # spool files 0660 (and the log file), as E-MailRelay's
     group = pwd.getpwnam(the_plan.user).pw_gid if the_plan.user else None
     supervisor = daemon.Supervisor(programs, pid_file=the_plan.pid_file, pid_group=group,
@@ -141,25 +156,34 @@ def run(the_plan: Plan) -> int:
                                    with_events=the_plan.admin_port is not None)
     code = supervisor.start(detached=the_plan.daemon)
     if code != 0:
+        code = emailrelay_code(code)
         daemon.tell_parent(str(code))
         return code
+    admins: list[Any] = []
     try:
-        admin = _start_admin(the_plan, supervisor.event_fd)  # once everything runs
+        for unit in [the_plan, *the_plan.more]:  # once everything runs
+            admins.append(_start_admin(unit, supervisor.event_fd))
     except (ValueError, OSError) as error:
         sys.stderr.write(f"relay: {error}\n")
+        for admin in admins:
+            if admin is not None:
+                admin.stop()
         supervisor.stop()
-        daemon.tell_parent(str(os.EX_CONFIG))
-        return os.EX_CONFIG
-    if admin is not None:
-        supervisor.on_event = admin.publish  # the programs' events, for `notify`
+        code = EX_BIND if isinstance(error, OSError) and error.errno in _BIND_ERRORS \
+            else EX_FAILURE
+        daemon.tell_parent(str(code))
+        return code
+    if admins[0] is not None:  # every instance's events, for the first one's `notify`,
+        supervisor.on_event = admins[0].publish  # as E-MailRelay's
     daemon.tell_parent("ready")
     if the_plan.daemon:
         daemon.quiet_stdio(close_stderr=the_plan.close_stderr)
     try:
         return supervisor.run()
     finally:
-        if admin is not None:
-            admin.stop()
+        for admin in admins:
+            if admin is not None:
+                admin.stop()
 
 
 def _own_log(the_plan: Plan) -> Logger | None:
@@ -194,6 +218,7 @@ def _start_admin(the_plan: Plan, event_fd: int | None) -> Any:
                            remote_clients=the_plan.remote_clients,
                            deliver_command=the_plan.flush_command,
                            smtp_listening=tuple(the_plan.smtp_listening),
+                           interfaces=tuple(the_plan.admin_interfaces),
                            event_fd=event_fd)
 
 
@@ -203,10 +228,10 @@ def _check(the_plan: Plan) -> int:
     from intake.main import main as intake_main  # noqa: PLC0415
 
     codes = []
-    if the_plan.intake is not None:
-        codes.append(intake_main(the_plan.intake))
-    if the_plan.deliver is not None:
-        deliver = the_plan.deliver if "--check" in the_plan.deliver else \
-            [*the_plan.deliver, "--check"]
-        codes.append(deliver_main(deliver))
+    for unit in [the_plan, *the_plan.more]:
+        if unit.intake is not None:
+            codes.append(intake_main(unit.intake))
+        if unit.deliver is not None:
+            deliver = unit.deliver if "--check" in unit.deliver else [*unit.deliver, "--check"]
+            codes.append(deliver_main(deliver))
     return max(codes, default=0)
