@@ -206,8 +206,10 @@ def build_config(settings: argparse.Namespace) -> DeliverConfig:
         except (SecretsError, OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"--client-auth: {error}") from None
     tls_verify = settings.client_tls_verify
-    if tls_verify and tls_verify not in SYSTEM_CAS and not os.path.exists(tls_verify):
-        raise ConfigError(f"--client-tls-verify: {tls_verify}: no such file or directory")
+    if tls_verify and tls_verify not in SYSTEM_CAS:
+        if not os.path.exists(resolved := str(resolve_path(tls_verify))):
+            raise ConfigError(f"--client-tls-verify: {tls_verify}: no such file or directory")
+        tls_verify = resolved
     certificates = [str(resolve_path(path)) for path in settings.client_tls_certificate or ()]
     if len(certificates) > 2:
         raise ConfigError("--client-tls-certificate: give one file (key and certificate) or"

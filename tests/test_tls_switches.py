@@ -68,6 +68,27 @@ def test_no_verify_accepts_any_certificate(spool: Spool) -> None:
     assert send_tls(spool, sink_context(trustme.CA(), "whatever.test")) == (0, 1)
 
 
+def test_verify_ca_file_under_home(tmp_path: Path, spool: Spool, ca: trustme.CA,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--client-tls-verify ~/ca.pem` is the CA file in $HOME, as the other path options."""
+    home = tmp_path / "home"
+    home.mkdir()
+    tls.ca_file(ca, home)
+    monkeypatch.setenv("HOME", str(home))
+    assert send_tls(spool, sink_context(ca, "smarthost.test"), "--client-tls-verify",
+                    "~/ca.pem") == (0, 1)
+
+
+def test_missing_ca_file_is_named_as_given(tmp_path: Path, spool: Spool,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A `~/` CA file that is not there stops deliver with 78, naming it as it was given."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert deliver_main(["--once", "--spool-dir", str(spool.path), "--forward-to",
+                         "127.0.0.1:9", "--client-tls-verify", "~/missing.pem"]) == 78
+    assert "--client-tls-verify: ~/missing.pem: no such file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("name", "expected"), [("smarthost.test", (0, 1)),
                                                 ("other.test", (75, 0))])
 def test_verify_name(tmp_path: Path, spool: Spool, ca: trustme.CA, name: str,
