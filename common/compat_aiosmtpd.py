@@ -17,7 +17,7 @@ so intake's session uses only these names and an aiosmtpd upgrade is checked in 
 | `cancel_handler()` | `_handler_coroutine` |
 | `idle_timeout` | `_timeout_duration` |
 | `on_idle_timer()`, `restart_idle_timer()`, `drop_idle()` | `_timeout_cb`, `_timeout_handle` |
-| `idle_timer_rechecks` (class attribute) | `_reset_timeout` (called for every command line) |
+| `idle_timer_rechecks`, `first_idle_delay()` | `_reset_timeout` (at connect, per command) |
 | `before_greeting()` | `_handle_client` (runs before it; False ends the session) |
 | `greeting` (constructor), `send_reply()` | `_handle_client`'s first `push`, the greeting |
 | `new_envelope()` | `_create_envelope` (called at connect, RSET, EHLO and after DATA) |
@@ -110,7 +110,8 @@ def _quiet_sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None
 aiosmtpd_smtp.sanitized_log = _quiet_sanitized_log
 
 
-_FULL_ONLY = ("command_call_limit", "proxy_protocol_timeout", "auth_callback")
+# Given at all (relay never passes them), these take the full constructor.
+_FULL_ONLY = frozenset({"command_call_limit", "proxy_protocol_timeout", "auth_callback"})
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ def _bound_hooks(handler: Any, names: tuple[str, ...]) -> dict[str, Any]:
 def init_smtp(smtp: SMTP, handler: Any, **options: Any) -> None:
     """`SMTP.__init__(smtp, handler, **options)`, the class introspection done only once."""
     # Unused options, and no hostname (aiosmtpd then looks it up): the full constructor.
-    if any(options.get(name) is not None for name in _FULL_ONLY) or not options.get("hostname"):
+    if not options.get("hostname") or not _FULL_ONLY.isdisjoint(options):
         SMTP.__init__(smtp, handler, **options)
         return
     exclude = tuple(options.get("auth_exclude_mechanism") or ())
@@ -312,10 +313,15 @@ class SMTPBase(SMTP):
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         handle: asyncio.TimerHandle | None = self._timeout_handle
-        if (self.idle_timer_rechecks and duration is None and handle is not None
-                and not handle.cancelled()):
-            return
+        if self.idle_timer_rechecks and duration is None:
+            if handle is not None and not handle.cancelled():
+                return
+            duration = self.first_idle_delay()
         super()._reset_timeout(duration)
+
+    def first_idle_delay(self) -> float:
+        """With `idle_timer_rechecks`: when the timer armed at connect first fires."""
+        return self.idle_timeout
 
     def _timeout_cb(self) -> None:
         self.on_idle_timer()

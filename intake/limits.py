@@ -19,7 +19,7 @@ import collections
 import functools
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -64,6 +64,16 @@ def in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
     """True when *ip* (IPv4-mapped IPv6 counts as IPv4) is in one of *networks*."""
     address = _address(ip)
     return address is not None and any(address in network for network in networks)
+
+
+def network_test(networks: tuple[Network, ...]) -> Callable[[str], bool]:
+    """`in_networks` for fixed *networks*, remembered per address (asked per connection)."""
+
+    @functools.lru_cache(maxsize=4096)
+    def contains(ip: str) -> bool:
+        return in_networks(ip, networks)
+
+    return contains
 
 
 class ConnectionLimits:

@@ -14,16 +14,40 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from typing import Any
 
 from common.logs import Logger
 from common.metrics import IntakeMetrics
 from intake.commit import GroupCommitter
 from intake.handler import Handler
-from intake.limits import AuthFailures, ConnectionLimits
+from intake.limits import AuthFailures, ConnectionLimits, network_test
 from intake.policy import SHUTTING_DOWN, SpaceCheck
-from intake.session import Session
+from intake.session import COMMAND_SIZE_LIMIT, STREAM_LIMIT, Session
 from intake.settings import IntakeConfig
 from spool import Spool
+
+
+def session_options(config: IntakeConfig) -> dict[str, Any]:
+    """What every connection's aiosmtpd protocol is built with (intake.session), but its
+    authenticator and loop: worked out once, not per connection."""
+    anonymous = "server" in config.anonymous
+    return {
+        "stream_limit": STREAM_LIMIT,
+        "command_size_limit": COMMAND_SIZE_LIMIT,
+        "data_size_limit": config.size or None,
+        "enable_SMTPUTF8": True,
+        "decode_data": False,
+        # without a hostname every connection does a blocking lookup; --anonymous=server
+        # names neither this host nor the software
+        "hostname": "smtp" if anonymous else config.domain,
+        "ident": "ESMTP relay",
+        "greeting": "greeting" if anonymous else None,  # E-MailRelay's anonymous greeting
+        "tls_context": None if config.tls_connection else config.tls_context,
+        "require_starttls": config.tls_required and not config.tls_connection,
+        "timeout": config.idle_timeout,
+        "auth_required": config.authenticator is not None,
+        "auth_require_tls": False,  # intake.sasl offers and checks config.auth_lists
+    }
 
 
 class IntakeServer:
@@ -39,12 +63,14 @@ class IntakeServer:
                                        config.max_connections_per_network)
         self.auth_failures = AuthFailures(config.auth_failure_limit, config.auth_failure_window)
         self.space = SpaceCheck(spool, config.min_free_space)
+        self.exempt = network_test(config.exempt_networks)  # --exempt-networks
         self.sessions: set[Session] = set()
         self.stopping = False
         self.metrics: IntakeMetrics | None = None  # --metrics
         self.loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
         self.handler = Handler(self)  # it keeps nothing per connection: one for them all
+        self.session_options = session_options(config)
 
     def health(self) -> str | None:
         """None while intake serves; else why not (for /healthz)."""

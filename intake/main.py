@@ -28,7 +28,7 @@ from common.config import ConfigError, load_settings
 from common.logs import Logger, close_stderr, setup_logging_from
 from common.metrics import IntakeMetrics, MetricsServer
 from common.pidfile import remove_pid_file, write_pid_file
-from common.process import drop_privileges, notify_ready
+from common.process import drop_privileges, notify_ready, settle_heap
 from common.workers import run_workers, signals_ready
 from intake.listener import IntakeServer
 from intake.settings import DESCRIPTION, OPTIONS, PROGRAM, IntakeConfig, build_config
@@ -133,6 +133,8 @@ async def run(
         log.info("intake_started", listen=[f"{h}:{p}" for h, p in server.addresses],
                  spool=str(spool.path), pid=os.getpid(), event_loop=config.event_loop,
                  **extra, **({"user": user} if user else {}))
+        if install_signals:  # its own process (not a test's thread)
+            settle_heap()
         notify_ready(config.ready_fd)
         if config.close_stderr:
             close_stderr()

@@ -52,6 +52,7 @@ COMMAND_SIZE_LIMIT = 512
 STREAM_LIMIT = 32 * 1024
 PROXY_HEADER_TIMEOUT = 10.0  # seconds a proxy may take to send its PROXY header
 _HOLDABLE = frozenset({"MAIL", "RCPT", "RSET"})  # replies that may wait for the next one
+_NO_MAIL_PARAMETERS = MailParameters()  # frozen: one for every session before its MAIL
 _mail_log = logging.getLogger("mail.log")  # aiosmtpd's logger: the dialogue with --verbose
 
 
@@ -62,6 +63,9 @@ _METERED_COMMANDS = frozenset({"HELO", "EHLO", "MAIL", "RCPT", "DATA", "AUTH", "
 
 class State(enum.Enum):
     """Where a session is (the module docstring has the table)."""
+
+    # Enum's own __hash__ is a Python call (hash of the name); every move looks two up.
+    __hash__ = object.__hash__
 
     CONNECTED = "connected"
     COMMANDS = "commands"
@@ -86,31 +90,13 @@ class Session(AuthSession):
 
     def __init__(self, server: IntakeServer) -> None:
         config = server.config
-        super().__init__(
-            server.handler,
-            stream_limit=STREAM_LIMIT,
-            command_size_limit=COMMAND_SIZE_LIMIT,
-            data_size_limit=config.size or None,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            # without a hostname every connection does a blocking lookup; --anonymous=server
-            # names neither this host nor the software
-            hostname="smtp" if "server" in config.anonymous else config.domain,
-            ident="ESMTP relay",
-            greeting="greeting" if "server" in config.anonymous else None,  # E-MailRelay's
-            tls_context=None if config.tls_connection else config.tls_context,
-            require_starttls=config.tls_required and not config.tls_connection,
-            timeout=config.idle_timeout,
-            auth_required=config.authenticator is not None,
-            auth_require_tls=False,  # intake.sasl offers and checks config.auth_lists
-            authenticator=self.check_credentials,
-            loop=asyncio.get_running_loop(),
-        )
+        super().__init__(server.handler, authenticator=self.check_credentials,
+                         loop=asyncio.get_running_loop(), **server.session_options)
         self.server = server
         self.init_auth()
         self.state = State.CONNECTED
         self.transaction: Transaction | None = None
-        self.mail_parameters = MailParameters()  # of the MAIL FROM being answered
+        self.mail_parameters = _NO_MAIL_PARAMETERS  # of the MAIL FROM being answered
         self.client_ip = ""
         self.client_port = 0
         self.refusal: str | None = None
@@ -121,7 +107,8 @@ class Session(AuthSession):
         self._busy = False
         self.close_after_reply = False
         self.pace = Pace(config.idle_timeout, config.min_data_rate, self.loop.time())
-        self._session_timer: asyncio.TimerHandle | None = None
+        # --session-timeout from the connect, checked by the idle timer (one timer, not two)
+        self._session_deadline = float("inf")
         self._command = ""  # the command being answered
         self._held_replies: list[bytes] = []
         self._metered = False  # counted in relay_intake_sessions_active
@@ -157,14 +144,13 @@ class Session(AuthSession):
             if not self.proxied:  # else: once the PROXY header has named the client
                 self.admit()
             self.server.sessions.add(self)
+            if self.server.config.session_timeout > 0:
+                self._session_deadline = self.loop.time() + self.server.config.session_timeout
             metrics = self.server.metrics
             if metrics is not None:
                 metrics.sessions.inc()
                 metrics.sessions_active.inc()
                 self._metered = True
-            if self.server.config.session_timeout > 0:
-                self._session_timer = self.loop.call_later(self.server.config.session_timeout,
-                                                           self._session_expired)
             self._announced = True
             events.emit("network", "in", "start")  # for `relay --admin`'s notify
         super().connection_made(transport)
@@ -176,8 +162,7 @@ class Session(AuthSession):
             self.server.limits.release(self.client_ip, exempt=self.exempt)
         if config.authenticator is not None:
             self.trusted_keyword = config.authenticator.trusted_keyword(self.client_ip)
-        self.exempt = (self.trusted_keyword is not None
-                       or in_networks(self.client_ip, config.exempt_networks))
+        self.exempt = self.trusted_keyword is not None or self.server.exempt(self.client_ip)
         self.refusal = self.server.limits.admit(self.client_ip, exempt=self.exempt)
         self.counted = self.refusal is None
 
@@ -189,8 +174,6 @@ class Session(AuthSession):
         if self.counted:
             self.server.limits.release(self.client_ip, exempt=self.exempt)
             self.counted = False
-        if self._session_timer is not None:
-            self._session_timer.cancel()
         self.server.sessions.discard(self)
         if self._announced:
             self._announced = False
@@ -218,13 +201,21 @@ class Session(AuthSession):
 
     # -- clocks ------------------------------------------------------------------------
 
+    def first_idle_delay(self) -> float:
+        return max(min(self.idle_timeout, self._session_deadline - self.loop.time()), 0.0)
+
     def on_idle_timer(self) -> None:
         # aiosmtpd restarts its timer on commands only; relay's counts any bytes, with a
-        # minimum rate (intake.pace), and never runs while the server itself works.
+        # minimum rate (intake.pace), and never runs while the server itself works. The
+        # same timer ends the session at --session-timeout.
         now = self.loop.time()
+        if self.transport is not None and now >= self._session_deadline:
+            self._session_expired()
+            return
         remaining = self.pace.remaining(now)
         if self.transport is not None and remaining > 0:
-            self.restart_idle_timer(min(max(remaining, 0.05), self.idle_timeout))
+            self.restart_idle_timer(min(max(remaining, 0.05), self.idle_timeout,
+                                        self._session_deadline - now))
             return
         if self.pace.silent_for(now) >= self.pace.allowance:
             self.server.log.info("client_dropped", client=self.client_ip, reason="idle timeout")
@@ -236,10 +227,8 @@ class Session(AuthSession):
         self.drop_idle()
 
     def _session_expired(self) -> None:
-        if self.transport is None:
-            return
         if self.busy:  # never while relay stores or filters: the reply to that comes first
-            self._session_timer = self.loop.call_later(0.1, self._session_expired)
+            self.restart_idle_timer(0.1)
             return
         self.server.log.info("client_dropped", client=self.client_ip,
                              reason="session time limit")
@@ -378,30 +367,49 @@ class Session(AuthSession):
             return False
         return bool(await super().check_auth_needed(caller_method))
 
-    async def _answer(self, command: str, method: str, arg: str | None) -> None:
-        self._command = command
+    # Each names the command being answered (parse_path, send_reply and --metrics read it).
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self._command = "MAIL"
         try:
-            await getattr(super(), method)(arg)
+            await super().smtp_MAIL(arg)
         finally:
             self._command = ""
 
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        await self._answer("MAIL", "smtp_MAIL", arg)
-
     async def smtp_AUTH(self, arg: str) -> None:
-        await self._answer("AUTH", "smtp_AUTH", arg)
+        self._command = "AUTH"
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            self._command = ""
 
     async def smtp_EHLO(self, arg: str) -> None:
-        await self._answer("EHLO", "smtp_EHLO", arg)
+        self._command = "EHLO"
+        try:
+            await super().smtp_EHLO(arg)
+        finally:
+            self._command = ""
 
     async def smtp_HELO(self, arg: str) -> None:
-        await self._answer("HELO", "smtp_HELO", arg)
+        self._command = "HELO"
+        try:
+            await super().smtp_HELO(arg)
+        finally:
+            self._command = ""
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        await self._answer("RCPT", "smtp_RCPT", arg)
+        self._command = "RCPT"
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._command = ""
 
     async def smtp_RSET(self, arg: str) -> None:
-        await self._answer("RSET", "smtp_RSET", arg)
+        self._command = "RSET"
+        try:
+            await super().smtp_RSET(arg)
+        finally:
+            self._command = ""
 
     def parse_path(self, arg: str) -> tuple[str | None, str | None]:
         if (self.server.config.angle_brackets and self._command in ("MAIL", "RCPT")
