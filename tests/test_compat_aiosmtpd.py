@@ -51,6 +51,9 @@ CALLS = [
     ("connection_made", "seen_starttls = (self._original_transport is not None)"),
     ("connection_lost", "self._handler_coroutine.cancel()"),
     ("_reset_timeout", "self._timeout_cb"),
+    # SMTPBase.first_idle_delay: the timer is armed at connect, for the duration given
+    ("connection_made", "self._reset_timeout()"),
+    ("_reset_timeout", "duration or self._timeout_duration"),
     ("_handle_client", "self._reset_timeout()"),
     ("_handle_client", "sanitized_log(log.info, "),
     ("_handle_client", "sanitized_log(log.debug, "),
