@@ -33,6 +33,13 @@ from pathlib import Path
 from common.md5state import hmac_md5, is_dotted, undotted
 from common.xtext import XtextError, xtext_decode
 
+# The CRAM mechanisms and their hash functions, strongest first: E-MailRelay 2.6.1's list
+# when built with OpenSSL (its client and server offer them in this order).
+CRAM_HASHES = {"CRAM-SHA512": "sha512", "CRAM-SHA256": "sha256", "CRAM-SHA1": "sha1",
+               "CRAM-MD5": "md5"}
+# The hash functions whose hashed secrets (a stored HMAC state) relay can use.
+MASKED_HASHES = ("md5",)
+
 
 class SecretsError(ValueError):
     """A secrets file that cannot be used; names the file and line (never the secret)."""
@@ -102,14 +109,19 @@ class Secrets:
             return False
         return hmac.compare_digest(expected.encode("utf-8"), password.encode("utf-8"))
 
-    def cram_md5_digest(self, user: str, challenge: bytes) -> str | None:
-        """The hex HMAC-MD5 a CRAM-MD5 client with *user* must send, or None (no secret)."""
+    def cram_digest(self, hash_name: str, user: str, challenge: bytes) -> str | None:
+        """The hex HMAC a CRAM-<hash_name> client with *user* must send, or None (no secret).
+
+        As E-MailRelay 2.6.1: the user's secret of the mechanism's own type first (an `md5`
+        secret for CRAM-MD5), else the plain password, which serves every hash function.
+        """
+        if hash_name == "md5":
+            masked = self.server.get(("md5", user))
+            if masked is not None and masked.md5_state is not None:
+                return hmac_md5(masked.md5_state, challenge).hex()
         plain = self.server.get(("plain", user))
         if plain is not None and plain.password is not None:
-            return hmac.new(plain.password.encode("utf-8"), challenge, "md5").hexdigest()
-        masked = self.server.get(("md5", user))
-        if masked is not None and masked.md5_state is not None:
-            return hmac_md5(masked.md5_state, challenge).hex()
+            return hmac.new(plain.password.encode("utf-8"), challenge, hash_name).hexdigest()
         return None
 
     def trusted_keyword(self, address: str) -> str | None:

@@ -1,8 +1,9 @@
 """SMTP AUTH for intake against the `--server-auth` secrets file (E-MailRelay's format).
 
-`Authenticator` is aiosmtpd's authenticator callback for PLAIN and LOGIN; `check_cram_md5`
-verifies a CRAM-MD5 response (RFC 2195), from a plain password or from an `md5` secret's
-stored MD5 state. Trust by `server none` lines is looked up with
+`Authenticator` is aiosmtpd's authenticator callback for PLAIN and LOGIN; `check_cram`
+verifies a CRAM-MD5 (RFC 2195), CRAM-SHA1, CRAM-SHA256 or CRAM-SHA512 response (the same
+exchange with another HMAC hash), from a plain password, or for CRAM-MD5 from an `md5`
+secret's stored MD5 state. Trust by `server none` lines is looked up with
 `trusted_keyword`. Reads the secrets file only (through `common.secrets.SecretsFile`, which
 rereads it when it changes); never logs a password.
 """
@@ -14,9 +15,7 @@ from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from common.secrets import SecretsFile
-
-MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+from common.secrets import CRAM_HASHES, SecretsFile
 
 
 class Authenticator:
@@ -39,13 +38,16 @@ class Authenticator:
             return AuthResult(success=True, auth_data=LoginPassword(auth_data.login, b""))
         return AuthResult(success=False, handled=False)
 
-    def check_cram_md5(self, challenge: bytes, response: bytes) -> str | None:
-        """The user name when *response* ('user hex-digest') answers *challenge*, else None."""
+    def check_cram(self, mechanism: str, challenge: bytes, response: bytes) -> str | None:
+        """The user name when *response* ('user hex-digest') answers *challenge* with the
+        HMAC of *mechanism* (CRAM-MD5, CRAM-SHA1, ...), else None."""
         try:
             user_text, _, digest = response.decode("utf-8").rpartition(" ")
         except UnicodeDecodeError:
             return None
-        expected = self.secrets.get().cram_md5_digest(user_text, challenge) if user_text else None
+        hash_name = CRAM_HASHES[mechanism]
+        expected = (self.secrets.get().cram_digest(hash_name, user_text, challenge)
+                    if user_text else None)
         if expected is None:
             hmac.compare_digest(digest, digest)  # even out timing for unknown users
             return None

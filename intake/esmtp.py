@@ -11,10 +11,14 @@ SMTPUTF8 parameter. Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
-# relay's mechanisms in E-MailRelay's order (challenge-response first, then PLAIN, LOGIN).
-MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")
+from common.secrets import CRAM_HASHES, MASKED_HASHES
+
+# E-MailRelay 2.6.1's mechanisms in its order (built with OpenSSL): the CRAM ones strongest
+# first, then PLAIN, LOGIN.
+MECHANISMS = (*CRAM_HASHES, "PLAIN", "LOGIN")
 UTF8_MODES = ("refuse", "domain", "accept")
 NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter"
 BAD_IDN = "553 5.1.2 Invalid international domain name"
@@ -32,12 +36,14 @@ class AuthLists:
         return self.secure if secure else self.insecure
 
 
-def available_mechanisms(*, plain: bool, md5: bool) -> tuple[str, ...]:
-    """What a secrets file can serve: everything with a plain password, else CRAM-MD5 for
-    md5 (emailrelay-passwd) secrets, as E-MailRelay 2.6.1 decides at start."""
-    if plain:
+def available_mechanisms(kinds: Collection[str]) -> tuple[str, ...]:
+    """What a secrets file whose server secrets are of *kinds* (`plain`, `md5`, ...) can
+    serve, as E-MailRelay 2.6.1 decides at start: every mechanism when one secret is a plain
+    password, else the CRAM mechanism of each hashed kind there is (`md5`: CRAM-MD5)."""
+    if "plain" in kinds:
         return MECHANISMS
-    return ("CRAM-MD5",) if md5 else ()
+    return tuple(name for name, hash_name in CRAM_HASHES.items()
+                 if hash_name in MASKED_HASHES and hash_name in kinds)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -80,7 +86,7 @@ def auth_lists(config: str, available: tuple[str, ...]) -> AuthLists:
 
 
 def unknown_mechanisms(config: str) -> list[str]:
-    """The names in a --server-auth-config that relay does not have (CRAM-SHA256, ...)."""
+    """The names in a --server-auth-config that relay does not have (APOP, XOAUTH2, ...)."""
     names = [name for names in parse_auth_config(config).values() for name in names]
     return [name for name in dict.fromkeys(names) if name not in MECHANISMS]
 

@@ -1,4 +1,7 @@
-"""AUTH on one connection: PLAIN and LOGIN (aiosmtpd's), CRAM-MD5 (relay's), and the limits.
+"""AUTH on one connection: PLAIN and LOGIN (aiosmtpd's), the CRAM ones (relay's), the limits.
+
+The CRAM mechanisms are E-MailRelay 2.6.1's: CRAM-SHA512, CRAM-SHA256, CRAM-SHA1 and
+CRAM-MD5, one server-first exchange whose HMAC hash is the mechanism's.
 
 `AuthSession` is the part of an intake session that answers AUTH. It offers and accepts
 the mechanisms of `config.auth_lists` (intake.esmtp: --server-auth-config, or relay-intake's
@@ -127,11 +130,11 @@ class AuthSession(SMTPBase):
             self.close_after_reply = True
             await self.push("421 4.7.0 Too many failed authentication attempts")
 
-    async def auth_CRAM__MD5(self, _: Any, args: list[str]) -> AuthResult:
-        """CRAM-MD5 (RFC 2195): a challenge, answered with 'user HMAC-MD5(password)'."""
+    async def _cram(self, mechanism: str, args: list[str]) -> AuthResult:
+        """CRAM-MD5 (RFC 2195) and its SHA kin: a challenge, answered 'user HMAC(password)'."""
         authenticator = self.server.config.authenticator
         if authenticator is None or len(args) > 1:
-            await self.push("501 5.5.4 CRAM-MD5 takes no initial response")
+            await self.push(f"501 5.5.4 {mechanism} takes no initial response")
             return AuthResult(success=False, handled=True)
         challenge = f"<{secrets.token_hex(8)}.{int(time.time())}@{self.hostname}>".encode()
         response = await self.challenge_auth(challenge)
@@ -140,10 +143,27 @@ class AuthSession(SMTPBase):
         if self._blocked():  # another connection reached the limit meanwhile
             return AuthResult(success=False, handled=False, message=AUTH_BLOCKED_REPLY)
         self._auth_checked = True
-        user = authenticator.check_cram_md5(challenge, response)
+        user = authenticator.check_cram(mechanism, challenge, response)
         if user is None:  # handled=False: aiosmtpd answers 535 (the default sends nothing)
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=LoginPassword(user.encode("utf-8"), b""))
+
+    # aiosmtpd finds a mechanism by its method's name: auth_CRAM__SHA256 is CRAM-SHA256.
+    async def auth_CRAM__MD5(self, _: Any, args: list[str]) -> AuthResult:
+        """CRAM-MD5: HMAC-MD5, from a plain password or an `md5` secret's stored state."""
+        return await self._cram("CRAM-MD5", args)
+
+    async def auth_CRAM__SHA1(self, _: Any, args: list[str]) -> AuthResult:
+        """CRAM-SHA1: HMAC-SHA1 of the challenge, from a plain password."""
+        return await self._cram("CRAM-SHA1", args)
+
+    async def auth_CRAM__SHA256(self, _: Any, args: list[str]) -> AuthResult:
+        """CRAM-SHA256: HMAC-SHA256 of the challenge, from a plain password."""
+        return await self._cram("CRAM-SHA256", args)
+
+    async def auth_CRAM__SHA512(self, _: Any, args: list[str]) -> AuthResult:
+        """CRAM-SHA512: HMAC-SHA512 of the challenge, from a plain password."""
+        return await self._cram("CRAM-SHA512", args)
 
     def check_credentials(self, *args: Any) -> AuthResult:
         """aiosmtpd's authenticator for PLAIN and LOGIN: never checks for a blocked address."""

@@ -263,7 +263,7 @@ def _authentication(settings: argparse.Namespace) -> tuple[Authenticator | None,
         kinds = {kind for kind, _ in secrets.get().server}
     except (SecretsError, OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"--server-auth: {error}") from None
-    available = available_mechanisms(plain="plain" in kinds, md5="md5" in kinds)
+    available = available_mechanisms(kinds)
     if settings.server_auth_config is not None:
         if settings.server_auth_insecure:
             raise ConfigError("--server-auth-insecure and --server-auth-config: give the "

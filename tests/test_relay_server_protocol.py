@@ -147,14 +147,16 @@ def test_server_auth_config_needs_server_auth(workdir: Path) -> None:
 
 def test_server_auth_without_config_offers_every_mechanism_before_tls(
         workdir: Path, relays: list[Relay]) -> None:
-    """-S FILE alone, no TLS: AUTH CRAM-MD5 PLAIN LOGIN is offered and LOGIN works, as
-    E-MailRelay offers its mechanisms without TLS when no --server-auth-config limits them."""
+    """-S FILE alone, no TLS: AUTH CRAM-SHA512 CRAM-SHA256 CRAM-SHA1 CRAM-MD5 PLAIN LOGIN is
+    offered and LOGIN works, as E-MailRelay offers its mechanisms without TLS when no
+    --server-auth-config limits them."""
     secrets = workdir / "server.auth"
     secrets.write_text("server plain alice s3cret\n")
     daemon = Relay(workdir, "-S", str(secrets))
     relays.append(daemon)
     with daemon.smtp() as client:
-        assert "AUTH CRAM-MD5 PLAIN LOGIN" in extensions(client)
+        assert ("AUTH CRAM-SHA512 CRAM-SHA256 CRAM-SHA1 CRAM-MD5 PLAIN LOGIN"
+                in extensions(client))
         client.login("alice", "s3cret")
         client.sendmail("a@example.com", ["b@example.net"], b"Subject: s\r\n\r\nbody\r\n")
     assert wait_until(lambda: len(accepted(daemon.queue)) == 1, 20)

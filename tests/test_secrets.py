@@ -120,11 +120,11 @@ client plain dave pw2 a b c
     assert secrets.check_server("alice", "pw1")
     challenge = b"<1.2@x>"
     expected = hmac.new(b"secret", challenge, "md5").hexdigest()
-    assert secrets.cram_md5_digest("bob", challenge) == expected
-    assert secrets.cram_md5_digest("dotty", challenge) == expected
-    assert secrets.cram_md5_digest("alice", challenge) == hmac.new(b"pw1", challenge,
-                                                                  "md5").hexdigest()
-    assert secrets.cram_md5_digest("sam", challenge) is None
+    assert secrets.cram_digest("md5", "bob", challenge) == expected
+    assert secrets.cram_digest("md5", "dotty", challenge) == expected
+    assert secrets.cram_digest("md5", "alice", challenge) == hmac.new(b"pw1", challenge,
+                                                                     "md5").hexdigest()
+    assert secrets.cram_digest("md5", "sam", challenge) is None
     assert not secrets.check_server("bob", "secret")  # md5 secrets do CRAM-MD5 only
     noauth = secrets.client_account("noauth")
     assert noauth is not None and not noauth.authenticates

@@ -12,7 +12,7 @@ needs `--server-auth`, as there. Reads and writes nothing.
 
 from __future__ import annotations
 
-from intake.esmtp import unknown_mechanisms
+from intake.esmtp import MECHANISMS, unknown_mechanisms
 from tools.relay_args import Given, Refused, UsageError
 
 # Each feature of --server-smtp-config and E-MailRelay 2.6.1's default for it.
@@ -70,6 +70,6 @@ def intake_options(given: Given, notes: list[str]) -> list[str]:
         else:
             args += ["--server-auth-config", config]
             for name in unknown_mechanisms(config):
-                notes.append(f"--server-auth-config: relay has no {name} (only CRAM-MD5, "
-                             "PLAIN and LOGIN): not offered")
+                notes.append(f"--server-auth-config: relay has no {name} (only "
+                             f"{', '.join(MECHANISMS)}): not offered")
     return args

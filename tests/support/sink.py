@@ -120,7 +120,10 @@ class _Handler:
 class Sink:
     """Start with `with Sink() as sink:`; `sink.port`, `sink.messages`, `sink.behaviour`."""
 
-    def __init__(self, behaviour: Behaviour | None = None, **controller_kwargs: Any) -> None:
+    def __init__(self, behaviour: Behaviour | None = None, handler_mixin: object = None,
+                 **controller_kwargs: Any) -> None:
+        """*handler_mixin*: an object whose `auth_*` methods (aiosmtpd's handler AUTH
+        mechanisms: auth_CRAM__SHA256 is CRAM-SHA256) the sink offers too."""
         self.behaviour = behaviour or Behaviour()
         self.messages: list[Received] = []
         self.connections_seen: set[int] = set()
@@ -130,8 +133,12 @@ class Sink:
         self.data_in_progress = 0
         self.most_data_at_once = 0
         self.lock = threading.Lock()
+        handler = _Handler(self)
+        for name in dir(handler_mixin) if handler_mixin is not None else ():
+            if name.startswith("auth_"):  # aiosmtpd finds them on the handler object
+                setattr(handler, name, getattr(handler_mixin, name))
         self.controller = Controller(
-            _Handler(self),
+            handler,
             hostname="127.0.0.1",
             port=free_port(),
             server_hostname="sink.test",
