@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import smtplib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from support import tls
 from support.deliver import run_once
-from support.intake import MESSAGE, IntakeThread, RawClient
+from support.emailrelay import EmailRelayServer, emailrelay_client, needs_emailrelay
+from support.intake import MESSAGE, IntakeProcess, IntakeThread, RawClient
 from support.sink import Sink
 from support.spool import accepted
 
@@ -177,3 +181,97 @@ def test_an_md5_client_secret_cannot_answer_cram_sha(tmp_path: Path, spool: Spoo
     assert cram_sink.used == [] and sink.messages == []
     assert "CRAM-SHA256" in capsys.readouterr().err
 
+
+
+# -- relay and the real E-MailRelay, both ways ------------------------------------------
+
+
+@needs_emailrelay
+def test_deliver_to_emailrelay_by_cram_sha256(tmp_path: Path, spool: Spool) -> None:
+    """relay-deliver to `emailrelay --as-server --server-auth-config m:cram-sha256`, which
+    offers CRAM-SHA256 alone: E-MailRelay logs a successful cram-sha256 authentication and
+    stores the message with the account's name."""
+    far = tmp_path / "far"
+    far.mkdir(mode=0o700)
+    secrets = server_auth(tmp_path, "server plain relay s3cret+20pw\n")
+    client_auth = tmp_path / "client.auth"
+    client_auth.write_text("client plain relay s3cret+20pw\n")
+    spool.store(MESSAGE, Envelope(sender="a@x.test", to_remote=("b@y.test",)))
+    with EmailRelayServer(tmp_path, far, "--server-auth", secrets,
+                          "--server-auth-config", "m:cram-sha256") as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as probe:
+            assert auth_line(probe) == ["CRAM-SHA256"]
+        assert run_once(spool, f"127.0.0.1:{server.port}", "--client-auth",
+                        str(client_auth)) == 0
+    assert "successful authentication of remote client using mechanism [cram-sha256]" \
+        in server.log()
+    ((envelope, content),) = accepted(far)
+    assert envelope.authentication == "relay" and content.endswith(MESSAGE)
+
+
+@needs_emailrelay
+@pytest.mark.parametrize(("config", "expected"), [
+    (None, "CRAM-SHA512"), ("m:cram-sha256,plain", "CRAM-SHA256"),
+    ("m:cram-sha1", "CRAM-SHA1"), ("x:cram-sha512,cram-sha256,cram-sha1", "CRAM-MD5")])
+def test_emailrelay_client_to_intake(tmp_path: Path, spool_dir: Path, config: str | None,
+                                     expected: str) -> None:
+    """`emailrelay --as-client --client-auth` forwarding a spooled message into relay-intake:
+    it picks the strongest mechanism relay offers (CRAM-SHA512), or the one its
+    --client-auth-config leaves, and relay-intake checks it and stores the message."""
+    outbox = tmp_path / "outbox"
+    outbox.mkdir(mode=0o700)
+    Spool(outbox).store(MESSAGE, Envelope(sender="a@x.test", to_remote=("b@y.test",)))
+    client_auth = tmp_path / "client.auth"
+    client_auth.write_text("client plain relay s3cret+20pw\n")
+    extra = ["--client-auth-config", config] if config else []
+    with IntakeProcess(spool_dir, "--server-auth", server_auth(
+            tmp_path, "server plain relay s3cret+20pw\n"), "--server-auth-insecure") as intake:
+        done = emailrelay_client(tmp_path, outbox, f"127.0.0.1:{intake.port}",
+                                 "--client-auth", str(client_auth), *extra)
+        assert done.returncode == 0, done.stderr
+        intake.wait_for_log("client_authenticated")
+        logged = [json.loads(line) for line in intake.log().splitlines()
+                  if "client_authenticated" in line]
+    assert [(line["mechanism"], line["user"]) for line in logged] == [(expected, "relay")]
+    ((envelope, _),) = accepted(spool_dir)
+    assert envelope.authentication == "relay"
+    assert not list(outbox.glob("*.envelope*"))  # E-MailRelay took the message as sent
+
+
+def _auth_lines(port: int, ca: trustme.CA) -> tuple[list[str], list[str]]:
+    """The AUTH mechanisms a server offers before STARTTLS and after it."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as client:
+        before = auth_line(client)
+        client._host = "intake.test"  # the name the certificate is for
+        client.starttls(context=tls.client_context(ca))
+        return before, auth_line(client)
+
+
+MD5_ALICE = f"server md5 alice {base64.b64encode(masked_key(b's3cret')).decode()}\n"
+
+
+@needs_emailrelay
+@pytest.mark.parametrize("secrets", ["server plain alice s3cret\n", MD5_ALICE])
+@pytest.mark.parametrize("config", [None, "m:cram-sha256,plain;a:cram-sha1",
+                                    "x:cram-md5,login", "m:;a:cram-sha512,plain,cram-md5",
+                                    "m:cram-sha1"])
+def test_ehlo_offers_what_emailrelay_offers(tmp_path: Path, spool_dir: Path, ca: trustme.CA,
+                                            secrets: str, config: str | None) -> None:
+    """The same secrets and --server-auth-config to `emailrelay --as-server --server-tls` and
+    to relay-intake (with what `relay` gives it for those switches): the same AUTH line,
+    in the same order, before STARTTLS and after it."""
+    auth = server_auth(tmp_path, secrets)
+    cert, key = tls.server_files(ca, tmp_path)
+    both = tmp_path / "both.pem"
+    both.write_bytes(key.read_bytes() + cert.read_bytes())
+    listed = ["--server-auth-config", config] if config else []
+    far = tmp_path / "far"
+    far.mkdir(mode=0o700)
+    with EmailRelayServer(tmp_path, far, "--server-auth", auth, "--server-tls",
+                          "--server-tls-certificate", str(both), *listed) as server:
+        theirs = _auth_lines(server.port, ca)
+    with IntakeProcess(spool_dir, "--server-auth", auth, *(listed or ["--server-auth-insecure"]),
+                       "--server-tls-certificate", str(cert), "--server-tls-key",
+                       str(key)) as intake:
+        ours = _auth_lines(intake.port, ca)
+    assert ours == theirs
