@@ -210,19 +210,23 @@ def test_deliver_to_emailrelay_by_cram_sha256(tmp_path: Path, spool: Spool) -> N
 
 
 @needs_emailrelay
-@pytest.mark.parametrize(("config", "expected"), [
-    (None, "CRAM-SHA512"), ("m:cram-sha256,plain", "CRAM-SHA256"),
-    ("m:cram-sha1", "CRAM-SHA1"), ("x:cram-sha512,cram-sha256,cram-sha1", "CRAM-MD5")])
-def test_emailrelay_client_to_intake(tmp_path: Path, spool_dir: Path, config: str | None,
-                                     expected: str) -> None:
+@pytest.mark.parametrize(("secret", "config", "expected"), [
+    ("plain relay s3cret+20pw", None, "CRAM-SHA512"),
+    ("plain relay s3cret+20pw", "m:cram-sha256,plain", "CRAM-SHA256"),
+    ("plain relay s3cret+20pw", "m:cram-sha1", "CRAM-SHA1"),
+    ("plain relay s3cret+20pw", "x:cram-sha512,cram-sha256,cram-sha1", "CRAM-MD5"),
+    (f"md5 relay {base64.b64encode(masked_key(b's3cret pw')).decode()}", None, "CRAM-MD5")])
+def test_emailrelay_client_to_intake(tmp_path: Path, spool_dir: Path, secret: str,
+                                     config: str | None, expected: str) -> None:
     """`emailrelay --as-client --client-auth` forwarding a spooled message into relay-intake:
-    it picks the strongest mechanism relay offers (CRAM-SHA512), or the one its
-    --client-auth-config leaves, and relay-intake checks it and stores the message."""
+    with a password it picks the strongest mechanism relay offers (CRAM-SHA512), or the one
+    its --client-auth-config leaves, with an md5 secret CRAM-MD5; relay-intake checks it
+    and stores the message."""
     outbox = tmp_path / "outbox"
     outbox.mkdir(mode=0o700)
     Spool(outbox).store(MESSAGE, Envelope(sender="a@x.test", to_remote=("b@y.test",)))
     client_auth = tmp_path / "client.auth"
-    client_auth.write_text("client plain relay s3cret+20pw\n")
+    client_auth.write_text(f"client {secret}\n")
     extra = ["--client-auth-config", config] if config else []
     with IntakeProcess(spool_dir, "--server-auth", server_auth(
             tmp_path, "server plain relay s3cret+20pw\n"), "--server-auth-insecure") as intake:
