@@ -187,24 +187,33 @@ def test_an_md5_client_secret_cannot_answer_cram_sha(tmp_path: Path, spool: Spoo
 
 
 @needs_emailrelay
-def test_deliver_to_emailrelay_by_cram_sha256(tmp_path: Path, spool: Spool) -> None:
-    """relay-deliver to `emailrelay --as-server --server-auth-config m:cram-sha256`, which
-    offers CRAM-SHA256 alone: E-MailRelay logs a successful cram-sha256 authentication and
-    stores the message with the account's name."""
+@pytest.mark.parametrize(("client", "listed", "expected"), [
+    ("plain relay s3cret+20pw", ["--server-auth-config", "m:cram-sha256"], "cram-sha256"),
+    ("plain relay s3cret+20pw", ["--server-auth-config", "m:cram-sha1,login"], "cram-sha1"),
+    ("plain relay s3cret+20pw", [], "cram-sha512"),
+    (f"md5 relay {base64.b64encode(masked_key(b's3cret pw')).decode()}", [], "cram-md5")])
+def test_deliver_to_emailrelay_by_cram(tmp_path: Path, spool: Spool, client: str,
+                                       listed: list[str], expected: str) -> None:
+    """relay-deliver to `emailrelay --as-server`: with --server-auth-config m:cram-sha256 it
+    offers CRAM-SHA256 alone, and E-MailRelay logs a successful cram-sha256 authentication
+    and stores the message with the account's name; offering everything, relay-deliver's
+    password picks cram-sha512 and its md5 secret cram-md5."""
     far = tmp_path / "far"
     far.mkdir(mode=0o700)
     secrets = server_auth(tmp_path, "server plain relay s3cret+20pw\n")
     client_auth = tmp_path / "client.auth"
-    client_auth.write_text("client plain relay s3cret+20pw\n")
+    client_auth.write_text(f"client {client}\n")
     spool.store(MESSAGE, Envelope(sender="a@x.test", to_remote=("b@y.test",)))
-    with EmailRelayServer(tmp_path, far, "--server-auth", secrets,
-                          "--server-auth-config", "m:cram-sha256") as server:
+    with EmailRelayServer(tmp_path, far, "--server-auth", secrets, "--verbose",
+                          *listed) as server:
         with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as probe:
-            assert auth_line(probe) == ["CRAM-SHA256"]
+            offered = auth_line(probe)
+        assert offered == (ORDER if not listed else [expected.upper(), *(
+            ["LOGIN"] if "login" in listed[1] else [])])
         assert run_once(spool, f"127.0.0.1:{server.port}", "--client-auth",
                         str(client_auth)) == 0
-    assert "successful authentication of remote client using mechanism [cram-sha256]" \
-        in server.log()
+    assert ("successful authentication of remote client using mechanism "
+            f"[{expected}]") in server.log()
     ((envelope, content),) = accepted(far)
     assert envelope.authentication == "relay" and content.endswith(MESSAGE)
 
