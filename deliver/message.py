@@ -12,6 +12,7 @@ crashed worker.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -42,7 +43,7 @@ from deliver.outcome import (
 from deliver.remover import Remover
 from spool import Claim, Envelope, EnvelopeError, HostileFile, Spool, claim
 from spool.claims import DEFERRAL_KEY
-from spool.envelope import trailer_fields
+from spool.envelope import REASON_KEY, trailer_fields
 from spool.testhooks import checkpoint
 
 
@@ -136,6 +137,9 @@ class MessageHandler:
     async def _handle_claimed(self, connection: SmarthostConnection, claimed: Claim) -> Handled:
         message_id = claimed.message_id
         stop_scan = False
+        expired = self._expired(claimed)
+        if expired is not None:
+            return expired
         if self.policy.client_filters:
             # A filter is never run on a content file that deliver itself would refuse.
             refused = self._check_content(claimed)
@@ -228,6 +232,32 @@ class MessageHandler:
             return Handled(result.result, stop_scan)
         checkpoint("smarthost_accepted")  # tests: a kill here may cost a copy, never the mail
         return Handled(self._settle(claimed, envelope, outcome), stop_scan)
+
+    def _expired(self, claimed: Claim) -> Handled | None:
+        """A deferred message queued longer than --max-age: `.bad` now, without another
+        try (nor a client filter), with the max-age reason and its last one.
+
+        A message never tried yet (no deferral line) gets its one attempt however old it
+        is: a long outage of deliver itself must fail no mail it never tried; so does one
+        relay-resubmit brought back from `.bad` (a reason after its deferrals). None when
+        the message goes on as usual: young, never tried, or its files cannot be read
+        (the usual handling says why)."""
+        try:
+            age = time.time() - claimed.content_mtime()
+        except OSError:
+            return None
+        if age <= self.policy.max_age:
+            return None
+        try:
+            envelope = claimed.read_envelope()
+        except (EnvelopeError, OSError):
+            return None
+        last = _last_deferral(envelope.trailer)
+        if last is None:
+            return None
+        reason = (f"queued longer than max-age ({self.policy.max_age:g} s), not tried again;"
+                  f" last reason: {last}")
+        return self._fail(claimed, envelope, reason, _reason_code(last), kind="max_age")
 
     def _check_content(self, claimed: Claim, envelope: Envelope | None = None) -> Handled | None:
         """Open and check the content file: None when it can be read, else what became of
@@ -369,6 +399,29 @@ class MessageHandler:
 
 def _refusal_reason(group: tuple[tuple[str, Reply], ...]) -> str:
     return "; ".join(f"RCPT TO <{address}>: {reply.describe()}" for address, reply in group)
+
+
+def _last_deferral(trailer: str) -> str | None:
+    """The reason of the last deferral line (`<unix-time> <reason>`) when the message has
+    been deferred since it last failed; None for one never deferred, or brought back from
+    `.bad` (relay-resubmit) since: an `X-MailRelay-Reason` after its deferrals."""
+    last = None
+    for key, value in trailer_fields(trailer):
+        if key == DEFERRAL_KEY:
+            last = value.partition(" ")[2] or "(no reason recorded)"
+        elif key == REASON_KEY:
+            last = None
+    return last
+
+
+# A reply code as Reply.describe() puts it into a reason: "MAIL FROM: 451 4.3.0 later".
+_REASON_CODE = re.compile(r"(?:^|: )([2-5][0-9][0-9])(?= |$)")
+
+
+def _reason_code(reason: str) -> int | None:
+    """The SMTP code in a recorded reason, None when it names none (a refused connection)."""
+    match = _REASON_CODE.search(reason)
+    return int(match.group(1)) if match else None
 
 
 def _os_reason(error: OSError) -> str:

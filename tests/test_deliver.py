@@ -21,6 +21,7 @@ from support.sink import Behaviour, Sink, authenticator, client_auth_file, free_
 
 from deliver.main import main
 from spool import Envelope, Spool, State, entries, read_envelope
+from tools.resubmit import main as resubmit_main
 
 FAST = ["--retry-first", "30", "--response-timeout", "2", "--connection-timeout", "2",
         "--data-timeout", "5", "--content-grace", "0", "--log-format", "json"]
@@ -287,6 +288,43 @@ def test_past_max_age_a_temporary_failure_is_final(spool: Spool) -> None:
     failed = only(spool, State.BAD)
     assert "still down" in failed.reasons[0] and "max-age" in failed.reasons[0]
     assert failed.reason_codes == ["451"]
+
+
+def test_past_max_age_a_deferred_message_fails_without_another_try(spool: Spool) -> None:
+    """A deferred message past --max-age when it is due again: .bad with the max-age reason
+    and its last one, and the smarthost (which would take it now) never sees it again;
+    brought back by relay-resubmit, it gets its try."""
+    with Sink(Behaviour(mail_reply="451 4.3.0 try later")) as sink:
+        message_id = store(spool)
+        assert run_once(spool, sink.address, "--max-age", "1h") == 75
+    old = time.time() - 7200
+    os.utime(spool.content_path(message_id), (old, old))
+    path = spool.envelope_path(message_id, State.READY)
+    os.utime(path, (time.time(), time.time() - 1))  # due now
+    with Sink() as sink:
+        assert run_once(spool, sink.address, "--max-age", "1h") == 0
+        assert sink.messages == [] and sink.data_attempts == 0
+    failed = only(spool, State.BAD)
+    assert failed.reasons == ["queued longer than max-age (3600 s), not tried again; last"
+                              " reason: MAIL FROM: 451 4.3.0 try later"]
+    assert failed.reason_codes == ["451"]
+    # relay-resubmit brings it back: that is one more try, and it goes.
+    assert resubmit_main(["--spool-dir", str(spool.path)]) == 0
+    with Sink() as sink:
+        assert run_once(spool, sink.address, "--max-age", "1h") == 0
+        assert [m.data for m in sink.messages] == [body(0)]
+    assert states(spool) == {}
+
+
+def test_past_max_age_a_message_never_tried_gets_its_try(spool: Spool, sink: Sink) -> None:
+    """A message stored longer than --max-age ago but never tried (a long outage of
+    deliver itself): tried once, and sent."""
+    message_id = store(spool)
+    old = time.time() - 7200
+    os.utime(spool.content_path(message_id), (old, old))
+    assert run_once(spool, sink.address, "--max-age", "1h") == 0
+    assert [m.data for m in sink.messages] == [body(0)]
+    assert os.listdir(spool.path) == []
 
 
 def write_filter(tmp_path: Path, name: str, script: str) -> str:
