@@ -80,6 +80,30 @@ def test_as_proxy_plans_intake_and_a_watching_deliver() -> None:
     assert "--flush-every" not in result.deliver
 
 
+def deliver_option(argv: list[str], name: str) -> list[str]:
+    """The values of relay-deliver's option *name* in the plan of `relay argv` (deliver's
+    own arguments and --immediate's)."""
+    result = plan(parse(argv))
+    found = []
+    for args in (result.deliver or [], result.immediate or []):
+        found += [args[i + 1] for i, word in enumerate(args) if word == name]
+    return found
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--as-proxy", "h:25"], ["1800"]),
+    (["--as-proxy", "h:25", "-T", "30"], ["30"]),
+    (["--as-client", "h:25"], ["1800"]),
+    (["--as-server", "-o", "h:25", "--response-timeout", "90"], ["90"]),
+    (["--as-proxy", "h:25", "--immediate"], ["1800", "1800"]),
+])
+def test_the_response_timeout_is_emailrelays_unless_given(argv: list[str],
+                                                          expected: list[str]) -> None:
+    """Without -T, relay-deliver waits E-MailRelay 2.6.1's 1800 s for a reply (not its own
+    60 s); -T or --response-timeout is passed as given, once."""
+    assert deliver_option([*argv, "-u", "root"], "--response-timeout") == expected
+
+
 def test_a_server_with_poll_forwards_the_whole_spool_every_period() -> None:
     """--as-server --forward-to H --poll 30: deliver flushes every 30 s, no watch."""
     result = plan(parse(["--as-server", "-o", "h:25", "-O", "30", "-u", "root"]))

@@ -82,7 +82,7 @@ SWITCHES: tuple[Switch, ...] = (
     _s("idle-timeout", None, REQUIRED, CLIENT,
        "seconds without traffic before a client is dropped (default 60)", "time"),
     _s("response-timeout", "T", REQUIRED, CLIENT,
-       "seconds to wait for each smarthost reply (default 60)", "time"),
+       "seconds to wait for each smarthost reply (default 1800)", "time"),
     _s("forward-to-all", None, NONE, CLIENT,
        "a message goes out only if every recipient is accepted (the default)"),
     _s("forward-to-some", None, NONE, CLIENT,

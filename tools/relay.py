@@ -51,6 +51,9 @@ PROCESS_WIDE = ("log", "verbose", "debug", "log-time", "log-file", "log-format",
                 "localedir", "help", "version", "check")
 _LOG_FIELDS = ("time", "unit", "address", "port", "msgid")
 _RELAY_FORMATS = ("logfmt", "json", "console")
+# E-MailRelay 2.6.1's --response-timeout when none is given (its source's default, and what
+# its binary does; its reference says 60): relay-deliver gets it, for the same behaviour.
+EMAILRELAY_RESPONSE_TIMEOUT = "1800"
 
 
 def _absolute(path: str) -> str:
@@ -349,6 +352,8 @@ def _client_args(given: Given, paths: dict[str, list[str]], forward_to: str,
                  "client-tls-server-name", "client-tls-verify-name"):
         if given.has(name):
             args += [f"--{name}", given.value(name) or ""]
+    if not given.has("response-timeout"):  # E-MailRelay's, not relay-deliver's own 60 s
+        args += ["--response-timeout", EMAILRELAY_RESPONSE_TIMEOUT]
     for path in paths["client-tls-certificate"]:
         args += ["--client-tls-certificate", path]
     for path in paths["client-filter"]:
