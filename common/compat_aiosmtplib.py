@@ -56,7 +56,8 @@ by their text. Reads and writes only the connection it is given.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiosmtplib
@@ -87,25 +88,15 @@ async def send_data(smtp: aiosmtplib.SMTP, pieces: Iterable[bytes], *, timeout: 
     `SMTPServerDisconnected` when the connection is lost, `SMTPTimeoutError` on a timeout;
     the connection is closed after the last two.
     """
-    protocol: Any = smtp.protocol
-    if protocol is None or protocol._command_lock is None:
-        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
-    try:
-        async with protocol._command_lock:
-            protocol._response_pending = True
-            protocol.write(b"DATA\r\n")
-            start = await protocol.read_response(timeout=timeout)
-            if start.code != START_INPUT:
-                raise aiosmtplib.SMTPDataError(start.code, start.message)
-            protocol._response_pending = True
-            await _write_all(protocol, pieces, timeout)
-            response: SMTPResponse = await protocol.read_response(timeout=final_timeout)
-            if response.code != COMPLETED:
-                raise aiosmtplib.SMTPDataError(response.code, response.message)
-            return response
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError):
-        smtp.close()
-        raise
+    async with _exclusive(smtp) as protocol:
+        protocol._response_pending = True
+        protocol.write(b"DATA\r\n")
+        start = await protocol.read_response(timeout=timeout)
+        if start.code != START_INPUT:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol._response_pending = True
+        await _write_all(protocol, pieces, timeout)
+        return await _completed(protocol, final_timeout)
 
 
 async def send_bdat(smtp: aiosmtplib.SMTP, pieces: Iterable[bytes], size: int, *,
@@ -113,21 +104,11 @@ async def send_bdat(smtp: aiosmtplib.SMTP, pieces: Iterable[bytes], size: int, *
     """`BDAT <size> LAST`, then *pieces* (the content as stored, *size* bytes in all), then
     the reply; *timeout* bounds each wait for the smarthost to take more, *final_timeout*
     the reply. Raises as `send_data` does (`SMTPDataError` for a reply other than 250)."""
-    protocol: Any = smtp.protocol
-    if protocol is None or protocol._command_lock is None:
-        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
-    try:
-        async with protocol._command_lock:
-            protocol._response_pending = True
-            protocol.write(f"BDAT {size} LAST\r\n".encode("ascii"))
-            await _write_all(protocol, pieces, timeout)
-            response: SMTPResponse = await protocol.read_response(timeout=final_timeout)
-            if response.code != COMPLETED:
-                raise aiosmtplib.SMTPDataError(response.code, response.message)
-            return response
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError):
-        smtp.close()
-        raise
+    async with _exclusive(smtp) as protocol:
+        protocol._response_pending = True
+        protocol.write(f"BDAT {size} LAST\r\n".encode("ascii"))
+        await _write_all(protocol, pieces, timeout)
+        return await _completed(protocol, final_timeout)
 
 
 def mail_command(sender: str, options: Iterable[str], encoding: str) -> bytes:
@@ -153,26 +134,18 @@ async def send_pipelined(smtp: aiosmtplib.SMTP, commands: list[bytes], *,
     """Write *commands* (whole lines, from `mail_command` / `rcpt_command`) at once; their
     replies, in order. *timeout* bounds each wait; a lost connection or a timeout closes
     it (`SMTPServerDisconnected`, `SMTPTimeoutError`), as `send_data` does."""
-    protocol: Any = smtp.protocol
-    if protocol is None or protocol._command_lock is None:
-        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
     replies: list[SMTPResponse] = []
-    try:
-        async with protocol._command_lock:
-            protocol._response_pending = True
-            protocol.write(b"".join(commands))
+    async with _exclusive(smtp, aiosmtplib.SMTPResponseException) as protocol:
+        protocol._response_pending = True
+        protocol.write(b"".join(commands))
+        while len(replies) < len(commands):
+            replies.append(await protocol.read_response(timeout=timeout))
             while len(replies) < len(commands):
-                replies.append(await protocol.read_response(timeout=timeout))
-                while len(replies) < len(commands):
-                    more = protocol._read_response_from_buffer()  # came in the same read
-                    if more is None:
-                        break
-                    replies.append(more)
-        return replies
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError,
-            aiosmtplib.SMTPResponseException):
-        smtp.close()
-        raise
+                more = protocol._read_response_from_buffer()  # came in the same read
+                if more is None:
+                    break
+                replies.append(more)
+    return replies
 
 
 class GreetingSMTP(aiosmtplib.SMTP):
@@ -241,6 +214,34 @@ def wire_address(address: str, encoding: str) -> bytes:
     """The path aiosmtplib sends for *address* in MAIL FROM / RCPT TO, `<` and `>`
     included; ValueError (UnicodeEncodeError among them) when it would refuse it."""
     return quote_address(address).encode(encoding)
+
+
+@asynccontextmanager
+async def _exclusive(smtp: aiosmtplib.SMTP,
+                     *also_closing: type[Exception]) -> AsyncIterator[Any]:
+    """The connection's protocol with its command lock held, as aiosmtplib holds it for a
+    command; a lost connection or a timeout (or one of *also_closing*) closes the
+    connection and is raised on. `SMTPServerDisconnected` when it is not connected."""
+    protocol: Any = smtp.protocol
+    if protocol is None or protocol._command_lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    closing: tuple[type[Exception], ...] = (aiosmtplib.SMTPServerDisconnected,
+                                            aiosmtplib.SMTPTimeoutError, ConnectionError,
+                                            *also_closing)
+    try:
+        async with protocol._command_lock:
+            yield protocol
+    except closing:
+        smtp.close()
+        raise
+
+
+async def _completed(protocol: Any, timeout: float) -> SMTPResponse:
+    """The reply after the content: `SMTPDataError` unless it is 250."""
+    response: SMTPResponse = await protocol.read_response(timeout=timeout)
+    if response.code != COMPLETED:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
 
 
 async def _write_all(protocol: Any, pieces: Iterable[bytes], timeout: float) -> None:

@@ -33,15 +33,8 @@ import aiosmtplib
 import structlog
 from aiosmtplib.response import SMTPResponse
 
+from common import compat_aiosmtplib as compat
 from common import events
-from common.compat_aiosmtplib import (
-    GreetingSMTP,
-    mail_command,
-    rcpt_command,
-    send_bdat,
-    send_data,
-    send_pipelined,
-)
 from common.compat_asyncio import set_read_size
 from common.logs import Logger
 from common.secrets import SecretsError, SecretsFile
@@ -239,13 +232,13 @@ class SmarthostConnection:
         """--pipelining: MAIL FROM and the RCPT TOs in one write, then their replies; fills
         *accepted* and *refused*. Raises SMTPSenderRefused as `SMTP.mail()` does."""
         try:
-            commands = [mail_command(sender, parameters, encoding)]
+            commands = [compat.mail_command(sender, parameters, encoding)]
         except ValueError as error:  # nothing was sent
             return Attempt(Stage.MAIL, unsendable("sender", sender, str(error)))
         sent: list[str] = []
         for recipient in recipients:
             try:
-                commands.append(rcpt_command(recipient, encoding))
+                commands.append(compat.rcpt_command(recipient, encoding))
                 sent.append(recipient)
             except ValueError as error:
                 refused.append((recipient, unsendable("recipient", recipient, str(error))))
@@ -253,7 +246,8 @@ class SmarthostConnection:
             for command in commands:
                 log.debug("smtp_command", command=command.decode("utf-8", "replace").strip(),
                           server=smtp.hostname, pipelined=True)
-        replies = await send_pipelined(smtp, commands, timeout=self.settings.response_timeout)
+        replies = await compat.send_pipelined(smtp, commands,
+                                              timeout=self.settings.response_timeout)
         if self.settings.log_dialogue:
             for reply in replies:
                 log.debug("smtp_reply", code=reply.code, text=reply.message,
@@ -273,9 +267,9 @@ class SmarthostConnection:
         """DATA (dot-stuffed), or for BODY=BINARYMIME one BDAT with the bytes as stored."""
         timeout, final = self.settings.response_timeout, self.settings.data_timeout
         if plan.bdat:
-            return await send_bdat(smtp, content, size, timeout=timeout, final_timeout=final)
-        return await send_data(smtp, _data_pieces(content, encoder), timeout=timeout,
-                               final_timeout=final)
+            return await compat.send_bdat(smtp, content, size, timeout=timeout, final_timeout=final)
+        return await compat.send_data(smtp, _data_pieces(content, encoder), timeout=timeout,
+                                      final_timeout=final)
 
     async def _ready(self, route: Route) -> aiosmtplib.SMTP:
         """A connected, greeted (and authenticated) client for *route*."""
@@ -302,7 +296,7 @@ class SmarthostConnection:
             start_tls = True if settings.tls_required else None
         else:
             start_tls = False
-        client_class = DialogueLoggingSMTP if settings.log_dialogue else GreetingSMTP
+        client_class = DialogueLoggingSMTP if settings.log_dialogue else compat.GreetingSMTP
         source = (settings.client_interface, 0) if settings.client_interface else None
         smtp = client_class(
             hostname=route.host,

@@ -18,9 +18,10 @@ import pytest
 import trustme
 from support import tls
 from support.sink import Behaviour, Sink, authenticator, client_auth_file, free_port
+from support.spool import by_state
 
 from deliver.main import main
-from spool import Envelope, Spool, State, entries, read_envelope
+from spool import Envelope, Spool, State, read_envelope
 from tools.resubmit import main as resubmit_main
 
 FAST = ["--retry-first", "30", "--response-timeout", "2", "--connection-timeout", "2",
@@ -43,17 +44,9 @@ def run_once(spool: Spool, forward_to: str, *extra: str) -> int:
                  *FAST, *extra])
 
 
-def states(spool: Spool) -> dict[State, list[str]]:
-    found: dict[State, list[str]] = {}
-    for entry in entries(spool):
-        if entry.state is not None:
-            found.setdefault(entry.state, []).append(entry.message_id)
-    return found
-
-
 def only(spool: Spool, state: State) -> Envelope:
     """The envelope of the one message in *state*."""
-    (message_id,) = states(spool)[state]
+    (message_id,) = by_state(spool)[state]
     return read_envelope(spool, message_id, state)
 
 
@@ -181,7 +174,7 @@ def test_partial_refusal_splits_so_nobody_gets_it_twice(spool: Spool) -> None:
         original = store(spool, to=("perm@x.test", "temp@x.test", "ok@x.test"))
         assert run_once(spool, sink.address) == 75
         assert [m.rcpt_tos for m in sink.messages] == [["ok@x.test"]]
-        found = states(spool)
+        found = by_state(spool)
         assert original not in found.get(State.READY, []) + found.get(State.BAD, [])
         failed = only(spool, State.BAD)
         assert failed.to_remote == ("perm@x.test",)
@@ -275,7 +268,7 @@ def test_missing_content_waits_for_the_grace(spool: Spool, sink: Sink) -> None:
         b"X-MailRelay-End: 1\r\n"
     )
     assert run_once(spool, sink.address, "--content-grace", "60") == 75
-    assert states(spool) == {State.READY: ["early"]}
+    assert by_state(spool) == {State.READY: ["early"]}
 
 
 def test_past_max_age_a_temporary_failure_is_final(spool: Spool) -> None:
@@ -313,7 +306,7 @@ def test_past_max_age_a_deferred_message_fails_without_another_try(spool: Spool)
     with Sink() as sink:
         assert run_once(spool, sink.address, "--max-age", "1h") == 0
         assert [m.data for m in sink.messages] == [body(0)]
-    assert states(spool) == {}
+    assert by_state(spool) == {}
 
 
 def test_past_max_age_a_message_never_tried_gets_its_try(spool: Spool, sink: Sink) -> None:
@@ -348,7 +341,7 @@ def test_client_filters(tmp_path: Path, spool: Spool, sink: Sink) -> None:
     assert code == 75  # the skipped one is still waiting
     failed = read_envelope(spool, rejected, State.BAD)
     assert failed.reasons == ["spam here"] and failed.reason_codes == ["550"]
-    assert states(spool)[State.READY] == [skipped]
+    assert by_state(spool)[State.READY] == [skipped]
     assert "X-Relay-Deferred" not in read_envelope(spool, skipped, State.READY).trailer
     assert [(m.data, m.rcpt_tos) for m in sink.messages] == [(body(3), ["edited@example.com"])]
     assert not os.path.exists(spool.content_path(edited))
@@ -381,12 +374,17 @@ def certificate(ca: trustme.CA, tmp_path: Path) -> tuple[ssl.SSLContext, str]:
     return tls.server_context(ca, "127.0.0.1"), str(tls.ca_file(ca, tmp_path))
 
 
+def submission_sink(server_context: ssl.SSLContext) -> Sink:
+    """A port-587 style sink: STARTTLS required, then AUTH with the test account."""
+    return Sink(tls_context=server_context, require_starttls=True, authenticator=authenticator,
+                auth_required=True, auth_require_tls=True)
+
+
 def test_starttls_and_auth(tmp_path: Path, spool: Spool,
                            certificate: tuple[ssl.SSLContext, str]) -> None:
     """Port-587 style: STARTTLS verified against the CA, then AUTH PLAIN from the secrets file."""
     server_context, ca_file = certificate
-    with Sink(tls_context=server_context, require_starttls=True, authenticator=authenticator,
-              auth_required=True, auth_require_tls=True) as sink:
+    with submission_sink(server_context) as sink:
         store(spool)
         assert run_once(spool, sink.address, "--client-tls", "--client-tls-required",
                         "--client-tls-verify", ca_file,
@@ -398,8 +396,7 @@ def test_wrong_password_defers(tmp_path: Path, spool: Spool,
                                certificate: tuple[ssl.SSLContext, str]) -> None:
     """A refused AUTH keeps the mail (deferred) for the operator to fix the secrets file."""
     server_context, ca_file = certificate
-    with Sink(tls_context=server_context, require_starttls=True, authenticator=authenticator,
-              auth_required=True, auth_require_tls=True) as sink:
+    with submission_sink(server_context) as sink:
         store(spool)
         assert run_once(spool, sink.address, "--client-tls", "--client-tls-verify", ca_file,
                         "--client-auth", client_auth_file(tmp_path, "wrong")) == 75

@@ -25,11 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.sink import Sink
 from support.smarthost import Script, ScriptedSmarthost
+from support.spool import by_state
 
 from deliver.forward import SLICE_SIZE, ForwardSettings, Route, SmarthostConnection
 from deliver.main import main
 from deliver.outcome import Stage
-from spool import Envelope, Spool, State, entries, read_envelope
+from spool import Envelope, Spool, State, read_envelope
 
 FAST = ["--retry-first", "30", "--response-timeout", "5", "--connection-timeout", "5",
         "--data-timeout", "10", "--content-grace", "0", "--log-format", "json"]
@@ -38,14 +39,6 @@ FAST = ["--retry-first", "30", "--response-timeout", "5", "--connection-timeout"
 def run_once(spool: Spool, sink: Sink, *extra: str) -> int:
     return main(["--once", "--spool-dir", str(spool.path), "--forward-to", sink.address,
                  *FAST, *extra])
-
-
-def by_state(spool: Spool) -> dict[State, list[str]]:
-    found: dict[State, list[str]] = {}
-    for entry in entries(spool):
-        if entry.state is not None:
-            found.setdefault(entry.state, []).append(entry.message_id)
-    return found
 
 
 def cut(content: bytes, cuts: list[int]) -> Iterator[bytes]:

@@ -16,6 +16,7 @@ import pytest
 from support.deliver import run_once
 from support.sink import Behaviour, Sink
 from support.smarthost import Script, ScriptedSmarthost
+from support.spool import by_state
 from support.system import wait_until
 
 from deliver.extensions import (
@@ -26,7 +27,7 @@ from deliver.extensions import (
     Strict,
     mail_plan,
 )
-from spool import Envelope, Spool, State, entries, read_envelope
+from spool import Envelope, Spool, State, read_envelope
 
 EIGHT_BIT = "Subject: x\r\n\r\nh\u00e9llo\r\n".encode("latin-1")
 ALL = {"8bitmime", "smtputf8", "size", "binarymime", "chunking"}
@@ -58,14 +59,6 @@ def test_mail_plan_is_emailrelays_rule(body: str, utf8: bool, offered: set[str],
     if isinstance(expected, MailPlan):
         expected = replace(expected, size=9)
     assert mail_plan(body, utf8, offered, 9, strict) == expected
-
-
-def by_state(spool: Spool) -> dict[State, list[str]]:
-    found: dict[State, list[str]] = {}
-    for entry in entries(spool):
-        if entry.state is not None:
-            found.setdefault(entry.state, []).append(entry.message_id)
-    return found
 
 
 def _bad(spool: Spool) -> Envelope:

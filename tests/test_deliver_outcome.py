@@ -9,16 +9,7 @@ from hypothesis import strategies as st
 from common.config import parse_duration
 from common.programs import ProgramResult
 from deliver.clientfilter import FilterVerdict, interpret
-from deliver.outcome import (
-    Attempt,
-    Deferred,
-    Failed,
-    Reply,
-    Sent,
-    Stage,
-    classify,
-    next_attempt,
-)
+from deliver.outcome import Attempt, Deferred, Failed, Reply, Sent, Stage, classify, next_attempt
 
 OK = Reply(250, "OK")
 

@@ -177,14 +177,7 @@ class _Session:
             if not self.recv():
                 return False
         raw, self.buffer = self.buffer[:size], self.buffer[size:]
-        with self.server.lock:
-            self.server.attempts += 1
-        if not self.answer("DOT", b"250 2.0.0 queued"):
-            return False
-        if self.script.replies.get("DOT", b"250")[:1] == b"2":
-            with self.server.lock:
-                self.server.data.append(raw)
-        return True
+        return self.take(raw)
 
     def read_data(self) -> bool:
         """Read up to the final dot; record the wire bytes; answer as scripted."""
@@ -201,6 +194,11 @@ class _Session:
                 time.sleep(3600)  # stop reading: the client's writes fill the socket buffers
             if not self.recv():
                 return False
+        return self.take(raw)
+
+    def take(self, raw: bytes) -> bool:
+        """A whole message came (DATA or BDAT): count the attempt, answer as scripted
+        (`DOT`), and record *raw* if that answer accepted it. False if the client left."""
         with self.server.lock:
             self.server.attempts += 1
         if not self.answer("DOT", b"250 2.0.0 queued"):

@@ -1,5 +1,6 @@
 """A spool directory as the tests see it: the messages intake accepted, the names of its
-message files, content without relay's Received line, and a disk filled up.
+message files, its message ids by state, content without relay's Received line, and a disk
+filled up.
 
 Reads spool files only through spool's own parser; writes nothing in a spool (`fill`
 writes one filler file beside it).
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from spool import Envelope, parse_envelope
+from spool import Envelope, Spool, State, entries, parse_envelope
 
 
 def accepted(spool_dir: Path) -> list[tuple[Envelope, bytes]]:
@@ -25,6 +26,15 @@ def accepted(spool_dir: Path) -> list[tuple[Envelope, bytes]]:
     for path in sorted(spool_dir.glob("*.envelope"), key=order):
         content = spool_dir / (path.name.removesuffix(".envelope") + ".content")
         found.append((parse_envelope(path.read_bytes(), path=str(path)), content.read_bytes()))
+    return found
+
+
+def by_state(spool: Spool) -> dict[State, list[str]]:
+    """The message ids in *spool*, by the state of their envelope (states with none left out)."""
+    found: dict[State, list[str]] = {}
+    for entry in entries(spool):
+        if entry.state is not None:
+            found.setdefault(entry.state, []).append(entry.message_id)
     return found
 
 
