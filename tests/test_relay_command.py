@@ -104,6 +104,19 @@ def test_the_response_timeout_is_emailrelays_unless_given(argv: list[str],
     assert deliver_option([*argv, "-u", "root"], "--response-timeout") == expected
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--as-server"], "1800"),
+    (["--as-proxy", "h:25", "--idle-timeout", "45"], "45"),
+])
+def test_the_idle_timeout_is_emailrelays_unless_given(argv: list[str], expected: str) -> None:
+    """Without --idle-timeout, relay-intake waits E-MailRelay 2.6.1's 1800 s for a silent
+    client (its source's default; its --help says 60), passed once."""
+    intake = plan(parse([*argv, "-u", "root"])).intake
+    assert intake is not None
+    found = [intake[i + 1] for i, word in enumerate(intake) if word == "--idle-timeout"]
+    assert found == [expected]
+
+
 def test_a_server_with_poll_forwards_the_whole_spool_every_period() -> None:
     """--as-server --forward-to H --poll 30: deliver flushes every 30 s, no watch."""
     result = plan(parse(["--as-server", "-o", "h:25", "-O", "30", "-u", "root"]))

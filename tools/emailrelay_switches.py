@@ -80,7 +80,7 @@ SWITCHES: tuple[Switch, ...] = (
     _s("connection-timeout", "U", REQUIRED, CLIENT,
        "seconds to connect to the smarthost (default 40)", "time"),
     _s("idle-timeout", None, REQUIRED, CLIENT,
-       "seconds without traffic before a client is dropped (default 60)", "time"),
+       "seconds without traffic before a client is dropped (default 1800)", "time"),
     _s("response-timeout", "T", REQUIRED, CLIENT,
        "seconds to wait for each smarthost reply (default 1800)", "time"),
     _s("forward-to-all", None, NONE, CLIENT,

@@ -54,6 +54,9 @@ _RELAY_FORMATS = ("logfmt", "json", "console")
 # E-MailRelay 2.6.1's --response-timeout when none is given (its source's default, and what
 # its binary does; its reference says 60): relay-deliver gets it, for the same behaviour.
 EMAILRELAY_RESPONSE_TIMEOUT = "1800"
+# Its --idle-timeout likewise: the reference and --help say 60, its source and binary wait
+# 1800 s for a silent client (checked: a client silent for 200 s was not dropped).
+EMAILRELAY_IDLE_TIMEOUT = "1800"
 
 
 def _absolute(path: str) -> str:
@@ -272,6 +275,8 @@ def _plan_instance(given: Given, result: Plan, process: _Process, *, first: bool
         for name in ("domain", "size", "idle-timeout", "dnsbl"):
             if has(name):
                 args += [f"--{name}", value(name) or ""]
+        if not has("idle-timeout"):  # E-MailRelay's, not relay-intake's own 300 s
+            args += ["--idle-timeout", EMAILRELAY_IDLE_TIMEOUT]
         if has("anonymous"):
             args += ["--anonymous", value("anonymous") or "vrfy,server,content,client"]
         for path in paths["filter"]:
