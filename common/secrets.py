@@ -13,9 +13,11 @@ field that starts with `#` is a comment; more fields are ignored):
 
 `cram-md5` and `apop` mean `md5`; an `md5` secret may also be E-MailRelay's old dotted
 form. Other types (`sha1`, `oauth`, ...) are read and kept, but relay authenticates with
-none of them. A duplicate server secret, trust address or client secret is an error, as
-are too few fields, a first field that is not `server`/`client`, an empty or badly encoded
-id or secret. Pure parsing plus `SecretsFile`, which rereads the file when it changes.
+none of them (a client account with only such secrets cannot authenticate, and its mail
+waits rather than go without AUTH). A duplicate server secret, trust address or client
+secret is an error, as are too few fields, a first field that is not `server`/`client`,
+an empty or badly encoded id or secret. Pure parsing plus `SecretsFile`, which rereads
+the file when it changes.
 Reads only the secrets file; never logs a password.
 """
 
@@ -85,10 +87,13 @@ class ClientAccount:
     user: str = ""
     password: str | None = None
     md5_state: bytes | None = None
+    # The account's secret types relay cannot use (`sha256`, `oauth`, ...), when it has
+    # no other: it must authenticate and cannot, so its mail never goes without AUTH.
+    unusable: tuple[str, ...] = ()
 
     @property
     def authenticates(self) -> bool:
-        return self.password is not None or self.md5_state is not None
+        return self.password is not None or self.md5_state is not None or bool(self.unusable)
 
 
 @dataclass
@@ -145,7 +150,8 @@ class Secrets:
         masked = self.client.get(("md5", selector))
         if masked is not None:
             return ClientAccount(selector, masked.user, md5_state=masked.md5_state)
-        return ClientAccount(selector)
+        unusable = sorted(kind for kind, named in self.client if named == selector)
+        return ClientAccount(selector, unusable=tuple(unusable))
 
 
 def _decode(value: str, encoding: str, what: str, where: str) -> str | bytes:

@@ -2,7 +2,9 @@
 
 The mechanisms are chosen as E-MailRelay 2.6.1's client chooses them (`mechanisms`): for
 an account with a password, CRAM-SHA512, CRAM-SHA256, CRAM-SHA1, CRAM-MD5, PLAIN, LOGIN;
-for an `md5` secret (a stored MD5 state, which can do nothing else) CRAM-MD5 only; then
+for an `md5` secret (a stored MD5 state, which can do nothing else) CRAM-MD5 only; for
+an account with only secrets relay cannot use (`sha256`, `oauth`) none, so that its mail
+waits instead of going without AUTH (E-MailRelay fails it); then
 `--client-auth-config` keeps the ones its `m:` list names and drops the ones its `x:` list
 names (the order stays the one above, whatever the order of the list), and only those the
 smarthost offers are tried, one after the other until one is accepted, as E-MailRelay
@@ -65,7 +67,10 @@ def parse_auth_config(text: str | None) -> AuthConfig:
 
 def mechanisms(account: ClientAccount, config: AuthConfig, offered: list[str]) -> list[str]:
     """The mechanisms to try for *account*, in order, of those the smarthost *offered*."""
-    ours = list(WITH_MD5_STATE if account.password is None else WITH_PASSWORD)
+    if account.password is not None:
+        ours = list(WITH_PASSWORD)
+    else:  # an account with only secrets relay cannot use has no mechanism at all
+        ours = list(WITH_MD5_STATE if account.md5_state is not None else ())
     keep = (config.simple,) if config.simple in ours else config.keep
     if keep:
         ours = [name for name in ours if name in keep]
@@ -85,7 +90,12 @@ async def authenticate(smtp: aiosmtplib.SMTP, account: ClientAccount,
     config = config or AuthConfig()
     usable = mechanisms(account, config, offered)
     if not usable:
-        have = "an md5 secret (CRAM-MD5 only)" if account.password is None else "a password"
+        if account.password is not None:
+            have = "a password"
+        elif account.md5_state is not None:
+            have = "an md5 secret (CRAM-MD5 only)"
+        else:
+            have = f"only {', '.join(account.unusable)} secrets, which relay cannot use"
         listed = "" if config == AuthConfig() else ", and --client-auth-config leaves none"
         raise NoMechanism(f"the account has {have}; the smarthost offers "
                           f"{' '.join(offered).upper() or 'no AUTH'}{listed}")

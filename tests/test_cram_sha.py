@@ -183,6 +183,24 @@ def test_an_md5_client_secret_cannot_answer_cram_sha(tmp_path: Path, spool: Spoo
 
 
 
+@pytest.mark.parametrize("kind", ["sha256", "oauth"])
+def test_an_account_relay_cannot_use_never_sends_without_auth(
+        tmp_path: Path, spool: Spool, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A `client sha256` (or `oauth`) account alone, to a sink that offers CRAM-SHA256 and
+    takes mail without AUTH: relay-deliver does not send the message unauthenticated; it
+    stays queued, saying why (E-MailRelay 2.6.1 tries and fails: it cannot restore a SHA
+    state)."""
+    cram_sink = CramSink()
+    client_auth = tmp_path / "client.auth"
+    client_auth.write_text(f"client {kind} relay {base64.b64encode(bytes(64)).decode()}\n")
+    spool.store(MESSAGE, Envelope(sender="a@x.test", to_remote=("b@y.test",)))
+    with Sink(handler_mixin=cram_sink, auth_require_tls=False,
+              auth_exclude_mechanism=["LOGIN", "PLAIN", "CRAM-SHA1"]) as sink:
+        assert run_once(spool, sink.address, "--client-auth", str(client_auth)) == 75
+    assert cram_sink.used == [] and sink.messages == []
+    assert f"only {kind} secrets, which relay cannot use" in capsys.readouterr().err
+
+
 # -- relay and the real E-MailRelay, both ways ------------------------------------------
 
 
