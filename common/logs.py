@@ -12,8 +12,11 @@ debug lines, the SMTP dialogue included. `--log-file FILE` sends what would go t
 FILE instead (`%d` in the name: today's date, YYYYMMDD, a new file each day); SIGHUP makes
 every program reopen it (logrotate's `kill -HUP`), and never ends one. `--no-log-time`
 leaves the timestamp out (syslog adds its own); `close_stderr()` points stderr at /dev/null
-once a daemon has started (E-MailRelay's `--close-stderr`). Writes to stderr, the log file
-and syslog only.
+once a daemon has started (E-MailRelay's `--close-stderr`). `--unit NAME` names the
+E-MailRelay instance a program runs for under `relay` (its `--NAME-spool-dir`): its start
+line says `unit=NAME` (`unit_key()`), and with `--log-unit` every line does, as
+E-MailRelay's `[NAME]` with `--log-format=unit`. Writes to stderr, the log file and syslog
+only.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import time
 from typing import Any
 
 import structlog
-from structlog.typing import FilteringBoundLogger
+from structlog.typing import EventDict, FilteringBoundLogger
+
+from common.config import Option
 
 _RENDERERS = ("console", "logfmt", "json")
 _QUIET_UNLESS_VERBOSE = ("mail.log", "aiosmtplib", "watchdog", "asyncio")
@@ -40,6 +45,13 @@ Logger = FilteringBoundLogger
 
 SYSLOG_FACILITIES = tuple(sorted(logging.handlers.SysLogHandler.facility_names))
 LOG_FILE_MODE = 0o660  # as E-MailRelay's log file (the umask may take more away)
+
+UNIT_OPTION = Option(
+    "unit", "the E-MailRelay instance this program runs for (`relay`'s --NAME-spool-dir): "
+    "its start line says unit=NAME", None, metavar="NAME")
+LOG_UNIT_OPTION = Option(
+    "log-unit", "every log line says unit=NAME (the --unit; E-MailRelay's --log-format=unit)",
+    False, "bool")
 
 
 class LogDestination:
@@ -105,6 +117,24 @@ class LogDestination:
 
 
 _destination = LogDestination()
+_unit: str | None = None  # --unit, for the start lines
+
+
+def unit_key() -> dict[str, str]:
+    """`unit=NAME` for a program's start line under `relay` (E-MailRelay names an instance
+    on its "smtp server on" line whatever the --log-format); nothing without --unit."""
+    return {"unit": _unit} if _unit else {}
+
+
+class _AddUnit:
+    """The processor of --log-unit: `unit=NAME` on every line (a start line has it already)."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+
+    def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("unit", self.unit)
+        return event_dict
 
 
 def reopen() -> None:
@@ -147,7 +177,7 @@ def _renderer(log_format: str) -> Any:
     if log_format == "console":
         return structlog.dev.ConsoleRenderer(colors=False)
     return structlog.processors.LogfmtRenderer(
-        key_order=["timestamp", "level", "event", "msg_id"], drop_missing=True
+        key_order=["timestamp", "level", "unit", "event", "msg_id"], drop_missing=True
     )
 
 
@@ -160,12 +190,15 @@ def setup_logging(
     log_file: str | None = None,
     log_time: bool = True,
     syslog_facility: str = "mail",
+    unit: str | None = None,
+    log_unit: bool = False,
 ) -> Logger:
-    """Configure logging once for this process and return the program's (bound) logger.
+    """Configure logging once for this process and return the program's (bound) logger:
+    *unit* is the instance's name for `unit_key()`, on every line with *log_unit*.
 
     Raises OSError when *log_file* cannot be opened, ValueError for a bad format or facility.
     """
-    global _destination  # noqa: PLW0603 (one destination per process, reset by each call)
+    global _destination, _unit  # noqa: PLW0603 (one destination per process, reset by each call)
     if log_format not in _RENDERERS:
         raise ValueError(f"log format must be one of {', '.join(_RENDERERS)}")
     if syslog_facility not in logging.handlers.SysLogHandler.facility_names:
@@ -173,10 +206,13 @@ def setup_logging(
     destination = LogDestination(log_file)
     destination.open_now()
     _destination = destination
+    _unit = unit or None
     with contextlib.suppress(ValueError):  # not the main thread: the caller handles SIGHUP
         signal.signal(signal.SIGHUP, on_hangup)
     level = logging.DEBUG if verbose else logging.INFO
     shared: list[Any] = [structlog.stdlib.add_log_level]
+    if unit and log_unit:
+        shared.append(_AddUnit(unit))
     if log_time:
         shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
     if syslog:
@@ -246,4 +282,6 @@ def setup_logging_from(program: str, settings: Any) -> Logger:
         log_file=getattr(settings, "log_file", None),
         log_time=getattr(settings, "log_time", True),
         syslog_facility=getattr(settings, "syslog_facility", "mail"),
+        unit=getattr(settings, "unit", None),
+        log_unit=getattr(settings, "log_unit", False),
     )

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from common import check, eventloop, events
 from common.check import CHECK_OPTION
 from common.config import ConfigError, load_settings
-from common.logs import Logger, close_stderr, setup_logging_from
+from common.logs import Logger, close_stderr, setup_logging_from, unit_key
 from common.metrics import METRICS_OPTION, DeliverMetrics, MetricsServer, parse_listen
 from common.pidfile import remove_pid_file, write_pid_file
 from common.process import drop_privileges, notify_ready
@@ -196,7 +196,7 @@ def serve(config: DeliverConfig, scheduler: Scheduler, spool: Spool, log: Logger
     def started() -> None:
         log.info("deliver_started", spool=str(spool.path), forward_to=config.forward_to,
                  concurrency=scheduler.concurrency, once=config.once,
-                 event_loop=config.event_loop)
+                 event_loop=config.event_loop, **unit_key())
 
     stats = eventloop.run(_run(scheduler, started), config.event_loop)
     extra = {"removals_failed": stats.removals_failed} if stats.removals_failed else {}

@@ -26,6 +26,7 @@ from common.config import (
 )
 from common.events import EVENT_FD_OPTION
 from common.filterspec import Spec, parse_filter
+from common.logs import LOG_UNIT_OPTION, UNIT_OPTION
 from common.process import CLOSE_STDERR_OPTION, READY_FD_OPTION, USER_OPTION, lookup_user
 from common.secrets import SecretsError, SecretsFile
 from common.tlsconfig import SYSTEM_CAS, client_context, parse_tls_config
@@ -122,6 +123,8 @@ OPTIONS: tuple[Option, ...] = (
     READY_FD_OPTION,
     EVENT_FD_OPTION,
     CLOSE_STDERR_OPTION,
+    UNIT_OPTION,
+    LOG_UNIT_OPTION,
     eventloop.EVENT_LOOP_OPTION,
 )
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from common import check, eventloop, events
 from common.config import ConfigError, load_settings
-from common.logs import Logger, close_stderr, setup_logging_from
+from common.logs import Logger, close_stderr, setup_logging_from, unit_key
 from common.metrics import IntakeMetrics, MetricsServer
 from common.pidfile import remove_pid_file, write_pid_file
 from common.process import drop_privileges, notify_ready, settle_heap
@@ -132,7 +132,7 @@ async def run(
         extra = {} if worker is None else {"process": worker}
         log.info("intake_started", listen=[f"{h}:{p}" for h, p in server.addresses],
                  spool=str(spool.path), pid=os.getpid(), event_loop=config.event_loop,
-                 **extra, **({"user": user} if user else {}))
+                 **extra, **({"user": user} if user else {}), **unit_key())
         if install_signals:  # its own process (not a test's thread)
             settle_heap()
         notify_ready(config.ready_fd)

@@ -18,6 +18,7 @@ from common.check import CHECK_OPTION
 from common.config import SPOOL_DIR_OPTION, ConfigError, Option, local_fqdn, resolve_path
 from common.events import EVENT_FD_OPTION
 from common.filterspec import FilterRunner, Spec, parse_filter, parse_verifier
+from common.logs import LOG_UNIT_OPTION, UNIT_OPTION
 from common.metrics import METRICS_OPTION, parse_listen
 from common.process import CLOSE_STDERR_OPTION, READY_FD_OPTION, USER_OPTION, lookup_user
 from common.secrets import SecretsError, SecretsFile
@@ -150,6 +151,8 @@ OPTIONS: tuple[Option, ...] = (
     READY_FD_OPTION,
     EVENT_FD_OPTION,
     CLOSE_STDERR_OPTION,
+    UNIT_OPTION,
+    LOG_UNIT_OPTION,
     eventloop.EVENT_LOOP_OPTION,
     METRICS_OPTION,
     CHECK_OPTION,

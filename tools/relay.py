@@ -50,6 +50,7 @@ PROCESS_WIDE = ("log", "verbose", "debug", "log-time", "log-file", "log-format",
                 "no-syslog", "close-stderr", "no-daemon", "user", "pid-file", "tls-config",
                 "localedir", "help", "version", "check")
 _LOG_FIELDS = ("time", "unit", "address", "port", "msgid")
+_PER_INSTANCE_FIELDS = ("unit", "address", "port", "msgid")  # the rest is the first's
 _RELAY_FORMATS = ("logfmt", "json", "console")
 # E-MailRelay 2.6.1's --response-timeout when none is given (its source's default, and what
 # its binary does; its reference says 60): relay-deliver gets it, for the same behaviour.
@@ -179,16 +180,9 @@ def plan(given: Given) -> Plan:
     log_files = given.all("log-file")
     if log_files:
         logging += ["--log-file", _absolute(log_files[0])]
-    log_time = on("log-time")
-    for fields in given.all("log-format"):
-        for item in (word.strip() for word in fields.split(",") if word.strip()):
-            if item in _RELAY_FORMATS:
-                logging += ["--log-format", item]
-            elif item not in _LOG_FIELDS:
-                raise UsageError(f"--log-format: unknown field {item!r} (time, unit, address, "
-                                 "port, msgid; or logfmt, json, console)")
-            log_time = log_time or item == "time"
-    logging.append("--log-time" if log_time else "--no-log-time")
+    items = _log_format(given)
+    logging += [word for item in items if item in _RELAY_FORMATS for word in ("--log-format", item)]
+    logging.append("--log-time" if on("log-time") or "time" in items else "--no-log-time")
     result.close_stderr = on("close-stderr")
 
     # the process
@@ -210,11 +204,17 @@ def plan(given: Given) -> Plan:
     if has("localedir"):
         result.notes.append("--localedir: relay's messages are English only (nothing to load)")
     result.check = on("check")
-    process = _Process(common, value("tls-config"), result.check)
+    # E-MailRelay's line context (where [NAME] goes) is on with the first instance's
+    # --log-format or --log-address
+    process = _Process(common, value("tls-config"), result.check,
+                       has("log-format") or has("log-address"))
     _plan_instance(given, result, process, first=True)
     for other in given.more:
         refuse_what_relay_does_not_do(other)
         for name in PROCESS_WIDE:
+            fields = _log_format(other, first=False)
+            if name == "log-format" and set(fields) <= set(_PER_INSTANCE_FIELDS):
+                continue  # unit counts per instance (the rest is relay's in every line)
             if other.has(name):
                 result.notes.append(
                     f"--{other.name}-{name}: ignored: a process-wide switch counts only for "
@@ -237,6 +237,30 @@ class _Process:
     common: list[str]  # logging, --user, --close-stderr
     tls_config: str | None
     check: bool
+    log_context: bool  # the first instance has a --log-format or --log-address
+
+
+def _log_format(given: Given, *, first: bool = True) -> list[str]:
+    """The items of an instance's --log-format values: E-MailRelay's fields and relay's
+    line formats; UsageError for anything else."""
+    items = [word.strip() for text in given.all("log-format") for word in text.split(",")
+             if word.strip()]
+    for item in items:
+        if item not in _LOG_FIELDS and item not in _RELAY_FORMATS:
+            switch = "log-format" if first else _named(given, "log-format")
+            raise UsageError(f"--{switch}: unknown field {item!r} (time, "
+                             "unit, address, port, msgid; or logfmt, json, console)")
+    return items
+
+
+def _unit_args(given: Given, process: _Process) -> list[str]:
+    """How an instance's programs name it in their lines, as E-MailRelay does: a named
+    instance on its start lines always (`--unit`); on every line (`--log-unit`) where its
+    own --log-format has `unit` and the first instance's switches turn the context on."""
+    if not given.name:
+        return []
+    every_line = process.log_context and "unit" in _log_format(given)
+    return ["--unit", given.name, *(["--log-unit"] if every_line else [])]
 
 
 def _plan_instance(given: Given, result: Plan, process: _Process, *, first: bool) -> None:
@@ -252,7 +276,7 @@ def _plan_instance(given: Given, result: Plan, process: _Process, *, first: bool
             raise UsageError(f"--{_named(given, name)} needs --{_named(given, 'forward-to')}")
     paths = {name: [_absolute(v) for v in given.all(name)] for name in _PATHS}
     spool = ["--spool-dir", paths["spool-dir"][0]] if paths["spool-dir"] else []
-    common = [*spool, *process.common]
+    common = [*spool, *process.common, *_unit_args(given, process)]
     tls_config = ["--tls-config", process.tls_config] if process.tls_config is not None else []
     server_options = intake_options(given, result.notes)  # -Z, --server-auth-config
     result.notes += client_notes(given)  # -c, --client-auth-config
