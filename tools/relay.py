@@ -164,7 +164,7 @@ def plan(given: Given) -> Plan:
     whose process-wide switches are ignored, as E-MailRelay ignores them."""
     refuse_what_relay_does_not_do(given)
     has, value = given.has, given.value
-    result = Plan()
+    result = Plan(name=given.name)
     _forward_to, implied = _modes(given)
 
     def on(name: str) -> bool:
@@ -211,10 +211,10 @@ def plan(given: Given) -> Plan:
     _plan_instance(given, result, process, first=True)
     for other in given.more:
         refuse_what_relay_does_not_do(other)
+        per_instance = set(_log_format(other, first=False)) <= set(_PER_INSTANCE_FIELDS)
         for name in PROCESS_WIDE:
-            fields = _log_format(other, first=False)
-            if name == "log-format" and set(fields) <= set(_PER_INSTANCE_FIELDS):
-                continue  # unit counts per instance (the rest is relay's in every line)
+            if name == "log-format" and per_instance:
+                continue  # its unit counts for this instance (the rest is in every line)
             if other.has(name):
                 result.notes.append(
                     f"--{other.name}-{name}: ignored: a process-wide switch counts only for "
