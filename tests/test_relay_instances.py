@@ -12,10 +12,10 @@ import smtplib
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.foreground import foreground, listening
 from support.programs import BIN, program_env
 from support.sink import Sink, free_port
 from support.spool import spool_files
@@ -131,13 +131,6 @@ def test_as_client_in_a_further_instance_flushes_once_at_start() -> None:
 
 # -- real processes --------------------------------------------------------------------------
 
-def _listening(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as probe:
-        probe.settimeout(2)
-        return probe.connect_ex((host, port)) == 0
-
-
 def _send(port: int, subject: str) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.sendmail("a@example.com", ["b@example.net"],
@@ -164,26 +157,6 @@ def _children(pid: int) -> list[str]:
                 found.append(Path(f"/proc/{entry}/cmdline").read_bytes().decode()
                              .replace("\0", " "))
     return found
-
-
-@contextlib.contextmanager
-def _foreground(program: str, *args: str, cwd: Path, ports: list[int]) -> Iterator[None]:
-    """*program* (relay or emailrelay) with --no-daemon, until each of *ports* answers."""
-    process = subprocess.Popen([program, "--no-daemon", *ROOT, *args], cwd=cwd,
-                               env=program_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    try:
-        assert wait_until(lambda: all(_listening("127.0.0.1", p) for p in ports)
-                          or process.poll() is not None, 90)
-        assert process.poll() is None, process.communicate()[1]
-        yield
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_two_instances_in_one_daemon(tmp_path: Path, sink: Sink) -> None:
@@ -218,7 +191,7 @@ def test_two_instances_in_one_daemon(tmp_path: Path, sink: Sink) -> None:
         os.kill(pid, signal.SIGTERM)
         assert wait_until(lambda: not _alive(pid), 60)
     assert not pid_file.exists()
-    assert not _listening("127.0.0.1", in_port) and not _listening("127.0.0.1", out_port)
+    assert not listening("127.0.0.1", in_port) and not listening("127.0.0.1", out_port)
 
 
 def _two_instances(work: Path, program: str, sink: Sink) -> tuple[int, int]:
@@ -235,7 +208,7 @@ def _two_instances(work: Path, program: str, sink: Sink) -> tuple[int, int]:
                       f"out-spool-dir {outbox}\nout-port {out_port}\nout-interface 127.0.0.1\n"
                       f"out-forward-on-disconnect\nout-forward-to {sink.address}\n")
     before = len(sink.messages)
-    with _foreground(program, str(config), cwd=work, ports=[in_port, out_port]):
+    with foreground(program, str(config), cwd=work, ports=[in_port, out_port]):
         _send(in_port, "to in")
         _send(out_port, "to out")
         assert wait_until(lambda: len(sink.messages) > before and not _envelopes(outbox), 30)
@@ -343,14 +316,14 @@ def test_the_admin_server_listens_on_its_interface(tmp_path: Path, interface: st
     listens, and nowhere else (E-MailRelay 2.6.1's rule; checked on the binary by
     test_emailrelay_binds_its_admin_port_as_relay)."""
     smtp_port, admin_port = free_port(), free_port()
-    with _foreground(RELAY, "--spool-dir", str(tmp_path), "--port", str(smtp_port),
+    with foreground(RELAY, "--spool-dir", str(tmp_path), "--port", str(smtp_port),
                      "--admin", str(admin_port), "--interface", interface, cwd=tmp_path,
                      ports=[]):
-        assert wait_until(lambda: _listening(admin_on, admin_port), 90)
+        assert wait_until(lambda: listening(admin_on, admin_port), 90)
         assert _admin_list(admin_on, admin_port) == b"<none>\r\n" + PROMPT
-        assert _listening(smtp_on, smtp_port)
+        assert listening(smtp_on, smtp_port)
         for other in {"127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.5"} - {admin_on}:
-            assert not _listening(other, admin_port), other
+            assert not listening(other, admin_port), other
 
 
 @needs_emailrelay
@@ -359,12 +332,12 @@ def test_emailrelay_binds_its_admin_port_as_relay(tmp_path: Path) -> None:
     address, and not on 127.0.0.1."""
     for interface, admin_on in (("admin=127.0.0.2", "127.0.0.2"), ("127.0.0.3", "127.0.0.3")):
         smtp_port, admin_port = free_port(), free_port()
-        with _foreground(str(EMAILRELAY), "--spool-dir", str(tmp_path), "--port",
+        with foreground(str(EMAILRELAY), "--spool-dir", str(tmp_path), "--port",
                          str(smtp_port), "--admin", str(admin_port), "--interface", interface,
                          cwd=tmp_path, ports=[]):
-            assert wait_until(lambda: _listening(admin_on, admin_port), 30)
+            assert wait_until(lambda: listening(admin_on, admin_port), 30)
             assert _admin_list(admin_on, admin_port) == b"<none>\r\n" + PROMPT
-            assert not _listening("127.0.0.1", admin_port)
+            assert not listening("127.0.0.1", admin_port)
 
 
 def test_each_instance_has_its_own_admin_interface(tmp_path: Path) -> None:
@@ -374,7 +347,7 @@ def test_each_instance_has_its_own_admin_interface(tmp_path: Path) -> None:
     inbox.mkdir(mode=0o770)
     outbox.mkdir(mode=0o770)
     in_port, out_port, in_admin, out_admin = (free_port() for _ in range(4))
-    with _foreground(RELAY, "--in-spool-dir", str(inbox), "--in-port", str(in_port),
+    with foreground(RELAY, "--in-spool-dir", str(inbox), "--in-port", str(in_port),
                      "--in-admin", str(in_admin), "--out-spool-dir", str(outbox),
                      "--out-port", str(out_port), "--out-admin", str(out_admin),
                      cwd=tmp_path, ports=[in_port, out_port, in_admin, out_admin]):

@@ -8,15 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import smtplib
-import socket
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.programs import BIN, program_env
+from support.foreground import AS_ROOT, foreground
+from support.programs import BIN
 from support.sink import Sink, free_port
 from support.spool import spool_files
 from support.system import wait_until
@@ -25,7 +23,6 @@ from tools.relay import parse, plan
 
 RELAY = str(BIN / "relay")
 EMAILRELAY = Path(os.environ.get("EMAILRELAY_BIN", "/work/scratch/emailrelay-bin/emailrelay"))
-ROOT = ["--user", "root"] if os.geteuid() == 0 else []
 needs_emailrelay = pytest.mark.skipif(not EMAILRELAY.exists(),
                                       reason="the E-MailRelay 2.6.1 binary is not built here")
 _UNIT = re.compile(r"(?:^| )unit=(\S+)")
@@ -45,7 +42,7 @@ def _unit_words(args: list[str] | None) -> list[str]:
 
 def _units(argv: list[str]) -> dict[str, tuple[list[str], list[str]]]:
     """Each instance's --unit/--log-unit words, in relay-intake's and relay-deliver's args."""
-    result = plan(parse([*argv, *ROOT]))
+    result = plan(parse([*argv, *AS_ROOT]))
     return {unit.name: (_unit_words(unit.intake), _unit_words(unit.deliver))
             for unit in [result, *result.more]}
 
@@ -83,42 +80,21 @@ def test_an_unnamed_instance_gets_no_unit() -> None:
 def test_a_further_instances_log_format_counts_only_for_unit() -> None:
     """--out-log-format=unit is that instance's, without a note; its time (process-wide, the
     first instance's) is noted as ignored, and an unknown field is refused by its name."""
-    assert not plan(parse([*TWO, "--out-log-format=unit,msgid", *ROOT])).notes
-    notes = plan(parse([*TWO, "--out-log-format=unit,time", *ROOT])).notes
+    assert not plan(parse([*TWO, "--out-log-format=unit,msgid", *AS_ROOT])).notes
+    notes = plan(parse([*TWO, "--out-log-format=unit,time", *AS_ROOT])).notes
     assert any(note.startswith("--out-log-format: ignored") for note in notes), notes
     with pytest.raises(Exception, match="--out-log-format: unknown field 'colour'"):
-        plan(parse([*TWO, "--out-log-format=colour", *ROOT]))
+        plan(parse([*TWO, "--out-log-format=colour", *AS_ROOT]))
 
 
 # -- real daemons ---------------------------------------------------------------------------
 
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def _running(program: str, args: list[str], work: Path, ports: list[int]) -> Iterator[Path]:
-    """*program* (relay or emailrelay) in the foreground, its stderr (the log) in a file,
-    until every one of *ports* answers; SIGTERM at the end. Yields the log's path."""
-    log = work / f"{Path(program).name}.log"
-    with log.open("wb") as stderr:
-        process = subprocess.Popen([program, "--no-daemon", "--log", "--no-syslog", *ROOT,
-                                    *args], cwd=work, env=program_env(),
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        assert wait_until(lambda: all(_listening(p) for p in ports)
-                          or process.poll() is not None, 90)
-        assert process.poll() is None, log.read_text()
-        yield log
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def _running(program: str, args: list[str], work: Path,
+             ports: dict[str, int]) -> contextlib.AbstractContextManager[Callable[[], str]]:
+    """*program* (relay or emailrelay) logging to stderr, until the instances' ports answer;
+    the context's value reads its log so far."""
+    return foreground(program, "--log", "--no-syslog", *args, cwd=work,
+                      ports=list(ports.values()))
 
 
 def _send(port: int, name: str) -> int:
@@ -146,10 +122,10 @@ def _instances(work: Path, sink: Sink | None) -> tuple[list[str], dict[str, int]
     return args, ports
 
 
-def _relay_lines(log: Path) -> dict[str, list[str | None]]:
+def _relay_lines(text: str) -> dict[str, list[str | None]]:
     """For each event name, the unit= of its lines in order (None: no unit=)."""
     found: dict[str, list[str | None]] = {}
-    for line in log.read_text().splitlines():
+    for line in text.splitlines():
         event = re.search(r"(?:^| )event=(\S+)", line)
         if event:
             unit = _UNIT.search(line)
@@ -157,10 +133,10 @@ def _relay_lines(log: Path) -> dict[str, list[str | None]]:
     return found
 
 
-def _relay_units(log: Path, ports: dict[str, int]) -> dict[str, tuple[str | None, str | None]]:
+def _relay_units(text: str, ports: dict[str, int]) -> dict[str, tuple[str | None, str | None]]:
     """For each instance: the unit= on its intake_started line (found by its port) and on
     its message_stored line (found by the recipient name@example.com)."""
-    lines = log.read_text().splitlines()
+    lines = text.splitlines()
 
     def unit_of(pattern: str) -> str | None:
         (line,) = [line for line in lines if re.search(pattern, line)][:1]
@@ -179,41 +155,46 @@ def test_two_instances_name_their_lines_in_one_log(tmp_path: Path, sink: Sink) -
     args, ports = _instances(tmp_path, sink)
     log_file = tmp_path / "relay-%d.log"
     with _running(RELAY, [*args, "--log-file", str(log_file), "--in-log-format=unit",
-                          "--out-log-format=unit"], tmp_path, list(ports.values())):
+                          "--out-log-format=unit"], tmp_path, ports):
         for name, port in ports.items():
             _send(port, name)
         sink.wait_for(2, 60)
-        assert wait_until(lambda: not any(spool_files(tmp_path / n) for n in ports), 30)
-    (log,) = tmp_path.glob("relay-*.log")
+
+        def logged() -> str:
+            return "".join(path.read_text() for path in tmp_path.glob("relay-*.log"))
+
+        assert wait_until(lambda: logged().count("event=message_forwarded") == 2, 30), logged()
+    assert not any(spool_files(tmp_path / name) for name in ports)
+    (log,) = tmp_path.glob("relay-*.log")  # %d: today's date
     text = log.read_text()
     for name in ports:
         stored = [line for line in text.splitlines() if f"to={name}@example.com" in line]
         assert {re.search(r"event=(\S+)", line).group(1) for line in stored  # type: ignore[union-attr]
                 } == {"message_stored", "message_forwarded"}, stored
         assert all(f" unit={name} " in f"{line} " for line in stored), stored
-    lines = _relay_lines(log)
+    lines = _relay_lines(text)
     assert set(lines["intake_started"]) == {"in", "out"}, lines  # a line per worker
     assert sorted(map(str, lines["deliver_started"])) == ["in", "out"], lines
     assert all(unit in ("in", "out") for units in lines.values() for unit in units), lines
 
 
-def test_without_log_format_only_the_start_lines_name_the_instance(tmp_path: Path) -> None:
-    """No --log-format: the start lines name each instance, the message lines do not (as
-    E-MailRelay's "[in] smtp server on" and its unmarked session lines); the first
-    instance's --log-format=unit alone marks only that instance's lines."""
+def test_an_unprefixed_log_format_unit_is_the_first_instances(tmp_path: Path) -> None:
+    """--log-format=unit belongs to the first instance: in's message lines name it, out's
+    do not; the start lines name their instance in any case (E-MailRelay's "[out] smtp
+    server on" above unmarked session lines)."""
     args, ports = _instances(tmp_path, None)
-    with _running(RELAY, [*args, "--log-format=unit"], tmp_path, list(ports.values())) as log:
+    with _running(RELAY, [*args, "--log-format=unit"], tmp_path, ports) as log:
         for name, port in ports.items():
             _send(port, name)
-        assert wait_until(lambda: "to=out@example.com" in log.read_text(), 30)
-    assert _relay_units(log, ports) == {"in": ("in", "in"), "out": ("out", None)}
+        assert wait_until(lambda: "to=out@example.com" in log(), 30)
+        assert _relay_units(log(), ports) == {"in": ("in", "in"), "out": ("out", None)}
 
 
-def _emailrelay_units(log: Path, ports: dict[str, int],
+def _emailrelay_units(text: str, ports: dict[str, int],
                       clients: dict[str, int]) -> dict[str, tuple[str | None, str | None]]:
     """For each instance: the [NAME] on emailrelay's "smtp server on" line for its port and
     on its "smtp connection from" line for the client's port (None: no [NAME])."""
-    lines = log.read_text().splitlines()
+    lines = text.splitlines()
 
     def unit_of(text: str) -> str | None:
         (line,) = [line for line in lines if line.endswith(text)][:1]
@@ -243,11 +224,12 @@ def test_the_same_lines_name_the_same_instances_as_emailrelay(tmp_path: Path,
         work = tmp_path / Path(program).name
         work.mkdir()
         args, ports = _instances(work, None)
-        with _running(program, [*args, *extra], work, list(ports.values())) as log:
+        with _running(program, [*args, *extra], work, ports) as log:
             clients = {name: _send(port, name) for name, port in ports.items()}
             if program == RELAY:
-                assert wait_until(lambda: "to=out@example.com" in log.read_text(), 30)
-                found[program] = _relay_units(log, ports)
-        if program != RELAY:
-            found[program] = _emailrelay_units(log, ports, clients)
+                assert wait_until(lambda: "to=out@example.com" in log(), 30)
+                found[program] = _relay_units(log(), ports)
+            else:
+                assert wait_until(lambda: f"127.0.0.1:{clients['out']}" in log(), 30)
+                found[program] = _emailrelay_units(log(), ports, clients)
     assert found[RELAY] == found[str(EMAILRELAY)], found
