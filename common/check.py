@@ -31,7 +31,8 @@ def spool_summary(spool: Spool) -> str:
             counts[entry.state] = counts.get(entry.state, 0) + 1
     parts = [f"{counts.get(State.READY, 0)} waiting"]
     for state, word in ((State.BUSY, "being delivered"), (State.BAD, "failed"),
-                        (State.HELD, "held"), (State.NEW, "being received")):
+                        (State.HELD, "held"), (State.NEW, "being received"),
+                        (State.DSN, "notifications not yet released")):
         if counts.get(state):
             parts.append(f"{counts[state]} {word}")
     return ", ".join(parts)

@@ -7,6 +7,7 @@
 - `claims`: claim, then defer/give_back/fail/remove/split_off/hold/make_due, each one
   rename; recover_busy.
 - `unclaimed`: unfail, unhold, remove_message, archive_failed (the tools), read_envelope.
+- `notifications`: relay-notify's DSNs stored unreleased, released, settled after a kill.
 - `scan`: what is due (mtime = due time), recovery of debris, whether a directory is a spool.
 - `testhooks`: named fault points for the crash tests.
 

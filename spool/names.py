@@ -19,6 +19,10 @@ class State(Enum):
     # it, and E-MailRelay's programs, which look for names ending in `.envelope` or
     # `.envelope.bad`, do not see it at all
     HELD = ".envelope.held"
+    # a delivery status notification relay-notify has stored but not yet released (it
+    # becomes `.envelope` once the failed message it answers has left the spool): ignored
+    # by deliver and, ending in neither `.envelope` nor `.envelope.bad`, by E-MailRelay
+    DSN = ".envelope.dsn"
 
     @property
     def suffix(self) -> str:

@@ -249,9 +249,16 @@ class Spool:
         return MessageWriter(self)
 
     def commit(
-        self, pending: Sequence[PendingMessage], *, sync_files: bool = False
+        self,
+        pending: Sequence[PendingMessage],
+        *,
+        sync_files: bool = False,
+        into: State = State.READY,
     ) -> list[OSError | None]:
         """Accept each pending message (rename), then fsync the directory once for all.
+
+        *into* is the state the `.new` envelopes are renamed into: ready, or (relay-notify's
+        notifications, `spool.notifications`) not yet released.
 
         With *sync_files*, the messages were written with `finish(sync=False)` and their
         files are fsynced here, after the whole batch was written: on a journaling file
@@ -272,7 +279,7 @@ class Spool:
             try:
                 checkpoint("rename_envelope")
                 os.rename(self.envelope_file(message.message_id, State.NEW),
-                          self.envelope_file(message.message_id, State.READY))
+                          self.envelope_file(message.message_id, into))
             except OSError as error:
                 message.discard()
                 results[position] = error
@@ -285,7 +292,7 @@ class Spool:
             except OSError as error:
                 for position in renamed:
                     message = pending[position]
-                    _unlink_quietly(self.envelope_path(message.message_id, State.READY))
+                    _unlink_quietly(self.envelope_path(message.message_id, into))
                     _unlink_quietly(message.content_path)
                     results[position] = error
         return results
@@ -296,8 +303,11 @@ class Spool:
         envelope: Envelope,
         *,
         content_mtime: float | None = None,
+        into: State = State.READY,
     ) -> str:
         """Write and commit one message durably; returns its id. Raises OSError on failure.
+
+        *into* as for `commit`.
 
         *content_mtime*, when given, becomes the content file's mtime (an age measured from
         the content, like deliver's --max-age, then carries over from another message).
@@ -312,7 +322,7 @@ class Spool:
         except BaseException:
             writer.abort()
             raise
-        (error,) = self.commit([pending])
+        (error,) = self.commit([pending], into=into)
         if error is not None:
             raise error
         return pending.message_id

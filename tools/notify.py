@@ -6,19 +6,23 @@
 Reads each `<id>.envelope.bad` with N or more `X-MailRelay-Reason:` lines (every one with
 `--all`) and the header section of its `<id>.content`. For a message with a sender it
 builds an RFC 3464 delivery status notification (tools.dsn) from MAILER-DAEMON@domain
-and stores it in the spool with an empty envelope sender (`Spool.store`, durable) so
-that deliver forwards it, or with `--procmail` pipes it to `procmail -d <user>` (no
-shell). Only after that does the failed message leave the spool: removed, or moved to
-the `failed/` subfolder with `--keep` (both through `spool`). A message whose sender is
-empty (a bounce itself) gets no notification, so bounces never loop.
+and stores it in the spool with an empty envelope sender, durably but not yet released
+(`<dsn-id>.envelope.dsn`, which deliver does not forward: `spool.notifications`), or with
+`--procmail` pipes it to `procmail -d <user>` (no shell). Only after that does the failed
+message leave the spool: removed, or moved to the `failed/` subfolder with `--keep` (both
+through `spool`); then the notification is released (renamed to `.envelope`). A message
+whose sender is empty (a bounce itself) gets no notification, so bounces never loop.
 
 Never rewrites an existing file; creates only the notification's files and `failed/`.
 A `.envelope.bad` that is not a regular file with one link is never read nor moved (one
 line on stderr; it is no message, so it does not make the exit 75); a content file that
 is not is never read (the notification goes without the original headers) nor kept in
 `failed/`.
-A crash between storing a notification and removing the failed message means the
-sender may get the same notification twice, never none. Takes turns with
+Killed at any step, the next run settles first what the killed one left: an unreleased
+notification whose failed message is still in the spool is removed (the bounce is made
+again), one whose failed message is gone is released; so the sender gets exactly one
+notification (with `--procmail`, a kill between procmail and the removal may still
+deliver one twice). Takes turns with
 relay-resubmit on the tools lock. Silent on success; exit 0, 64 usage, 75 when some
 message could not be handled (it stays for the next run), 78 for an unusable spool.
 """
@@ -49,6 +53,8 @@ from spool import (
 from spool.envelope import REASON_CODE_KEY, REASON_KEY, check_address
 from spool.files import read_regular
 from spool.names import TOOLS_LOCK_NAME
+from spool.notifications import release, settle, store_unreleased
+from spool.testhooks import checkpoint
 from spool.unclaimed import archive_failed, remove_message
 from tools.common import (
     DRY_RUN_OPTION,
@@ -241,12 +247,37 @@ def handle(spool: Spool, message_id: str, settings: argparse.Namespace, *, domai
             body_type="7bit" if message.isascii() else "8bit",
             utf8_mailbox_names=facts.utf8 or not facts.sender.isascii(),
         )
-        dsn_id = spool.store(message, envelope)
+        dsn_id = store_unreleased(spool, message, envelope, answers=message_id)
         stored = True
         log.debug("notification_stored", msg_id=message_id, dsn_id=dsn_id, to=facts.sender)
     dispose(spool, message_id, settings.keep)
     log.debug("failed_message_cleared", msg_id=message_id, kept=settings.keep)
+    if stored:
+        checkpoint("failed_message_cleared")
+        release(spool, dsn_id)
+        checkpoint("notification_released")
     return stored
+
+
+def settle_unreleased(spool: Spool, dry_run: bool, log: Logger) -> int:
+    """What a killed run left: release or remove its notifications; returns how many released.
+
+    A notification file relay cannot read (hostile, garbage) is named on stderr and left
+    for a person; it is no message, so it does not make the exit 75.
+    """
+    settled = settle(spool, act=not dry_run)
+    for dsn_id in settled.removed:
+        if dry_run:
+            print(f"would remove unreleased notification {dsn_id} (its message is still here)")
+        log.info("notification_redone", dsn_id=dsn_id)
+    for dsn_id in settled.released:
+        if dry_run:
+            print(f"would release notification {dsn_id} (its message is gone)")
+        log.info("notification_released", dsn_id=dsn_id)
+    for dsn_id, error in settled.problems:
+        print(f"{PROGRAM}: {dsn_id}{State.DSN.suffix}: {error}: remove it by hand",
+              file=sys.stderr)
+    return 0 if dry_run else len(settled.released)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -277,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spool = open_spool(settings.spool_dir)
         with tools_lock(spool):
-            stored = 0
+            stored = settle_unreleased(spool, settings.dry_run, log)
             bad_ids = sorted(e.message_id for e in entries(spool) if e.state is State.BAD)
             for message_id in bad_ids:
                 try:

@@ -47,6 +47,7 @@ from spool import (
 )
 from spool.envelope import printable
 from spool.files import HostileFile
+from spool.notifications import settle
 from tools.common import local_domain, open_spool, tools_lock
 from tools.dsn import header_block
 from tools.notify import original_headers
@@ -170,7 +171,8 @@ def cmd_show(spool: Spool, message_id: str) -> int:
     found = states_of(spool, message_id)
     if not found:
         raise ActionError(f"{message_id}: no such message in {spool.path}", os.EX_NOINPUT)
-    state = next(s for s in (State.BUSY, State.READY, State.HELD, State.BAD, State.NEW)
+    state = next(s for s in (State.BUSY, State.READY, State.HELD, State.BAD, State.NEW,
+                                    State.DSN)
                  if s in found)
     try:
         data = read_envelope_bytes(spool, message_id, state)
@@ -274,6 +276,7 @@ def run(spool: Spool, args: argparse.Namespace) -> int:
         }
         if command == "bounce":
             domain = local_domain(args.domain)
+            settle(spool)  # what a killed bounce left, before anything is bounced again
             actions["bounce"] = lambda i: bounce(spool, i, domain)
         ids = [args.id] if command == "requeue" else args.ids
         # No trigger file here: each message's rename to `.envelope` (and a notification's

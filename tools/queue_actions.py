@@ -5,7 +5,8 @@ Each action finds the message's state from its file names, then changes it only 
 `remove_message`), so it never races deliver: a message deliver has claimed at that
 moment (`.envelope.busy`) is left alone and reported as `Busy`. Each action returns an
 `Outcome` (what was done) or raises `ActionError` (a message for a person and an EX_*
-exit code, with nothing changed). Stores a notification for `bounce` (`Spool.store`).
+exit code, with nothing changed). Stores a notification for `bounce` unreleased, removes
+the message, then releases the notification (`spool.notifications`, as relay-notify).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 from spool import Claim, Envelope, EnvelopeError, Spool, State, claim
 from spool.files import HostileFile
+from spool.notifications import release as release_notification
+from spool.notifications import store_unreleased
 from spool.unclaimed import remove_message, unfail, unhold
 from tools.dsn import FailedMessage, build_dsn, dsn_bytes
 from tools.notify import MessageProblem, arrival_time, original_headers, read_facts
@@ -219,7 +222,7 @@ def bounce(spool: Spool, message_id: str, domain: str) -> Outcome:
             except EnvelopeError as error:  # larger than any envelope: not read on
                 raise ActionError(f"{message_id}: {error}", os.EX_DATAERR) from None
             notification = _notification(spool, message_id, data, domain, BOUNCE_REASON)
-            dsn_id = None if notification is None else spool.store(*notification)
+            dsn_id = _store(spool, message_id, notification)
             claimed.remove()
     else:
         data_or_none = read_envelope_bytes(spool, message_id, state)
@@ -227,8 +230,17 @@ def bounce(spool: Spool, message_id: str, domain: str) -> Outcome:
             raise ActionError(f"{message_id}: gone meanwhile", os.EX_NOINPUT)
         extra = None if state is State.BAD else BOUNCE_REASON
         notification = _notification(spool, message_id, data_or_none, domain, extra)
-        dsn_id = None if notification is None else spool.store(*notification)
+        dsn_id = _store(spool, message_id, notification)
         remove_message(spool, message_id, state)
     if dsn_id is None:
         return Outcome(message_id, "removed (null sender: no notification)")
+    release_notification(spool, dsn_id)
     return Outcome(message_id, f"bounced (notification {dsn_id})")
+
+
+def _store(spool: Spool, message_id: str,
+           notification: tuple[bytes, Envelope] | None) -> str | None:
+    """Store the notification unreleased (as relay-notify does, so a kill sends it once)."""
+    if notification is None:
+        return None
+    return store_unreleased(spool, *notification, answers=message_id)

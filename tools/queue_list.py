@@ -38,6 +38,7 @@ STATE_NAMES: dict[State, str] = {
     State.BUSY: "busy",
     State.BAD: "bad",
     State.HELD: "held",
+    State.DSN: "dsn",
 }
 STATES_BY_NAME = {name: state for state, name in STATE_NAMES.items()}
 
