@@ -21,7 +21,7 @@ so intake's session uses only these names and an aiosmtpd upgrade is checked in 
 | `before_greeting()` | `_handle_client` (runs before it; False ends the session) |
 | `greeting` (constructor), `send_reply()` | `_handle_client`'s first `push`, the greeting |
 | `new_envelope()` | `_create_envelope` (called at connect, RSET, EHLO and after DATA) |
-| `parse_path()`, `general_path()` | `_getaddr` |
+| `parse_path()`, `general_path()` | `_getaddr` (the parameters it returns end its argument) |
 | `parse_params()` | `_getparams` |
 | `end_data()` | `_set_post_data_state` |
 | `call_hook()` | `_call_handler_hook` |
@@ -51,6 +51,14 @@ by one that returns at once when its line would not be logged. The handlers' hoo
 bound once per handler object (relay has one for all connections) and the AUTH mechanisms'
 table on demand, like the commands'.
 
+`_getaddr` checks a path with the standard library's address grammar and returns the
+address re-serialised by it: quotes it thinks unneeded dropped (`"ab"@x` becomes `ab@x`),
+white space and comments around the local part taken out. relay keeps the path as the client
+wrote it, as E-MailRelay 2.6.1 stores it: `general_path` takes the text `_getaddr` consumed
+(its argument less the parameters it returns) and from it what lies between `<` (or the
+colon ending a source route) and the `>` that is not inside a quoted local part; for a path
+without angle brackets, the first word.
+
 aiosmtpd also logs two warnings of its own through its `mail.log` logger that say nothing
 to a relay operator (`SPURIOUS_LOG_LINES`): one from each full `SMTP.__init__` when AUTH is
 offered without TLS (relay says so once, at start: `auth_insecure`), and one on every successful
@@ -74,7 +82,7 @@ from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, syntax
 
 __all__ = ["AIOSMTPD_LOGGER", "MISSING", "SPURIOUS_LOG_LINES", "AuthResult", "Envelope",
-           "LoginPassword", "SMTPBase", "syntax"]
+           "LoginPassword", "SMTPBase", "path_as_written", "syntax"]
 
 AIOSMTPD_LOGGER = "mail.log"
 SPURIOUS_LOG_LINES = frozenset({
@@ -378,12 +386,21 @@ class SMTPBase(SMTP):
         return self.general_path(arg)
 
     def general_path(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's own path parser (the standard library's address grammar)."""
+        """aiosmtpd's own path parser (the standard library's address grammar), the address
+        as the client wrote it (not as the parser re-serialises it)."""
         try:
             address, rest = super()._getaddr(arg)
         except (IndexError, AttributeError):  # the parser's own bugs ("<", "+@[", ...):
             return None, None  # a malformed address (553), not a local error (451)
-        return address, rest
+        if not address or address == "<>" or rest is None:
+            return address, rest
+        if not arg.endswith(rest):  # aiosmtpd no longer returns what follows the path
+            raise RuntimeError("aiosmtpd's _getaddr returned parameters that are not the end"
+                               " of its argument (common/compat_aiosmtpd.py)")
+        written = path_as_written(arg[: len(arg) - len(rest)])
+        if written is None:
+            return None, None  # the grammar and the client's text disagree: malformed (553)
+        return written, rest
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         return self.parse_params(params)
@@ -400,3 +417,35 @@ class SMTPBase(SMTP):
     async def call_hook(self, command: str, *args: Any) -> Any:
         """The handler's handle_<command> hook's reply, or MISSING when it has none."""
         return await self._call_handler_hook(command, *args)
+
+
+def path_as_written(text: str) -> str | None:
+    """The address in a path as written (*text*: what a path parser consumed, maybe with
+    white space around), E-MailRelay's way; None when no address can be found in it.
+
+    `<@a,@b:"x y"@c>` -> `"x y"@c`: a source route is dropped, a `>` inside the quoted
+    local part does not end the path, the quotes and everything else are kept as they are.
+    """
+    text = text.strip(" \t")
+    if not text.startswith("<"):
+        return text.split(None, 1)[0] if text else None
+    start = 1
+    if text.startswith("<@"):  # a source route ends at the first colon (RFC 5321 4.1.2)
+        start = text.find(":") + 1
+        if start == 0:
+            return None
+    end = -1
+    if text.startswith('"', start):
+        index = start + 1
+        while index < len(text):
+            if text[index] == "\\":
+                index += 1
+            elif text[index] == '"':
+                end = text.find(">", index)
+                break
+            index += 1
+    else:
+        end = text.find(">", start)
+    if end < 0:
+        return None
+    return text[start:end]

@@ -10,24 +10,22 @@ E-MailRelay 2.6.1 made (kept below, from a run of the real binary).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import smtplib
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.emailrelay import EMAILRELAY, EmailRelayServer, spool_in
 from support.intake import IntakeThread
-from support.sink import Sink, free_port
+from support.sink import Sink
 
 from deliver.main import main as deliver_main
 from spool import Envelope, Spool, State
 from spool.envelope import parse_envelope
 
-EMAILRELAY = Path(os.environ.get("EMAILRELAY_BIN", "/work/scratch/emailrelay-bin/emailrelay"))
 MESSAGE = b"Subject: t\r\n\r\nhi\r\n"
 
 RECORDER = """#!/bin/sh
@@ -67,43 +65,6 @@ def _script(path: Path, text: str) -> Path:
     return path
 
 
-def _spool(work: Path) -> Path:
-    spool = work / "spool"
-    spool.mkdir(mode=0o700)
-    return spool
-
-
-@contextlib.contextmanager
-def _emailrelay_server(work: Path, spool: Path, *switches: str) -> Iterator[int]:
-    """The real `emailrelay --as-server` on a free 127.0.0.1 port with *switches*, started
-    in *work* (as root: --user root, so its filters run as the test's); its port, once it
-    answers; stopped on the way out."""
-    port = free_port()
-    argv = [str(EMAILRELAY), "--as-server", "--no-daemon", "--port", str(port), "--interface",
-            "127.0.0.1", "--spool-dir", str(spool), *switches, "--pid-file", str(work / "pid")]
-    if os.geteuid() == 0:
-        argv += ["--user", "root"]
-    process = subprocess.Popen(argv, cwd=work, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(port)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _wait_for(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, "emailrelay did not start"
-            time.sleep(0.1)
-
-
 def _setup(work: Path) -> tuple[Path, Path, Path, Path]:
     records = work / "records"
     records.mkdir()
@@ -141,7 +102,7 @@ def _read(records: Path, spool: Path, cwd: Path) -> list[list[str]]:
 
 def _relay_record(work: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     records, filter_, verifier, secrets = _setup(work)
-    spool = _spool(work)
+    spool = spool_in(work)
     monkeypatch.chdir(work)
     with IntakeThread(spool, "--filter", str(filter_), "--address-verifier", str(verifier),
                       "--server-auth", str(secrets), "--server-auth-insecure") as intake:
@@ -159,10 +120,11 @@ def test_relay_passes_what_emailrelay_passes(tmp_path: Path,
 def test_the_kept_record_is_what_emailrelay_does_today(tmp_path: Path) -> None:
     """The real E-MailRelay, run the same way, makes the record kept in this file."""
     records, filter_, verifier, secrets = _setup(tmp_path)
-    spool = _spool(tmp_path)
-    with _emailrelay_server(tmp_path, spool, "--filter", str(filter_), "--address-verifier",
+    spool = spool_in(tmp_path)
+    with EmailRelayServer(tmp_path, spool, "--filter", str(filter_), "--address-verifier",
                             str(verifier), "--server-auth", str(secrets),
-                            "--domain", "intake.test") as port:
+                            "--domain", "intake.test") as server:
+        port = server.port
         _sessions(port)
     assert _read(records, spool, tmp_path) == EMAILRELAY_RECORD
 
@@ -222,7 +184,7 @@ def _filter_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     control = tmp_path / "control"
     control.mkdir()
     script = _script(tmp_path / "case-filter", CASE_FILTER.format(dir=control))
-    return control, script, _spool(tmp_path)
+    return control, script, spool_in(tmp_path)
 
 
 def test_filter_exits_answer_as_emailrelay(tmp_path: Path) -> None:
@@ -236,7 +198,8 @@ def test_filter_exits_answer_as_emailrelay(tmp_path: Path) -> None:
 def test_the_kept_filter_answers_are_what_emailrelay_does_today(tmp_path: Path) -> None:
     """The real E-MailRelay gives the answers kept in FILTER_CASES."""
     control, script, spool = _filter_setup(tmp_path)
-    with _emailrelay_server(tmp_path, spool, "--filter", str(script)) as port:
+    with EmailRelayServer(tmp_path, spool, "--filter", str(script)) as server:
+        port = server.port
         assert _filter_outcomes(port, spool, control) == _expected()
 
 
@@ -278,7 +241,7 @@ def _verifier_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     control = tmp_path / "control"
     control.mkdir()
     script = _script(tmp_path / "case-verifier", CASE_VERIFIER.format(dir=control))
-    return control, script, _spool(tmp_path)
+    return control, script, spool_in(tmp_path)
 
 
 def test_verifier_replies_are_emailrelays(tmp_path: Path) -> None:
@@ -292,8 +255,9 @@ def test_verifier_replies_are_emailrelays(tmp_path: Path) -> None:
 def test_the_kept_verifier_replies_are_what_emailrelay_does_today(tmp_path: Path) -> None:
     """The real E-MailRelay gives the RCPT replies kept in VERIFIER_CASES."""
     control, script, spool = _verifier_setup(tmp_path)
-    with _emailrelay_server(tmp_path, spool, "--address-verifier", str(script),
-                            "--filter-timeout", "1") as port:
+    with EmailRelayServer(tmp_path, spool, "--address-verifier", str(script),
+                            "--filter-timeout", "1") as server:
+        port = server.port
         assert _verifier_replies(port, control) == [c[2] for c in VERIFIER_CASES]
 
 
@@ -310,7 +274,7 @@ def _timed_out_reply(port: int) -> tuple[int, bytes]:
 def test_a_timed_out_filter_is_answered_as_emailrelay(tmp_path: Path) -> None:
     """A filter past --filter-timeout: `452 error` (E-MailRelay's words), nothing kept."""
     script = _script(tmp_path / "slow-filter", TIMEOUT_FILTER)
-    spool = _spool(tmp_path)
+    spool = spool_in(tmp_path)
     with IntakeThread(spool, "--filter", str(script), "--filter-timeout", "1") as intake:
         assert _timed_out_reply(intake.port) == (452, b"error")
     assert not list(spool.glob("*.envelope"))
@@ -320,9 +284,10 @@ def test_a_timed_out_filter_is_answered_as_emailrelay(tmp_path: Path) -> None:
 def test_emailrelay_answers_a_timed_out_filter_452_error(tmp_path: Path) -> None:
     """The real E-MailRelay's answer to a timed-out filter is `452 error`."""
     script = _script(tmp_path / "slow-filter", TIMEOUT_FILTER)
-    spool = _spool(tmp_path)
-    with _emailrelay_server(tmp_path, spool, "--filter", str(script),
-                            "--filter-timeout", "1") as port:
+    spool = spool_in(tmp_path)
+    with EmailRelayServer(tmp_path, spool, "--filter", str(script),
+                            "--filter-timeout", "1") as server:
+        port = server.port
         assert _timed_out_reply(port) == (452, b"error")
     assert not list(spool.glob("*.envelope"))
 

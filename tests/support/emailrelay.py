@@ -1,10 +1,10 @@
 """The real E-MailRelay 2.6.1 beside relay: its binary (EMAILRELAY_BIN, default the build in
 /work/scratch), `needs_emailrelay` to skip a test without it, `EmailRelayServer` (its
-`--as-server` on a free 127.0.0.1 port, its log in a file) and `emailrelay_client` (its
-`--as-client` run once).
+`--as-server` on a free 127.0.0.1 port, its log in a file), `emailrelay_client` (its
+`--as-client` run once) and `spool_in` (an empty spool directory for either program).
 
 Starts only the processes it is asked for and stops them by their own pid; writes only its
-pid and log files, in the directory it is given.
+pid and log files, in the directory it is given, and the spool directory `spool_in` makes.
 """
 
 from __future__ import annotations
@@ -79,3 +79,10 @@ def emailrelay_client(work: Path, spool: Path, forward_to: str,
             "--log-file", str(work / "emailrelay-client.log"), *_as_user(), *switches]
     return subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=60,
                           check=False)
+
+
+def spool_in(work: Path) -> Path:
+    """An empty spool directory, work/spool, mode 0700."""
+    spool = work / "spool"
+    spool.mkdir(mode=0o700)
+    return spool
