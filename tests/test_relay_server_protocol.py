@@ -26,6 +26,9 @@ from support.sink import free_port
 from support.spool import accepted
 from support.system import wait_until
 
+from tools.emailrelay_server import intake_options
+from tools.relay_args import UsageError, parse
+
 RELAY = str(BIN / "relay")
 
 
@@ -180,3 +183,45 @@ def test_server_auth_config_lists_before_and_after_starttls(
         assert "AUTH PLAIN" in extensions(client)
         assert client.docmd("AUTH LOGIN")[0] == 504
         client.login("alice", "s3cret")
+
+
+def _z_help() -> str:
+    """The -Z entry of `relay --help --verbose`, its lines joined."""
+    text = subprocess.run([RELAY, "--help", "--verbose"], env=program_env(), text=True,
+                          capture_output=True, timeout=30, check=True).stdout
+    entry = text[text.index("--server-smtp-config"):]
+    return " ".join(entry[: entry.index("\n  -", 1)].split())
+
+
+def test_the_z_help_says_what_each_item_does() -> None:
+    """Every item `relay --help` names for -Z does what the help says: the four that change
+    relay-intake's options each change them, noalabels and nolinger change nothing,
+    +chunking is refused."""
+    help_text = _z_help()
+    default = intake_options(parse([]), [])
+    changing = {"-pipelining": "--no-pipelining", "+smtputf8": "--no-smtputf8",
+                "smtputf8strict": "domain", "nostrictparsing": "--require-angle-brackets"}
+    for item, option in changing.items():
+        assert item in help_text, item
+        changed = intake_options(parse(["-Z", item]), [])
+        assert changed != default, item
+        assert (option in changed) != (option in default), item
+    assert "noalabels and nolinger change nothing" in help_text
+    for item in ("noalabels", "nolinger"):
+        assert intake_options(parse(["-Z", item]), []) == default, item
+    assert "+chunking is refused" in help_text
+    with pytest.raises(UsageError, match="no BDAT"):
+        intake_options(parse(["-Z", "+chunking"]), [])
+
+
+def test_size_is_offered_by_default_and_m0_offers_none(workdir: Path,
+                                                      relays: list[Relay]) -> None:
+    """Without -M relay-intake offers SIZE 33554432 (E-MailRelay 2.6.1 offers no SIZE);
+    -M 1000 offers SIZE 1000; -M 0 no limit and no SIZE, as E-MailRelay without -M."""
+    for args, size in (((), "SIZE 33554432"), (("-M", "1000"), "SIZE 1000"), (("-M", "0"), None)):
+        daemon = Relay(workdir, *args)
+        relays.append(daemon)
+        with daemon.smtp() as client:
+            found = [line for line in extensions(client) if line.startswith("SIZE")]
+        assert found == ([size] if size else []), args
+        daemon.stop()

@@ -5,9 +5,11 @@ each feature named alone, `+name` or `with-name` (on), `-name`, `noname` or `wit
 (off), `=name` (its default); an item it does not know is a warning, not an error. Each
 feature's default is E-MailRelay's, so `relay` without `-Z` serves what `emailrelay` does
 (PIPELINING, no SMTPUTF8 advertised, addresses in angle brackets, UTF-8 addresses taken
-without SMTPUTF8). `--server-auth-config` goes to relay-intake as it is; without it,
-`--server-auth` offers every mechanism with and without TLS, E-MailRelay's default; and it
-needs `--server-auth`, as there. Reads and writes nothing.
+without SMTPUTF8). `chunking` is refused (exit 64): relay-intake's SMTP server (aiosmtpd)
+has no BDAT, so it offers neither CHUNKING nor BINARYMIME; relay-deliver does send BDAT, for
+a binarymime message that came into the spool another way. `--server-auth-config` goes
+to relay-intake as it is; without it, `--server-auth` offers every mechanism with and without
+TLS, E-MailRelay's default; and it needs `--server-auth`, as there. Reads and writes nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ SERVER_FEATURES = {
     "strictparsing": True, "pipelining": True, "chunking": False, "smtputf8": False,
     "smtputf8strict": False, "alabels": True, "linger": True,
 }
-_CHUNKING = ("--server-smtp-config: chunking: relay-intake has no CHUNKING (BDAT, "
-             "BINARYMIME): aiosmtpd reads commands line by line and relay-deliver forwards "
-             "with DATA, so a BINARYMIME message could not be sent on")
+_CHUNKING = ("--server-smtp-config: chunking: relay-intake has no CHUNKING (BDAT) nor "
+             "BINARYMIME: its SMTP server, aiosmtpd, has no BDAT command")
 
 
 def _switch(items: list[str], name: str, default: bool) -> bool:

@@ -66,7 +66,7 @@ SWITCHES: tuple[Switch, ...] = (
     _s("version", "V", NONE, BASIC, "the version (with --verbose: the build's features)"),
     # SMTP client
     _s("client-smtp-config", "c", REQUIRED, CLIENT, "client protocol features: "
-       "[+-]eightbitstrict, smtputf8strict, binarymimestrict, pipelining", "config"),
+       "[+-]eightbitstrict, smtputf8strict, binarymimestrict, pipelining, linger", "config"),
     _s("forward", "f", NONE, CLIENT, "forward the spool at start-up (needs --forward-to)"),
     _s("forward-on-disconnect", "1", NONE, CLIENT,
        "forward the spool whenever an SMTP client disconnects (needs --forward-to)"),
@@ -110,9 +110,12 @@ SWITCHES: tuple[Switch, ...] = (
     _s("prompt-timeout", "w", REQUIRED, SERVER,
        "seconds to wait for the smarthost's greeting, then EHLO without it (default 20)",
        "time"),
-    _s("server-smtp-config", "Z", REQUIRED, SERVER, "server protocol features: pipelining, "
-       "chunking, smtputf8, smtputf8strict, nostrictparsing, noalabels", "config"),
-    _s("size", "M", REQUIRED, SERVER, "largest message accepted, in bytes", "bytes"),
+    _s("server-smtp-config", "Z", REQUIRED, SERVER, "server protocol features: -pipelining "
+       "(no PIPELINING), +smtputf8 (SMTPUTF8 offered), smtputf8strict (a UTF-8 mailbox needs "
+       "SMTPUTF8), nostrictparsing (paths without <>); noalabels and nolinger change nothing; "
+       "+chunking is refused (relay-intake has no BDAT)", "config"),
+    _s("size", "M", REQUIRED, SERVER, "largest message accepted, in bytes, advertised as SIZE "
+       "(relay's default 33554432; 0: no limit, no SIZE)", "bytes"),
     # POP
     _s("pop", "B", NONE, POP, "the POP server", refused=_POP),
     _s("pop-by-name", "J", NONE, POP, "POP spool per user", refused=_POP),
