@@ -1,9 +1,8 @@
 """One SMTP connection to relay-intake: its protocol, its clocks and its state.
 
 `Session` is aiosmtpd's SMTP protocol (through `common.compat_aiosmtpd.SMTPBase`) where
-aiosmtpd's hooks are not enough: the PROXY protocol header from a configured proxy
-(intake.proxy_protocol: the client it names is then the client), access and limits at
-connect (intake.limits), the early-talker check, the idle clock with a minimum data rate
+aiosmtpd's hooks are not enough: what happens before the greeting (the PROXY header, access,
+limits, the early-talker check: intake.admission), the idle clock with a minimum data rate
 (intake.pace) and the session time limit, closing after the current transaction when the
 server stops, DATA read in chunks (intake.data), the replies to a pipelined group sent in
 one write, everyday paths parsed without the general parser, and AUTH (intake.sasl).
@@ -33,12 +32,11 @@ from typing import TYPE_CHECKING, cast
 
 from common import compat_asyncio, events
 from common.compat_aiosmtpd import MISSING, Envelope, syntax
-from intake import dnsbl
+from intake import admission
 from intake.data import DataCollector, DataProblem, read_data
 from intake.limits import in_networks
 from intake.pace import Pace
-from intake.policy import client_ip, client_port, is_loopback
-from intake.proxy_protocol import ProxyProtocolError, read_header
+from intake.policy import client_ip, client_port
 from intake.sasl import AuthSession
 from intake.transaction import MailParameters, Transaction, parse_mail_parameters, simple_path
 
@@ -50,7 +48,6 @@ COMMAND_SIZE_LIMIT = 512
 # aiosmtpd uses its `line_length_limit` (1,001) here, which pauses and resumes a socket
 # several times per 4 KiB message; relay checks DATA line lengths itself (intake.data).
 STREAM_LIMIT = 32 * 1024
-PROXY_HEADER_TIMEOUT = 10.0  # seconds a proxy may take to send its PROXY header
 _HOLDABLE = frozenset({"MAIL", "RCPT", "RSET"})  # replies that may wait for the next one
 _NO_MAIL_PARAMETERS = MailParameters()  # frozen: one for every session before its MAIL
 _mail_log = logging.getLogger("mail.log")  # aiosmtpd's logger: the dialogue with --verbose
@@ -142,7 +139,7 @@ class Session(AuthSession):
             proxies = self.server.config.proxy_networks
             self.proxied = bool(proxies) and in_networks(self.client_ip, proxies)
             if not self.proxied:  # else: once the PROXY header has named the client
-                self.admit()
+                admission.admit(self)
             self.server.sessions.add(self)
             if self.server.config.session_timeout > 0:
                 self._session_deadline = self.loop.time() + self.server.config.session_timeout
@@ -154,17 +151,6 @@ class Session(AuthSession):
             self._announced = True
             events.emit("network", "in", "start")  # for `relay --admin`'s notify
         super().connection_made(transport)
-
-    def admit(self) -> None:
-        """Classify the client (trusted, exempt) and count it against the limits."""
-        config = self.server.config
-        if self.counted:
-            self.server.limits.release(self.client_ip, exempt=self.exempt)
-        if config.authenticator is not None:
-            self.trusted_keyword = config.authenticator.trusted_keyword(self.client_ip)
-        self.exempt = self.trusted_keyword is not None or self.server.exempt(self.client_ip)
-        self.refusal = self.server.limits.admit(self.client_ip, exempt=self.exempt)
-        self.counted = self.refusal is None
 
     def connection_lost(self, error: Exception | None) -> None:
         self.state = State.CLOSED
@@ -305,60 +291,10 @@ class Session(AuthSession):
     # -- before the greeting -----------------------------------------------------------
 
     async def before_greeting(self) -> bool:
-        if self.proxied and not await self._proxy_header():
-            return False
-        refusal = self.refusal
-        if refusal is None and not (self.server.config.remote_clients
-                                    or is_loopback(self.client_ip)):
-            refusal = "554 5.7.1 Access denied: this server accepts local clients only"
-        if refusal is None and not await self._dnsbl_allows():
-            refusal = "554 5.7.1 Access denied: client address is on a DNS blocklist"
-        if refusal is None and await self._talks_first():
-            refusal = "554 5.5.1 Protocol error: client sent data before the greeting"
-        if refusal is not None:
-            self.server.log.warning("client_refused", client=self.client_ip, reason=refusal[4:])
-            self.close_with(refusal)
+        if not await admission.greet_or_refuse(self):
             return False
         self.move(State.COMMANDS)
         return True
-
-    async def _dnsbl_allows(self) -> bool:
-        """--dnsbl: False when enough blocklists list the client (intake.dnsbl)."""
-        config = self.server.config
-        if config.dnsbl is None or in_networks(self.client_ip, config.dnsbl_exempt):
-            return True
-        verdict = await dnsbl.check(config.dnsbl, self.client_ip)
-        self.server.log.info("dnsbl_checked", client=self.client_ip, allow=verdict.allow,
-                             reason=verdict.reason)
-        return verdict.allow
-
-    async def _proxy_header(self) -> bool:
-        """Read the PROXY header; the client it names becomes this session's client."""
-        try:
-            header = await asyncio.wait_for(read_header(self.reader), PROXY_HEADER_TIMEOUT)
-        except (ProxyProtocolError, TimeoutError) as error:
-            self.server.log.warning("proxy_header_refused", client=self.client_ip,
-                                    reason=str(error) or "no PROXY header within "
-                                    f"{PROXY_HEADER_TIMEOUT:g} s")
-            if self.transport is not None:
-                self.transport.close()
-            return False
-        if header.source is not None:  # None: a health check (LOCAL, UNKNOWN): the proxy
-            self.client_ip, self.client_port = header.source
-        self.admit()
-        return True
-
-    async def _talks_first(self) -> bool:
-        """An early talker sends commands before the greeting (spam bots, smuggling tests)."""
-        delay = self.server.config.greeting_delay
-        if delay > 0:
-            try:
-                data = await asyncio.wait_for(self.reader.read(1), delay)
-            except TimeoutError:
-                return False
-            return bool(data)
-        await asyncio.sleep(0)
-        return bool(compat_asyncio.buffered(self.reader))
 
     # -- commands aiosmtpd's hooks cannot express -------------------------------------
 

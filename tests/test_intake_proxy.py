@@ -19,7 +19,7 @@ import pytest
 from support.intake import IntakeThread, RawClient
 from support.spool import accepted
 
-from intake import session as intake_session
+from intake import admission
 from intake.proxy_protocol import V2_SIGNATURE
 
 PROXY = ("--proxy-protocol", "--proxy-address", "127.0.0.1")
@@ -151,7 +151,7 @@ def test_a_bad_header_closes_without_a_greeting(spool_dir: Path,
 def test_a_missing_header_times_out(spool_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                     capfd: pytest.CaptureFixture[str]) -> None:
     """A proxy connection that sends nothing is closed after the header timeout, ungreeted."""
-    monkeypatch.setattr(intake_session, "PROXY_HEADER_TIMEOUT", 0.5)
+    monkeypatch.setattr(admission, "PROXY_HEADER_TIMEOUT", 0.5)
     with IntakeThread(spool_dir, *PROXY) as intake:
         client = RawClient(intake.port, greeting=False)
         assert client.reply() == ""
