@@ -5,25 +5,28 @@ their work on a real spool with real processes."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.admin import (
+    EMAILRELAY,
+    FOREGROUND,
+    RELAY,
+    WAIT,
+    connect,
+    relay_with_admin,
+    start,
+    stop,
+)
 from support.programs import program_env
 from support.sink import Sink, free_port
 from support.tools import CONTENT, emailrelay_envelope, failures_of
 
 from tools.admin import PROMPT, is_local
-
-EMAILRELAY = Path(os.environ.get("EMAILRELAY_BIN", "/work/scratch/emailrelay-bin/emailrelay"))
-RELAY = str(Path(sys.executable).with_name("relay"))
-# relay in the foreground and, when the tests run as root, as root (not --user daemon)
-FOREGROUND = ["--no-daemon", "--user", "root"]
 
 
 def drop(spool_dir: Path, message_id: str, suffix: str, envelope: bytes,
@@ -50,24 +53,12 @@ def fill(spool_dir: Path, due: float | None = None) -> None:
     drop(spool_dir, "emailrelay.1.1700000000.4", ".envelope.held", emailrelay_envelope())
 
 
-WAIT = 90.0  # seconds for relay to start or stop: generous, the machine may be busy
-
-
 class Admin:
     """A client of an admin port: send a line, read until the prompt (or a quiet moment)."""
 
     def __init__(self, port: int) -> None:
-        # relay starts three Python programs before the admin port listens: under load
-        # that has taken well over 15 s, so wait for the port itself, generously.
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.sock = connect(port)
+        self.sock.settimeout(30)
 
     def until_closed(self, line: bytes) -> bytes:
         """Send *line*, then read until relay closes the connection (quit, terminate)."""
@@ -94,32 +85,14 @@ class Admin:
         self.sock.close()
 
 
-def start(command: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=program_env())
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(WAIT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture
 def relay_admin(tmp_path: Path, sink: Sink) -> Iterator[tuple[Path, int, subprocess.Popen[bytes]]]:
     """relay --as-proxy to the sink, with --admin and --admin-terminate, on a filled spool."""
     spool_dir = tmp_path / "relay-spool"
     spool_dir.mkdir(mode=0o700)
-    port = free_port()
-    process = start([RELAY, *FOREGROUND, "--as-proxy", sink.address, "--spool-dir", str(spool_dir),
-                     "--port", str(free_port()), "--admin", str(port), "--admin-terminate",
-                     "--poll", "3600"])
-    yield spool_dir, port, process
-    stop(process)
+    with relay_with_admin(spool_dir, "--as-proxy", sink.address, "--admin-terminate", "--poll",
+                          "3600", stderr=subprocess.PIPE) as (_smtp_port, port, process):
+        yield spool_dir, port, process
 
 
 COMPARED = [b"\r\n", b"LIST\r\n", b"failures\r\n", b"bogus thing\r\n", b"  \r\n",

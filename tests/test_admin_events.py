@@ -5,46 +5,30 @@ asked and then never reads holds up no mail."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import smtplib
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.programs import program_env
+from support.admin import (
+    EMAILRELAY,
+    FOREGROUND,
+    RELAY,
+    WAIT,
+    connect,
+    relay_with_admin,
+    start,
+    stop,
+)
 from support.sink import Behaviour, Sink, free_port
 
 from tools.admin import PROMPT
 
-RELAY = str(Path(sys.executable).with_name("relay"))
-EMAILRELAY = Path(os.environ.get("EMAILRELAY_BIN", "/work/scratch/emailrelay-bin/emailrelay"))
 EVENT = re.compile(rb"\r\nEVENT: ([^\r\n]*?)  ")
-WAIT = 60.0  # seconds: generous, the machine may be busy
-
-
-def connect(port: int, rcvbuf: int | None = None) -> socket.socket:
-    """A client of the admin port, retrying while relay starts."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        sock = socket.socket()
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(10)
-        try:
-            sock.connect(("127.0.0.1", port))
-            return sock
-        except OSError:
-            sock.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 class Watcher:
@@ -84,32 +68,16 @@ def send_mail(port: int, count: int = 1) -> None:
                             f"Subject: {number}\r\n\r\nbody\r\n".encode())
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(WAIT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture
 def proxy(tmp_path: Path, sink: Sink) -> Iterator[tuple[int, int, Path]]:
     """relay --as-proxy to the sink with --admin: (SMTP port, admin port, its log file)."""
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir(mode=0o700)
     log = tmp_path / "relay.log"
-    smtp_port, admin_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [RELAY, "--no-daemon", "--user", "root", "--as-proxy", sink.address, "--port",
-         str(smtp_port), "--spool-dir", str(spool_dir), "--admin", str(admin_port),
-         "--poll", "3600"],
-        stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=program_env())
-    try:
+    with log.open("wb") as stderr, relay_with_admin(
+            spool_dir, "--as-proxy", sink.address, "--poll", "3600",
+            stderr=stderr) as (smtp_port, admin_port, _process):
         yield smtp_port, admin_port, log
-    finally:
-        stop(process)
 
 
 def test_notify_shows_a_message_going_through(proxy: tuple[int, int, Path], sink: Sink) -> None:
@@ -153,12 +121,8 @@ def test_notify_shows_the_smarthost_refusal(tmp_path: Path) -> None:
     with Sink(Behaviour(data_reply="550 5.7.1 go away")) as refusing:
         spool_dir = tmp_path / "spool"
         spool_dir.mkdir(mode=0o700)
-        smtp_port, admin_port = free_port(), free_port()
-        process = subprocess.Popen(
-            [RELAY, "--no-daemon", "--user", "root", "--as-proxy", refusing.address, "--port",
-             str(smtp_port), "--spool-dir", str(spool_dir), "--admin", str(admin_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=program_env())
-        try:
+        with relay_with_admin(spool_dir, "--as-proxy",
+                              refusing.address) as (smtp_port, admin_port, _process):
             watcher = Watcher(admin_port)
             send_mail(smtp_port)
             events = watcher.wait_for(b"client: forward: end")
@@ -166,8 +130,6 @@ def test_notify_shows_the_smarthost_refusal(tmp_path: Path) -> None:
             assert len(sent) == 1 and sent[0].endswith(b": 5.7.1 go away"), events
             assert len(list(spool_dir.glob("*.envelope.bad"))) == 1
             watcher.sock.close()
-        finally:
-            stop(process)
 
 
 def test_a_notify_client_that_never_reads_holds_up_no_mail(proxy: tuple[int, int, Path],
@@ -212,9 +174,8 @@ def test_same_events_as_emailrelay(tmp_path: Path, sink: Sink) -> None:
                     str(spool_dir), "--admin", str(admin_port)]
         command = ([str(EMAILRELAY), "--no-daemon", "--no-syslog", "--interface", "127.0.0.1",
                     *switches] if name == "emailrelay"
-                   else [RELAY, "--no-daemon", "--user", "root", *switches])
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, env=program_env())
+                   else [RELAY, *FOREGROUND, *switches])
+        process = start(command, subprocess.DEVNULL)
         try:
             watcher = Watcher(admin_port)
             send_mail(smtp_port)
