@@ -19,7 +19,7 @@ from support.smarthost import Script, ScriptedSmarthost
 from deliver.extensions import EIGHTBIT_REASON
 from spool import Envelope, Spool, parse_envelope
 from tools.relay import UsageError, parse, plan
-from tools.relay_client import Switches
+from tools.relay_args import SmtpConfigItems
 
 RELAY = str(BIN / "relay")
 
@@ -40,7 +40,7 @@ def test_switches_read_as_emailrelay(text: str, key: str, default: bool, value: 
                                      left: list[str]) -> None:
     """E-MailRelay's forms (KEY, +KEY, with-KEY on; -KEY, noKEY, without-KEY off; =KEY the
     default), the first 'on' form winning, and what is left over (a warning there)."""
-    switches = Switches(text)
+    switches = SmtpConfigItems(text)
     assert switches(key, default) is value
     assert switches.items == left
 

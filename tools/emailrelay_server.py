@@ -15,7 +15,7 @@ TLS, E-MailRelay's default; and it needs `--server-auth`, as there. Reads and wr
 from __future__ import annotations
 
 from intake.esmtp import MECHANISMS, unknown_mechanisms
-from tools.relay_args import Given, Refused, UsageError
+from tools.relay_args import Given, Refused, UsageError, read_smtp_config
 
 # Each feature of --server-smtp-config and E-MailRelay 2.6.1's default for it.
 SERVER_FEATURES = {
@@ -26,30 +26,12 @@ _CHUNKING = ("--server-smtp-config: chunking: relay-intake has no CHUNKING (BDAT
              "BINARYMIME: its SMTP server, aiosmtpd, has no BDAT command")
 
 
-def _switch(items: list[str], name: str, default: bool) -> bool:
-    """E-MailRelay's reading of one feature: the first form present wins and is used up."""
-    forms = ((name, True), (f"+{name}", True), (f"with-{name}", True), (f"-{name}", False),
-             (f"no{name}", False), (f"without-{name}", False), (f"={name}", default))
-    for form, value in forms:
-        if form in items:
-            items.remove(form)
-            return value
-    return default
-
-
-def server_features(texts: list[str]) -> tuple[dict[str, bool], list[str]]:
-    """Every feature's value from the -Z values given, and the items not understood."""
-    items = [item for text in texts for item in text.split(",") if item]
-    values = {name: _switch(items, name, default) for name, default in SERVER_FEATURES.items()}
-    return values, items
-
-
 def intake_options(given: Given, notes: list[str]) -> list[str]:
     """relay-intake's options for -Z and --server-auth-config (UsageError: exit 1, as
     E-MailRelay; Refused, exit 64, for chunking)."""
     if given.has("server-auth-config") and not given.has("server-auth"):
         raise UsageError("the --server-auth-config option requires --server-auth")
-    values, unknown = server_features(given.all("server-smtp-config"))
+    values, unknown = read_smtp_config(given.all("server-smtp-config"), SERVER_FEATURES)
     for item in unknown:
         notes.append(f"--server-smtp-config: unknown item {item!r}, ignored (as E-MailRelay "
                      "warns and goes on)")

@@ -6,13 +6,15 @@ defines them, and a config file as the last word (E-MailRelay's format: `name va
 `name` per line, `#` comments), whose switches come after the command line's. Both may
 name several instances, as E-MailRelay: `--in-spool-dir` starts instance `in`, whose
 switches are `--in-port` and so on (`parse`'s docstring has the rules). Reads the config
-file only; decides nothing (that is `tools.relay.plan`).
+file only; decides nothing (that is `tools.relay.plan`). `read_smtp_config` reads the value
+of `--client-smtp-config` (`-c`) or `--server-smtp-config` (`-Z`) as E-MailRelay 2.6.1 reads
+them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tools import emailrelay_switches as table
@@ -188,3 +190,38 @@ def _config_words(path: str) -> list[_Word]:
             raise UsageError(f"{where}: {name} takes no value")
         words.append(_Word(prefix, switch, text, f"{name} ({where})"))
     return words
+
+
+class SmtpConfigItems:
+    """E-MailRelay's reading of a `*-smtp-config` value: a comma list of items; each keyword
+    asked for takes its items out (on: `KEY`, `+KEY`, `with-KEY`; off: `-KEY`, `noKEY`,
+    `without-KEY`; its default: `=KEY`), the first form found winning; what is left at the
+    end is unknown (a warning there, not an error). Items are not trimmed."""
+
+    def __init__(self, text: str) -> None:
+        self.items = [item for item in text.split(",") if item]
+
+    def _take(self, item: str) -> bool:
+        if item in self.items:
+            self.items.remove(item)
+            return True
+        return False
+
+    def __call__(self, key: str, default: bool) -> bool:
+        for form in (key, f"+{key}", f"with-{key}"):
+            if self._take(form):
+                return True
+        for form in (f"-{key}", f"no{key}", f"without-{key}"):
+            if self._take(form):
+                return False
+        self._take(f"={key}")
+        return default
+
+
+def read_smtp_config(texts: Sequence[str],
+                     defaults: Mapping[str, bool]) -> tuple[dict[str, bool], list[str]]:
+    """Each keyword's value from the values of a (repeatable) `*-smtp-config` switch, its
+    default where none is given; and the items no keyword took."""
+    items = SmtpConfigItems(",".join(texts))
+    values = {key: items(key, default) for key, default in defaults.items()}
+    return values, items.items

@@ -1,6 +1,6 @@
 """E-MailRelay's SMTP client switches as relay-deliver options, for `tools.relay`.
 
-`--client-smtp-config` (`-c`) is read as E-MailRelay 2.6.1 reads it (`Switches`): a comma
+`--client-smtp-config` (`-c`) is read as E-MailRelay 2.6.1 reads it (`read_smtp_config`): a comma
 list of keywords, each on as `KEY`, `+KEY` or `with-KEY`, off as `-KEY`, `noKEY` or
 `without-KEY`, its default as `=KEY`; an item left over is not an error but a warning,
 `unknown smtp-config item [ITEM]` (relay says it at start). `eightbitstrict`,
@@ -13,7 +13,7 @@ relay-deliver as it is and needs `--client-auth`, as in E-MailRelay; `--prompt-t
 
 from __future__ import annotations
 
-from tools.relay_args import Given, UsageError
+from tools.relay_args import Given, UsageError, read_smtp_config
 
 # keyword -> (relay-deliver's option, E-MailRelay 2.6.1's default for the client)
 KEYWORDS = {
@@ -25,35 +25,10 @@ KEYWORDS = {
 }
 
 
-class Switches:
-    """E-MailRelay's reading of a `*-smtp-config` value: each keyword asked for takes its
-    items out; what is left at the end is unknown."""
-
-    def __init__(self, text: str) -> None:
-        self.items = [item for item in text.split(",") if item]
-
-    def _take(self, item: str) -> bool:
-        if item in self.items:
-            self.items.remove(item)
-            return True
-        return False
-
-    def __call__(self, key: str, default: bool) -> bool:
-        for form in (key, f"+{key}", f"with-{key}"):
-            if self._take(form):
-                return True
-        for form in (f"-{key}", f"no{key}", f"without-{key}"):
-            if self._take(form):
-                return False
-        self._take(f"={key}")
-        return default
-
-
 def _read(given: Given) -> tuple[dict[str, bool], list[str]]:
     """Each keyword's value, and the unknown items."""
-    switches = Switches(given.value("client-smtp-config") or "")
-    values = {key: switches(key, default) for key, (_option, default) in KEYWORDS.items()}
-    return values, switches.items
+    return read_smtp_config([given.value("client-smtp-config") or ""],
+                            {key: default for key, (_option, default) in KEYWORDS.items()})
 
 
 def client_options(given: Given) -> list[str]:
