@@ -5,7 +5,6 @@ command lines it refuses: parsed, planned, and run as real daemons beside the re
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import smtplib
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.foreground import foreground, listening
+from support.processes import alive, children, command_line
 from support.programs import BIN, program_env
 from support.sink import Sink, free_port
 from support.spool import spool_files
@@ -141,24 +141,6 @@ def _envelopes(spool: Path) -> list[str]:
     return [name for name in spool_files(spool) if name.endswith(".envelope")]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _children(pid: int) -> list[str]:
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(Path(f"/proc/{entry}/cmdline").read_bytes().decode()
-                             .replace("\0", " "))
-    return found
-
-
 def test_two_instances_in_one_daemon(tmp_path: Path, sink: Sink) -> None:
     """One `relay --as-server` daemon, one pid file: instance in stores on its port and spool
     and sends nothing; instance out (--out-as-proxy) forwards each message to the smarthost;
@@ -177,7 +159,7 @@ def test_two_instances_in_one_daemon(tmp_path: Path, sink: Sink) -> None:
     assert done.returncode == 0, done.stderr
     pid = int(pid_file.read_text())
     try:
-        programs = _children(pid)
+        programs = [command_line(child) for child in children(pid)]
         assert sum("-m intake.main" in p for p in programs) == 2, programs
         assert sum("-m deliver.main" in p for p in programs) == 1, programs
         _send(in_port, "to in")
@@ -189,7 +171,7 @@ def test_two_instances_in_one_daemon(tmp_path: Path, sink: Sink) -> None:
         assert len(sink.messages) == 1 and b"Subject: to out" in sink.messages[0].data
     finally:
         os.kill(pid, signal.SIGTERM)
-        assert wait_until(lambda: not _alive(pid), 60)
+        assert wait_until(lambda: not alive(pid), 60)
     assert not pid_file.exists()
     assert not listening("127.0.0.1", in_port) and not listening("127.0.0.1", out_port)
 
