@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import ipaddress
-import os
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from common.durable import replace_file
 from common.filterspec import Builtin, Spec
 from common.netclient import parse_address
 from common.programs import ProgramResult
@@ -140,14 +140,7 @@ async def lookup(spec: MxSpec, domain: str) -> str:
 
 
 def _write(envelope_path: str, data: bytes) -> None:
-    temporary = f"{envelope_path}.mx"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, envelope_path)
+    replace_file(envelope_path, data, f"{envelope_path}.mx")
 
 
 async def run_mx(spec: MxSpec, envelope_path: str) -> ProgramResult:

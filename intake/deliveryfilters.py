@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.durable import replace_file
 from common.filterspec import Builtin, Spec
 from common.programs import ProgramResult
 from spool.envelope import EnvelopeError, parse_envelope
@@ -55,16 +56,9 @@ def parse_delivery_spec(text: str) -> DeliverySpec:
 
 def _copy_file(source: str, directory: Path, name: str) -> None:
     """*source* into *directory*/*name*: written to a temporary name, fsynced, renamed."""
-    temporary = directory / f".{name}.tmp"
     with open(source, "rb") as reader:
         data = reader.read()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, directory / name)
+    replace_file(directory / name, data, directory / f".{name}.tmp")
 
 
 def _sync_directory(directory: Path) -> None:

@@ -14,10 +14,10 @@ filter program may); its content is only read.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from common.durable import replace_file
 from common.filterspec import Builtin, Spec
 from common.programs import ProgramResult
 from spool import Spool
@@ -60,14 +60,7 @@ def _forward_to(recipients: tuple[str, ...], port: str) -> str:
 
 
 def _rewrite(envelope_path: str, envelope: Envelope) -> None:
-    temporary = f"{envelope_path}.split"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, format_envelope(envelope))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, envelope_path)
+    replace_file(envelope_path, format_envelope(envelope), f"{envelope_path}.split")
 
 
 def split_message(spec: SplitSpec, content_path: str, envelope_path: str) -> list[str]:

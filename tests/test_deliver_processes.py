@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 from support.deliver import FAST, Deliver, body, files, store, wait_until_empty
+from support.processes import alive, children
 from support.programs import DELIVER
 from support.sink import Sink
 
@@ -31,32 +32,11 @@ def running() -> Iterator[list[Deliver]]:
     started: list[Deliver] = []
     yield started
     for deliver in started:
-        workers = children_of(deliver.process.pid)
+        workers = children(deliver.process.pid)
         deliver.close()
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def stopped_lines(log: str) -> list[dict[str, object]]:
@@ -87,7 +67,7 @@ def two_workers(spool: Spool, sink: Sink, running: list[Deliver]) -> Deliver:
     deliver = Deliver(spool, sink.address, "--processes", "2", "--concurrency", "2")
     running.append(deliver)
     deadline = time.monotonic() + 10
-    while len(children_of(deliver.process.pid)) < 2 and time.monotonic() < deadline:
+    while len(children(deliver.process.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     return deliver
 
@@ -96,7 +76,7 @@ def test_running_workers_share_new_mail_and_stop_on_sigterm(spool: Spool, sink: 
                                                             running: list[Deliver]) -> None:
     """Two running workers: mail stored while they run arrives once each; SIGTERM exits 0."""
     deliver = two_workers(spool, sink, running)
-    workers = children_of(deliver.process.pid)
+    workers = children(deliver.process.pid)
     assert len(workers) == 2
     for number in range(100):
         store(spool, number)
@@ -113,7 +93,7 @@ def test_a_dead_worker_ends_the_program(spool: Spool, sink: Sink,
                                         running: list[Deliver]) -> None:
     """A worker killed with -9 makes the parent stop the other one and end the same way."""
     deliver = two_workers(spool, sink, running)
-    first, second = sorted(children_of(deliver.process.pid))
+    first, second = sorted(children(deliver.process.pid))
     os.kill(first, signal.SIGKILL)
     assert deliver.process.wait(30) == -signal.SIGKILL
     assert not alive(second)
@@ -124,7 +104,7 @@ def test_workers_die_with_a_killed_parent(spool: Spool, sink: Sink,
                                           running: list[Deliver]) -> None:
     """kill -9 of the parent: the workers end too (no orphan keeps claiming)."""
     deliver = two_workers(spool, sink, running)
-    workers = children_of(deliver.process.pid)
+    workers = children(deliver.process.pid)
     deliver.process.kill()
     deliver.process.wait(10)
     deadline = time.monotonic() + 15

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support.deliver import run_once
+from support.emailrelay import EMAILRELAY
 from support.intake import MESSAGE, IntakeThread
 from support.sink import Sink
 from support.spool import accepted
@@ -26,7 +27,7 @@ from spool import Envelope, Spool
 from spool.envelope import parse_envelope
 from tools.passwd import main as passwd_main
 
-EMAILRELAY_PASSWD = Path("/work/scratch/emailrelay-bin/emailrelay-passwd")
+EMAILRELAY_PASSWD = EMAILRELAY.with_name("emailrelay-passwd")  # beside EMAILRELAY_BIN
 # What emailrelay-passwd 2.6.1 printed for these inputs.
 KNOWN = [
     ([], b"secret\n", "qeD38fvADIqBu6rDlXMbVs07p96q1uXKI0SLpC43l0c="),
@@ -119,7 +120,6 @@ def test_selectors(tmp_path: Path, spool: Spool, sink: Sink) -> None:
     assert not spool.content_path(plain).exists()
 
 
-EMAILRELAY = Path(os.environ.get("EMAILRELAY_BIN", "/work/scratch/emailrelay-bin/emailrelay"))
 NO_DEFAULT = "no client authentication account: selector []"  # E-MailRelay 2.6.1's reason
 
 
