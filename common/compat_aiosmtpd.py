@@ -74,15 +74,15 @@ import collections
 import logging
 import ssl
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, syntax
 
-__all__ = ["AIOSMTPD_LOGGER", "MISSING", "SPURIOUS_LOG_LINES", "AuthResult", "Envelope",
-           "LoginPassword", "SMTPBase", "path_as_written", "syntax"]
+__all__ = ["AIOSMTPD_LOGGER", "BOGUS_LIMIT", "MISSING", "SPURIOUS_LOG_LINES", "AuthResult",
+           "Envelope", "LoginPassword", "SMTPBase", "log_line_read", "path_as_written", "syntax"]
 
 AIOSMTPD_LOGGER = "mail.log"
 SPURIOUS_LOG_LINES = frozenset({
@@ -100,22 +100,16 @@ class _DropSpurious(logging.Filter):
 
 logging.getLogger(AIOSMTPD_LOGGER).addFilter(_DropSpurious())
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
-_sanitized_log = aiosmtpd_smtp.sanitized_log
+_aiosmtpd_log = logging.getLogger(AIOSMTPD_LOGGER)
+# Unknown commands a connection may send; the next one closes it (aiosmtpd's limit).
+BOGUS_LIMIT: int = aiosmtpd_smtp.BOGUS_LIMIT
 
 
-def _quiet_sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
-    """aiosmtpd's `sanitized_log` (two calls per command line read), which first builds a
-    copy of its arguments with AUTH secrets masked: now only when the line is logged."""
-    logger = getattr(func, "__self__", None)
-    level = _LEVELS.get(getattr(func, "__name__", ""))
-    if isinstance(logger, logging.Logger) and level is not None and \
-            not logger.isEnabledFor(level):
-        return
-    _sanitized_log(func, msg, *args, **kwargs)
-
-
-aiosmtpd_smtp.sanitized_log = _quiet_sanitized_log
+def log_line_read(peer: Any, line: bytes) -> None:
+    """aiosmtpd's `%r >> %r` line for a command read (relay's --verbose dialogue), AUTH
+    secrets masked by aiosmtpd's own `sanitized_log`; nothing is built when it is off."""
+    if _aiosmtpd_log.isEnabledFor(logging.INFO):
+        aiosmtpd_smtp.sanitized_log(_aiosmtpd_log.info, "%r >> %r", peer, line)
 
 
 # Given at all (relay never passes them), these take the full constructor.
@@ -225,9 +219,8 @@ def init_smtp(smtp: SMTP, handler: Any, **options: Any) -> None:
     loop = options.get("loop") or aiosmtpd_smtp.make_loop()
     smtp.__ident__ = options.get("ident") or aiosmtpd_smtp.__ident__
     smtp.loop = loop
-    asyncio.StreamReaderProtocol.__init__(
-        smtp, asyncio.StreamReader(loop=loop, limit=smtp.line_length_limit),
-        client_connected_cb=smtp._cb_client_connected, loop=loop)
+    # No asyncio.StreamReaderProtocol.__init__: relay-intake's engine reads the socket
+    # itself (intake.engine); the stream attributes it would set are never used.
     smtp.event_handler = handler
     smtp.data_size_limit = options.get("data_size_limit", aiosmtpd_smtp.DATA_SIZE_DEFAULT)
     smtp.enable_SMTPUTF8 = options.get("enable_SMTPUTF8", False)
@@ -264,16 +257,21 @@ def init_smtp(smtp: SMTP, handler: Any, **options: Any) -> None:
 
 
 class SMTPBase(SMTP):
-    """aiosmtpd's SMTP server protocol, its internals under the public names above."""
+    """aiosmtpd's SMTP server protocol (its commands, replies and hooks), its internals
+    under the public names above. It reads and writes nothing itself: relay-intake's
+    engine (intake.engine) owns the socket and runs the commands."""
 
     def __init__(self, handler: Any, *, stream_limit: int, command_size_limit: int,
                  greeting: str | None = None, **options: Any) -> None:
-        # aiosmtpd's __init__ creates the StreamReader with limit=self.line_length_limit.
+        # The most a connection buffers unread before the engine stops reading its socket.
         self.line_length_limit = stream_limit
         # aiosmtpd's greeting is always '220 HOSTNAME IDENT'; *greeting* replaces it whole.
         self._greeting = greeting
-        self._greeting_due = False
         init_smtp(self, handler, **options)  # SMTP.__init__, its introspection done once
+        # aiosmtpd's QUIT cancels "the handler task" (SMTPBase.cancel: the engine's command),
+        # and challenge_auth reads the AUTH answer from `_reader` (the engine's readline).
+        self._handler_coroutine = self  # type: ignore[assignment]
+        self._reader = self  # type: ignore[assignment]
         # aiosmtpd keeps this dict on the class and grows it on every EHLO: keep our own.
         self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
             lambda: command_size_limit
@@ -282,16 +280,11 @@ class SMTPBase(SMTP):
     # -- state --------------------------------------------------------------------------
 
     @property
-    def reader(self) -> asyncio.StreamReader:
-        """The connection's stream reader (the plain text, after STARTTLS too)."""
-        reader: asyncio.StreamReader = self._reader
-        return reader
-
-    @property
-    def writer(self) -> asyncio.StreamWriter:
-        """The connection's stream writer."""
-        writer: asyncio.StreamWriter = self._writer
-        return writer
+    def greeting_line(self) -> str:
+        """The 220 greeting: the one given, or aiosmtpd's `220 HOSTNAME IDENT`."""
+        if self._greeting is not None:
+            return "220 " + self._greeting
+        return f"220 {self.hostname} {self.__ident__}"
 
     @property
     def tls_active(self) -> bool:
@@ -302,10 +295,79 @@ class SMTPBase(SMTP):
         """In connection_made: True for a new connection, False for the STARTTLS upgrade."""
         return self._original_transport is None and self.transport is None
 
+    def cancel(self) -> None:
+        """aiosmtpd's QUIT and timeouts cancel "the handler task": the engine's command."""
+        self.cancel_handler()
+
     def cancel_handler(self) -> None:
-        """Stop the task that reads and answers commands (the connection is being closed)."""
-        if self._handler_coroutine is not None:
-            self._handler_coroutine.cancel()
+        """Stop reading and answering commands (the connection is being closed)."""
+
+    # -- one command line, as aiosmtpd's loop checks it ---------------------------------
+
+    def command_method(self, command: str) -> Callable[[str | None], Awaitable[None]] | None:
+        """The `smtp_<COMMAND>` coroutine method, or None for an unknown command."""
+        method: Callable[[str | None], Awaitable[None]] | None = \
+            self._smtp_methods.get(command)
+        return method
+
+    def line_refusal(self, command: str, length: int) -> str | None:
+        """The reply aiosmtpd gives a command line before looking at its command (too long,
+        TLS refused or required), or None."""
+        assert self.session is not None
+        limit = (self.command_size_limits[command] if self.session.extended_smtp
+                 else self.command_size_limit)
+        if length > limit:
+            return "500 Command line too long"
+        if not self._tls_handshake_okay and command != "QUIT":
+            return "554 Command refused due to lack of security"
+        if self.require_starttls and not self._tls_protocol \
+                and command not in aiosmtpd_smtp.ALLOWED_BEFORE_STARTTLS:
+            return "530 Must issue a STARTTLS command first"
+        return None
+
+    @staticmethod
+    def is_tls_setup_error(error: BaseException) -> bool:
+        """STARTTLS's handshake failed (aiosmtpd then drops the connection)."""
+        return isinstance(error, aiosmtpd_smtp.TLSSetupException)
+
+    # -- the connection's life, in aiosmtpd's terms --------------------------------------
+
+    def start_session(self, transport: asyncio.BaseTransport) -> None:
+        """A new connection: aiosmtpd's state for it (session, envelope, idle timer)."""
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.session = self._create_session()
+        self.session.peer = transport.get_extra_info("peername")
+        self.transport = transport
+        self._reset_timeout()
+
+    def tls_started(self, transport: asyncio.BaseTransport) -> None:
+        """STARTTLS's handshake is done: *transport* is the encrypted one (RFC 3207 4.2:
+        the state is reset, the hook may refuse the client's certificate)."""
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.session = self._create_session()
+        self.session.peer = transport.get_extra_info("peername")
+        self._reset_timeout()
+        self.transport = transport
+        assert self._tls_protocol is not None
+        self.session.ssl = self._tls_protocol._extra
+        hook = self._handle_hooks.get("STARTTLS")
+        self._tls_handshake_okay = True if hook is None else hook(self, self.session,
+                                                                  self.envelope)
+
+    def end_session(self) -> None:
+        """The connection is gone: the idle timer stops, the plain transport under TLS is
+        closed (else its eof would reach this protocol after connection_lost)."""
+        handle: asyncio.TimerHandle | None = self._timeout_handle
+        if handle is not None:
+            handle.cancel()
+        if self._original_transport is not None:
+            self._original_transport.close()
+        self.transport = None
+
+    @property
+    def over_tls(self) -> bool:
+        """The session runs over STARTTLS's transport (eof then closes, never half-opens)."""
+        return self.session is not None and self.session.ssl is not None
 
     # -- the idle timer -----------------------------------------------------------------
 
@@ -318,6 +380,10 @@ class SMTPBase(SMTP):
     # left, so the timer armed at connect need not be moved on every command (aiosmtpd
     # cancels it and schedules a new one for each line read).
     idle_timer_rechecks = False
+
+    def command_read(self) -> None:
+        """A valid command was read: aiosmtpd restarts its idle timer."""
+        self._reset_timeout()
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         handle: asyncio.TimerHandle | None = self._timeout_handle
@@ -346,30 +412,19 @@ class SMTPBase(SMTP):
         """aiosmtpd's own reaction to the idle timer: close the transport."""
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
-    # -- the session's life and the hooks aiosmtpd has no public name for ----------------
-
-    async def _handle_client(self) -> None:
-        if await self.before_greeting():
-            self._greeting_due = self._greeting is not None
-            await super()._handle_client()
+    # -- replies and the hooks aiosmtpd has no public name for ---------------------------
 
     async def push(self, status: str | bytes) -> None:
-        """Every reply aiosmtpd and relay send: the greeting given replaces aiosmtpd's."""
-        if self._greeting_due:
-            self._greeting_due = False
-            status = "220 " + str(self._greeting)
+        """Every reply aiosmtpd and relay send."""
         await self.send_reply(status)
 
     async def send_reply(self, status: str | bytes) -> None:
-        """Write one reply (aiosmtpd's own push; relay's session has its own)."""
-        if isinstance(status, str):
-            await super().push(status)
-        else:
-            await super().push(status)
+        """Write one reply (the engine's)."""
+        raise NotImplementedError
 
-    async def before_greeting(self) -> bool:
-        """Runs first in the session's task; False ends it (the session said why)."""
-        return True
+    async def readline(self) -> bytes:
+        """The client's next line (an AUTH challenge's answer; the engine's)."""
+        raise NotImplementedError
 
     def _create_envelope(self) -> Envelope:
         return self.new_envelope()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from common import compat_asyncio
 from intake import dnsbl
 from intake.limits import in_networks
 from intake.policy import is_loopback
@@ -101,4 +100,4 @@ async def _talks_first(session: Session) -> bool:
             return False
         return bool(data)
     await asyncio.sleep(0)
-    return bool(compat_asyncio.buffered(session.reader))
+    return bool(session.buffered)

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from intake.engine import InputStream
 
 LINE_LIMIT = 1001  # octets on the wire, CRLF included: 1000 (RFC 5321 4.5.3.1.6) + a stuffed dot
 _TEXT_LIMIT = LINE_LIMIT - 2
@@ -138,7 +142,7 @@ class DataCollector:
         return None
 
 
-async def read_data(reader: asyncio.StreamReader, collector: DataCollector) -> None:
+async def read_data(reader: InputStream, collector: DataCollector) -> None:
     """Read up to and including the end line (CRLF . CRLF), feeding *collector*.
 
     Each `readuntil` takes everything up to the next `.CRLF`; only when that dot begins a

@@ -21,6 +21,10 @@ import asyncio
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from intake.engine import InputStream
 
 V1_PREFIX = b"PROXY "
 V1_MAX_LENGTH = 107  # the longest v1 line the specification allows, CRLF included
@@ -133,7 +137,7 @@ def _packed_address(packed: bytes) -> str:
     return str(address)
 
 
-async def read_header(reader: asyncio.StreamReader) -> ProxyHeader:
+async def read_header(reader: InputStream) -> ProxyHeader:
     """Read exactly one v1 or v2 header from *reader*; ProxyProtocolError if it is not one.
 
     Never waits for a byte past the header: the first read is of the shortest possible

@@ -22,7 +22,8 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from common.compat_aiosmtpd import MISSING, AuthResult, LoginPassword, SMTPBase
+from common.compat_aiosmtpd import MISSING, AuthResult, LoginPassword
+from intake.engine import Engine
 from intake.policy import MAX_AUTH_FAILURES
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ AUTH_BLOCKED_REPLY = ("454 4.7.0 Temporary authentication failure: too many fail
                       "from your address, try again later")
 
 
-class AuthSession(SMTPBase):
+class AuthSession(Engine):
     """An SMTP session's AUTH command and its bookkeeping."""
 
     server: IntakeServer

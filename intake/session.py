@@ -30,7 +30,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from common import compat_asyncio, events
+from common import events
 from common.compat_aiosmtpd import MISSING, Envelope, syntax
 from intake import admission
 from intake.data import DataCollector, DataProblem, read_data
@@ -254,17 +254,17 @@ class Session(AuthSession):
             self._meter_reply(response)
         closing = self.close_after_reply or (self.server.stopping and not self.in_transaction)
         if (self._command in _HOLDABLE and not closing and self.server.config.pipelining
-                and compat_asyncio.has_line(self.reader)):
+                and self.has_line()):
             self._held_replies.append(response + b"\r\n")
             return
         if self._held_replies:
             self._held_replies.append(response + b"\r\n")
-            self.writer.write(b"".join(self._held_replies))
+            self.write(b"".join(self._held_replies))
             self._held_replies.clear()
         else:
-            self.writer.write(response + b"\r\n")
+            self.write(response + b"\r\n")
         self.pace.new_request(self.loop.time())
-        await self.writer.drain()
+        await self.drain()
         if closing:
             self.close_after_reply = False
             self._close_now()
@@ -387,7 +387,8 @@ class Session(AuthSession):
         try:
             await read_data(self.reader, collector)
         except asyncio.CancelledError:  # the connection went away during DATA
-            self.writer.close()
+            if self.transport is not None:
+                self.transport.close()
             raise
         if collector.problem is not DataProblem.NONE:
             self.end_data()

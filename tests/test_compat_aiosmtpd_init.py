@@ -71,8 +71,17 @@ def comparable(value: Any, own: object, handler: object) -> Any:
     return type(value)  # a stream, a future, a weak reference: one of its own, same kind
 
 
+# What asyncio.StreamReaderProtocol.__init__ sets: aiosmtpd's full constructor makes them,
+# relay's engine reads the socket itself and init_smtp leaves them out.
+_LOOP = asyncio.new_event_loop()
+STREAM_STATE = frozenset(vars(asyncio.StreamReaderProtocol(
+    asyncio.StreamReader(loop=_LOOP), client_connected_cb=print, loop=_LOOP)))
+_LOOP.close()
+
+
 def attributes(smtp: SMTP, handler: object) -> dict[str, Any]:
-    return {key: comparable(value, smtp, handler) for key, value in vars(smtp).items()}
+    return {key: comparable(value, smtp, handler) for key, value in vars(smtp).items()
+            if key not in STREAM_STATE}
 
 
 def pair(cls: type[SMTP], handler_factory: Any, learns: bool = True,

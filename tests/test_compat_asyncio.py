@@ -1,7 +1,7 @@
-"""common/compat_asyncio.py: asyncio's StreamReader still keeps its unread bytes where relay
-reads them, and the early-talker check that depends on it works with no greeting delay
-(the path that would silently turn off if that internal went away); and the socket
-transport still reads at most its `max_size`, which relay-deliver sets.
+"""common/compat_asyncio.py: Driven runs a coroutine as a Task would (results, exceptions,
+sleeps, cancellation) on the internals of asyncio's futures it relies on; the early-talker
+check works with no greeting delay; and the socket transport still reads at most its
+`max_size`, which relay-deliver sets.
 """
 
 from __future__ import annotations
@@ -10,34 +10,149 @@ import asyncio
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from support.intake import IntakeThread
 
 from common import compat_asyncio
 
 
-def test_buffered_shows_unread_bytes_without_taking_them() -> None:
-    """buffered() and has_line() see what was fed and not yet read, and read nothing."""
+def drive(coroutine: Any) -> tuple[compat_asyncio.Driven, list[BaseException | None]]:
+    ended: list[BaseException | None] = []
+    driven = compat_asyncio.Driven(coroutine, ended.append, asyncio.get_running_loop())
+    driven.start()
+    return driven, ended
+
+
+def test_asyncio_futures_still_announce_themselves_when_awaited() -> None:
+    """The internals Driven reads: Future.__await__ yields the future itself with
+    _asyncio_future_blocking set; asyncio.sleep(0) yields None."""
 
     async def check() -> None:
-        reader = asyncio.StreamReader()
-        assert compat_asyncio.buffered(reader) == b"" and not compat_asyncio.has_line(reader)
-        reader.feed_data(b"EHLO x\r\nMAIL")
-        assert compat_asyncio.buffered(reader) == b"EHLO x\r\nMAIL"
-        assert compat_asyncio.has_line(reader)
-        assert await reader.readline() == b"EHLO x\r\n"
-        assert compat_asyncio.buffered(reader) == b"MAIL"
-        assert not compat_asyncio.has_line(reader)
+        future = asyncio.get_running_loop().create_future()
+        awaiting = future.__await__()
+        assert next(awaiting) is future and future._asyncio_future_blocking is True
+        sleeping = asyncio.sleep(0).__await__()
+        assert next(sleeping) is None
+        sleeping.close()
+        awaiting.close()
 
     asyncio.run(check())
 
 
-def test_stream_reader_still_has_its_buffer() -> None:
-    """The internal itself: StreamReader._buffer, a bytearray (a rename fails here first)."""
+def test_a_coroutine_that_never_waits_ends_inside_start() -> None:
+    """No Task and no pass of the loop: done is called before start() returns."""
 
     async def check() -> None:
-        reader = asyncio.StreamReader()
-        assert isinstance(reader._buffer, bytearray)
+        steps: list[str] = []
+
+        async def command() -> None:
+            steps.append("ran")
+
+        driven, ended = drive(command())
+        assert steps == ["ran"] and ended == [None] and driven.finished
+        assert asyncio.current_task() is not None  # the test's own task, untouched
+
+    asyncio.run(check())
+
+
+def test_a_waiting_coroutine_gets_results_exceptions_and_sleeps() -> None:
+    """Resumed by what it waits for: a future's result, a future's exception (caught
+    inside), asyncio.sleep(0) and a timed sleep; ends with its own exception."""
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        seen: list[object] = []
+
+        async def command() -> None:
+            seen.append(await first)
+            try:
+                await second
+            except KeyError as error:
+                seen.append(error.args[0])
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.01)
+            raise ValueError("the end")
+
+        driven, ended = drive(command())
+        assert seen == [] and ended == []
+        first.set_result("one")
+        await asyncio.sleep(0)
+        assert seen == ["one"]
+        second.set_exception(KeyError("two"))
+        for _ in range(50):
+            if ended:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == ["one", "two"] and driven.finished
+        (error,) = ended
+        assert isinstance(error, ValueError) and str(error) == "the end"
+
+    asyncio.run(check())
+
+
+def test_cancel_reaches_the_coroutine_where_it_waits() -> None:
+    """cancel() while it waits: CancelledError at its await, its finally runs, and done
+    gets the CancelledError; cancel() asked while it runs takes effect at its next wait."""
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        cleaned: list[str] = []
+        holder: list[compat_asyncio.Driven] = []
+
+        async def waits() -> None:
+            try:
+                await loop.create_future()
+            finally:
+                cleaned.append("waits")
+
+        driven, ended = drive(waits())
+        driven.cancel()
+        await asyncio.sleep(0)
+        assert cleaned == ["waits"] and len(ended) == 1
+        assert isinstance(ended[0], asyncio.CancelledError)
+
+        async def cancels_itself() -> None:
+            holder[0].cancel()  # as aiosmtpd's QUIT cancels "its" task
+            try:
+                await loop.create_future()
+            finally:
+                cleaned.append("itself")
+
+        ended2: list[BaseException | None] = []
+        holder.append(compat_asyncio.Driven(cancels_itself(), ended2.append, loop))
+        holder[0].start()
+        await asyncio.sleep(0)
+        assert cleaned[-1] == "itself" and isinstance(ended2[0], asyncio.CancelledError)
+
+        async def quick() -> None:
+            holder[1].cancel()  # asked, but it never waits: it just ends
+
+        ended3: list[BaseException | None] = []
+        holder.append(compat_asyncio.Driven(quick(), ended3.append, loop))
+        holder[1].start()
+        assert ended3 == [None]
+        holder[1].cancel()  # after the end: nothing
+        assert ended3 == [None]
+
+    asyncio.run(check())
+
+
+def test_a_coroutine_yielding_something_else_is_told_so() -> None:
+    """A bare `yield` of a non-future (not asyncio's protocol) raises RuntimeError in it."""
+
+    class Odd:
+        def __await__(self) -> Any:
+            yield "not a future"
+
+    async def check() -> None:
+        async def command() -> None:
+            await Odd()
+
+        driven, ended = drive(command())
+        await asyncio.sleep(0)
+        assert len(ended) == 1 and isinstance(ended[0], RuntimeError)
 
     asyncio.run(check())
 
