@@ -150,7 +150,7 @@ def test_a_coroutine_yielding_something_else_is_told_so() -> None:
         async def command() -> None:
             await Odd()
 
-        driven, ended = drive(command())
+        _driven, ended = drive(command())
         await asyncio.sleep(0)
         assert len(ended) == 1 and isinstance(ended[0], RuntimeError)
 
