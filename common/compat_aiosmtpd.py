@@ -1,25 +1,33 @@
 """The one place relay touches aiosmtpd's private internals (aiosmtpd 1.4, `aiosmtpd.smtp.SMTP`).
 
 aiosmtpd's hooks (`handle_MAIL`, `handle_DATA`, ...) are not enough for relay-intake: it
-needs to decide before the greeting, count any bytes against its own idle clock, parse
-everyday paths without the general parser, read DATA itself, and know whether TLS is on.
-`SMTPBase` is aiosmtpd's `SMTP` with each internal it relies on given a public name here,
-so intake's session uses only these names and an aiosmtpd upgrade is checked in one file
-(tests/test_compat_aiosmtpd.py fails loudly when one of them is gone or no longer called):
+reads its connections itself (intake.engine, which replaces aiosmtpd's stream-and-task
+command loop), decides before the greeting, parses everyday paths without the general
+parser, reads DATA itself, and needs to know whether TLS is on. `SMTPBase` is aiosmtpd's
+`SMTP` (its commands, replies, AUTH and hooks) with each internal relay relies on given a
+public name here, so intake uses only these names and an aiosmtpd upgrade is checked in one
+file (tests/test_compat_aiosmtpd.py fails loudly when one of them is gone or no longer
+called, or when a check or reply of aiosmtpd's own loop that the engine copies changed):
 
 | relay's name | aiosmtpd's internal |
 |---|---|
-| `stream_limit` (constructor) | class attribute `line_length_limit`, the StreamReader limit |
+| `stream_limit` (constructor) | `line_length_limit`: the most intake buffers unread |
 | own `command_size_limits` | the class-level dict aiosmtpd grows on every EHLO |
-| `reader`, `writer` | `_reader`, `_writer` |
+| `command_method(command)` | `_smtp_methods` |
+| `line_refusal(command, length)` | `_handle_client`'s checks, `_tls_handshake_okay` |
+| `is_tls_setup_error()`, `BOGUS_LIMIT` | `TLSSetupException`, the unknown-command budget |
+| `start_session()`, `tls_started()` | `connection_made` (new, after STARTTLS) |
+| `end_session()` | `connection_lost` |
 | `tls_active` | `_tls_protocol` |
 | `is_new_connection(transport)` | `_original_transport` (set by STARTTLS) |
-| `cancel_handler()` | `_handler_coroutine` |
+| `cancel()` | `_handler_coroutine` (QUIT cancels it: the engine's command) |
+| `readline()` | `_reader` (challenge_auth reads the AUTH answer from it) |
 | `idle_timeout` | `_timeout_duration` |
 | `on_idle_timer()`, `restart_idle_timer()`, `drop_idle()` | `_timeout_cb`, `_timeout_handle` |
-| `idle_timer_rechecks`, `first_idle_delay()` | `_reset_timeout` (at connect, per command) |
-| `before_greeting()` | `_handle_client` (runs before it; False ends the session) |
-| `greeting` (constructor), `send_reply()` | `_handle_client`'s first `push`, the greeting |
+| `idle_timer_rechecks`, `first_idle_delay()` | `_reset_timeout` (at connect) |
+| `command_read()` | `_reset_timeout` (per command) |
+| `greeting` (constructor), `greeting_line` | `_handle_client`'s first `push`, the greeting |
+| `log_line_read()` | `sanitized_log` (a command line for --verbose, AUTH masked) |
 | `new_envelope()` | `_create_envelope` (called at connect, RSET, EHLO and after DATA) |
 | `parse_path()`, `general_path()` | `_getaddr` (the parameters it returns end its argument) |
 | `parse_params()` | `_getparams` |
@@ -29,8 +37,9 @@ so intake's session uses only these names and an aiosmtpd upgrade is checked in 
 
 Everything else intake uses (`push`, `session`, `envelope`, `transport`, `loop`,
 `hostname`, `data_size_limit`, `local_part_limit`, `check_helo_needed`,
-`check_auth_needed`, `challenge_auth`, `smtp_*`, `auth_*`, `MISSING`, `syntax`,
-`AuthResult`, `LoginPassword`) is aiosmtpd's public API. Nothing here does I/O of its own.
+`check_auth_needed`, `challenge_auth`, `handle_exception`, `smtp_*`, `auth_*`, `MISSING`,
+`syntax`, `AuthResult`, `LoginPassword`) is aiosmtpd's public API. Nothing here does I/O
+of its own.
 
 `init_smtp` is `SMTP.__init__` without its per-connection introspection: aiosmtpd builds
 three tables on every connection by walking the object with `inspect.getmembers` and
@@ -43,21 +52,15 @@ does not use (`command_call_limit`, `proxy_protocol_timeout`, `auth_callback`) a
 missing `hostname` take the full constructor. tests/test_compat_aiosmtpd_init.py builds
 connections both ways and compares every attribute.
 
-Per command, aiosmtpd moves its idle timer (a cancel and a new timer) and builds a copy of
-the line for two log calls that are usually off. A protocol class with
-`idle_timer_rechecks` (relay's session, whose `on_idle_timer` re-arms itself from its own
-idle clock) keeps the timer armed at connect; the module-level `sanitized_log` is replaced
-by one that returns at once when its line would not be logged. The handlers' hooks are
-bound once per handler object (relay has one for all connections) and the AUTH mechanisms'
-table on demand, like the commands'.
+A protocol class with `idle_timer_rechecks` (relay's session, whose `on_idle_timer` re-arms
+itself from its own idle clock) keeps the timer armed at connect instead of moving it (a
+cancel and a new timer) on every command as aiosmtpd does. The handlers' hooks are bound
+once per handler object (relay has one for all connections) and the AUTH mechanisms' and
+commands' tables on demand. The stream attributes of asyncio.StreamReaderProtocol (which
+aiosmtpd's SMTP derives from) are not set: the engine never uses them.
 
-`_getaddr` checks a path with the standard library's address grammar and returns the
-address re-serialised by it: quotes it thinks unneeded dropped (`"ab"@x` becomes `ab@x`),
-white space and comments around the local part taken out. relay keeps the path as the client
-wrote it, as E-MailRelay 2.6.1 stores it: `general_path` takes the text `_getaddr` consumed
-(its argument less the parameters it returns) and from it what lies between `<` (or the
-colon ending a source route) and the `>` that is not inside a quoted local part; for a path
-without angle brackets, the first word.
+`_getaddr` re-serialises the address it parses; `general_path` returns it as the client
+wrote it instead (common.smtppath).
 
 aiosmtpd also logs two warnings of its own through its `mail.log` logger that say nothing
 to a relay operator (`SPURIOUS_LOG_LINES`): one from each full `SMTP.__init__` when AUTH is
@@ -81,8 +84,10 @@ from typing import Any, cast
 from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, syntax
 
+from common.smtppath import path_as_written
+
 __all__ = ["AIOSMTPD_LOGGER", "BOGUS_LIMIT", "MISSING", "SPURIOUS_LOG_LINES", "AuthResult",
-           "Envelope", "LoginPassword", "SMTPBase", "log_line_read", "path_as_written", "syntax"]
+           "Envelope", "LoginPassword", "SMTPBase", "log_line_read", "syntax"]
 
 AIOSMTPD_LOGGER = "mail.log"
 SPURIOUS_LOG_LINES = frozenset({
@@ -472,35 +477,3 @@ class SMTPBase(SMTP):
     async def call_hook(self, command: str, *args: Any) -> Any:
         """The handler's handle_<command> hook's reply, or MISSING when it has none."""
         return await self._call_handler_hook(command, *args)
-
-
-def path_as_written(text: str) -> str | None:
-    """The address in a path as written (*text*: what a path parser consumed, maybe with
-    white space around), E-MailRelay's way; None when no address can be found in it.
-
-    `<@a,@b:"x y"@c>` -> `"x y"@c`: a source route is dropped, a `>` inside the quoted
-    local part does not end the path, the quotes and everything else are kept as they are.
-    """
-    text = text.strip(" \t")
-    if not text.startswith("<"):
-        return text.split(None, 1)[0] if text else None
-    start = 1
-    if text.startswith("<@"):  # a source route ends at the first colon (RFC 5321 4.1.2)
-        start = text.find(":") + 1
-        if start == 0:
-            return None
-    end = -1
-    if text.startswith('"', start):
-        index = start + 1
-        while index < len(text):
-            if text[index] == "\\":
-                index += 1
-            elif text[index] == '"':
-                end = text.find(">", index)
-                break
-            index += 1
-    else:
-        end = text.find(">", start)
-    if end < 0:
-        return None
-    return text[start:end]

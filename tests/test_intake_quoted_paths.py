@@ -19,7 +19,8 @@ from support.intake import IntakeProcess
 from support.programs import deliver_once
 from support.smarthost import ScriptedSmarthost
 
-from common.compat_aiosmtpd import SMTPBase, path_as_written
+from common.compat_aiosmtpd import SMTPBase
+from common.smtppath import path_as_written
 from spool import State, parse_envelope
 
 SENDER = '<"john doe"@example.com>'
