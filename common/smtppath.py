@@ -2,7 +2,8 @@
 
 aiosmtpd's `_getaddr` checks a path with the standard library's address grammar and
 returns the address re-serialised by it: quotes it thinks unneeded dropped (`"ab"@x`
-becomes `ab@x`), white space and comments around the local part taken out. relay keeps the path as the client
+becomes `ab@x`), white space and comments around the local part taken out.
+relay keeps the path as the client
 wrote it, as E-MailRelay 2.6.1 stores it: `general_path` takes the text `_getaddr` consumed
 (its argument less the parameters it returns) and from it what lies between `<` (or the
 colon ending a source route) and the `>` that is not inside a quoted local part; for a path
