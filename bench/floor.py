@@ -6,8 +6,8 @@ reused, and prints each one's CPU per message (its processes' user + system time
 /proc) and the difference, the CPU a new connection costs:
 
 - `aiosmtpd`: aiosmtpd's `SMTP` as it comes, DATA answered 250 (bench's bare server);
-- `aiosmtpd-compat`: the same with relay's constructor (`common.compat_aiosmtpd.SMTPBase`,
-  aiosmtpd's per-connection introspection done once per class);
+- `engine`: aiosmtpd's commands on relay-intake's engine (`intake.engine.Engine`: relay's
+  constructor, no stream or task per connection), DATA read by aiosmtpd line by line;
 - `protocol`: a bare `asyncio.Protocol` that answers every line and reads DATA up to the
   dot: the event loop's own cost of a connection, without streams, tasks or coroutines.
 
@@ -31,7 +31,7 @@ from bench import smtp_source
 from bench.common import HOST, Context, Process, Sizes, free_port, median, wait_for_port
 from bench.peers import RelayIntake, tree_cpu_seconds
 
-MODES = ("aiosmtpd", "aiosmtpd-compat", "protocol")
+MODES = ("aiosmtpd", "engine", "protocol")
 
 
 class LineProtocol(asyncio.Protocol):
@@ -80,7 +80,7 @@ class NullHandler:
 async def serve(mode: str, port: int) -> None:
     from aiosmtpd.smtp import SMTP  # noqa: PLC0415 - only in the server process
 
-    from common.compat_aiosmtpd import SMTPBase  # noqa: PLC0415
+    from intake.engine import Engine  # noqa: PLC0415
 
     loop = asyncio.get_running_loop()
     handler = NullHandler()
@@ -92,9 +92,8 @@ async def serve(mode: str, port: int) -> None:
             return SMTP(handler, hostname="floor.bench", ident="floor", decode_data=False)
     else:
         def factory() -> asyncio.BaseProtocol:
-            return SMTPBase(handler, stream_limit=32 * 1024, command_size_limit=512,
-                            hostname="floor.bench", ident="floor", decode_data=False,
-                            loop=loop)
+            return Engine(handler, stream_limit=32 * 1024, command_size_limit=512,
+                          hostname="floor.bench", ident="floor", decode_data=False, loop=loop)
     await loop.create_server(factory, HOST, port, backlog=4096)
     await asyncio.Event().wait()
 

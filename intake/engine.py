@@ -250,6 +250,14 @@ class Engine(SMTPBase):
 
     # -- output ------------------------------------------------------------------------
 
+    async def send_reply(self, status: str | bytes) -> None:
+        """Write one reply and wait while the socket is full (relay's session adds its
+        pipelining hold and meters)."""
+        if isinstance(status, str):
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        self.write(status + b"\r\n")
+        await self.drain()
+
     def write(self, data: bytes) -> None:
         """Send *data* (nothing once the connection is closing)."""
         transport = self.transport

@@ -5,12 +5,18 @@ stored, and the stream-like reads (DATA, AUTH) on the same buffer.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import smtplib
 import socket
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from support.intake import IntakeThread, RawClient
+
+from intake.engine import Engine
 
 MESSAGE = b"Subject: engine\r\n\r\nbody\r\n.\r\n"
 
@@ -144,3 +150,45 @@ def test_auth_reads_its_answer_from_the_same_buffer(spool_dir: Path, tmp_path: P
         raw.send(base64.b64encode(b"alice") + b"\r\n")
         assert raw.reply()[:3] == "334"
         assert raw.command(base64.b64encode(b"s3cret"))[:3] == "235"
+
+
+def test_the_engine_alone_runs_aiosmtpd_s_own_data_and_replies() -> None:
+    """An Engine with a plain aiosmtpd handler (bench.floor's `engine` server): aiosmtpd's
+    own DATA reads the message line by line through the engine's readuntil, the replies
+    go out through the engine's send_reply, the handler gets the message."""
+    received: list[bytes] = []
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    class Collect:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            received.append(envelope.content)
+            return "250 OK kept"
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        handler = Collect()
+        server = await loop.create_server(
+            lambda: Engine(handler, stream_limit=32 * 1024, command_size_limit=512,
+                           hostname="engine.test", ident="test", decode_data=False,
+                           loop=loop), "127.0.0.1", 0)
+        holder["port"] = server.sockets[0].getsockname()[1]
+        holder["stop"] = stop = asyncio.Event()
+        holder["loop"] = loop
+        ready.set()
+        await stop.wait()
+        server.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        with smtplib.SMTP("127.0.0.1", holder["port"], timeout=10) as client:
+            assert client.ehlo("client.test")[0] == 250
+            body = b"Subject: alone\r\n\r\n" + b"line\r\n" * 2000 + b"..dot\r\n"
+            assert client.sendmail("a@example.org", ["b@example.com"], body) == {}
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(10)
+    (content,) = received
+    assert content.endswith(b"line\r\n..dot\r\n") and content.count(b"line\r\n") == 2000
