@@ -246,12 +246,17 @@ class Session(AuthSession):
         RFC 2920 lets a server answer a group of pipelined commands together: when the
         client's next command is already buffered, the reply waits for the next one, so a
         pipelined MAIL, RCPT, DATA costs one send instead of three. Only replies after
-        which the server goes on to read that buffered command are held.
+        which the server goes on to read that buffered command are held. The lines of a
+        multi-line reply (aiosmtpd pushes EHLO's one by one) go out together with its last
+        line: one send, not one per extension.
         """
         response = status.encode("utf-8") if isinstance(status, str) else status
         _mail_log.debug("%r << %r", self.client_ip, response)
         if self.server.metrics is not None:
             self._meter_reply(response)
+        if response[3:4] == b"-":  # a line of a multi-line reply (EHLO's): out with its last
+            self._held_replies.append(response + b"\r\n")
+            return
         closing = self.close_after_reply or (self.server.stopping and not self.in_transaction)
         if (self._command in _HOLDABLE and not closing and self.server.config.pipelining
                 and self.has_line()):
