@@ -108,7 +108,11 @@ class FloorServer:
         if ctx.uvloop:
             argv.append("--uvloop")
         self.process = Process(argv, ctx.scratch(f"floor-{mode}") / "server.log")
-        wait_for_port(self.port, self.process)
+        try:
+            wait_for_port(self.port, self.process)
+        except BaseException:
+            self.process.stop()  # a server that does not come up is not left running
+            raise
 
     def stop(self) -> None:
         self.process.stop()
