@@ -152,6 +152,19 @@ def test_as_server_without_poll_forwards_only_when_told(workdir: Path, sink: Sin
     sink.wait_for(1)
 
 
+def _deferred(queue: Path, count: int) -> bool:
+    """Exactly `count` envelopes wait in `queue`, each with its next try over 10 s away.
+
+    An envelope can be claimed (renamed) between the listing and its stat: that round
+    counts as not yet, and the caller's wait_until asks again."""
+    envelopes = [n for n in spool_files(queue) if n.endswith(".envelope")]
+    try:
+        later = [(queue / n).stat().st_mtime > time.time() + 10 for n in envelopes]
+    except FileNotFoundError:
+        return False
+    return len(envelopes) == count and all(later)
+
+
 def test_ip_up_hook_sends_mail_deferred_during_the_outage(workdir: Path, sink: Sink,
                                                           daemons: list[Daemon]) -> None:
     """A proxy whose smarthost refused (451: deferred, next try in a minute) sends it all at
@@ -162,17 +175,14 @@ def test_ip_up_hook_sends_mail_deferred_during_the_outage(workdir: Path, sink: S
     daemons.append(daemon)
     send(daemon.port, 1)
     send(daemon.port, 2)
-    envelopes = lambda: [n for n in spool_files(queue) if n.endswith(".envelope")]  # noqa: E731
-    assert wait_until(lambda: len(envelopes()) == 2 and all(
-        (queue / n).stat().st_mtime > time.time() + 10 for n in envelopes()), 15)
+    assert wait_until(lambda: _deferred(queue, 2), 15)
     sink.behaviour.mail_reply = None
     hook = relay(workdir, "--as-client", sink.address, "--spool-dir", str(queue), "-u", "root")
     assert hook.returncode == 0, hook.stderr
     assert len(sink.messages) == 2 and spool_files(queue) == []
     sink.behaviour.mail_reply = "451 link down again"
     send(daemon.port, 3)
-    assert wait_until(lambda: len(envelopes()) == 1 and (
-        queue / envelopes()[0]).stat().st_mtime > time.time() + 10, 15)
+    assert wait_until(lambda: _deferred(queue, 1), 15)
     sink.behaviour.mail_reply = None
     os.kill(daemon.pid, signal.SIGUSR1)
     assert len(sink.wait_for(3)) == 3
