@@ -1,6 +1,7 @@
 """A real aiosmtpd SMTP sink for tests, which can be told how to misbehave.
 
-Runs in its own thread on 127.0.0.1 (ephemeral port). It records every message it
+Runs in its own thread on 127.0.0.1, on a port the kernel chose when the sink was made
+(its socket is bound from then on, listening once started). It records every message it
 accepts, and can answer 4xx/5xx per recipient or per stage, hang up after the dot, or
 stall before replying. `authenticator` and `client_auth_file` are one account, for
 the sink's AUTH and relay-deliver's --client-auth.
@@ -25,6 +26,23 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+class _BoundController(Controller):
+    """aiosmtpd's Controller serving on a socket bound before it starts.
+
+    A port only found free (`free_port`) can be given to another bind before the server
+    binds it; a socket bound to port 0 keeps the kernel's choice. Bound, not yet
+    listening: a connection before `start()` is refused, as for a port nothing uses."""
+
+    def __init__(self, handler: Any, sock: socket.socket, **kwargs: Any) -> None:
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        super().__init__(handler, hostname=host, port=port, **kwargs)
+
+    def _create_server(self) -> Any:  # aiosmtpd's hook for how the server is made
+        return self.loop.create_server(self._factory_invoker, sock=self.sock,
+                                       ssl=self.ssl_context)
 
 
 @dataclass
@@ -137,10 +155,11 @@ class Sink:
         for name in dir(handler_mixin) if handler_mixin is not None else ():
             if name.startswith("auth_"):  # aiosmtpd finds them on the handler object
                 setattr(handler, name, getattr(handler_mixin, name))
-        self.controller = Controller(
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        self.controller = _BoundController(
             handler,
-            hostname="127.0.0.1",
-            port=free_port(),
+            listener,
             server_hostname="sink.test",
             decode_data=False,
             **controller_kwargs,
