@@ -4,12 +4,15 @@ Runs in its own thread on 127.0.0.1, on a port the kernel chose when the sink wa
 (its socket is bound from then on, listening once started). It records every message it
 accepts, and can answer 4xx/5xx per recipient or per stage, hang up after the dot, or
 stall before replying. `authenticator` and `client_auth_file` are one account, for
-the sink's AUTH and relay-deliver's --client-auth.
+the sink's AUTH and relay-deliver's --client-auth. `free_port` is a port for a program
+that must be told one (below the kernel's ephemeral range).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import random
 import socket
 import threading
 import time
@@ -20,12 +23,57 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_FREE_PORT = 10000
+# Every port free_port gave in this test run: never given twice, so that two taken one
+# after the other for one test (an SMTP and an admin port) differ even before either is
+# bound, and a port handed to a program that is still starting is not handed out again.
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 if it cannot be read)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _unused(port: int) -> bool:
+    """Nothing on 127.0.0.1 (nor on ::1, where there is IPv6) has *port*, not even a
+    connection in TIME_WAIT (the probes do not set SO_REUSEADDR)."""
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            probe = socket.socket(family)
+        except OSError:
+            continue  # no IPv6 here
+        with probe:
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                if family == socket.AF_INET6 and error.errno in (errno.EADDRNOTAVAIL,
+                                                                 errno.EAFNOSUPPORT):
+                    continue
+                return False
+    return True
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port that nothing on 127.0.0.1 or ::1 uses now, for a program told its port.
+
+    Below the kernel's ephemeral range: a port found free inside it was the kernel's to
+    hand out, and any bind(2) to port 0 (a sink, a scripted smarthost, another program)
+    could be given it before the program bound it. Below, only someone who asks for that
+    very number can take it. Never the same port twice in one run. A server that can
+    bind port 0 itself and report its port (`Sink`) needs none of this.
+    """
+    high = max(_ephemeral_low(), LOWEST_FREE_PORT + 1000)
+    for _ in range(1000):
+        port = random.randrange(LOWEST_FREE_PORT, high)
+        if port not in _GIVEN and _unused(port):
+            _GIVEN.add(port)
+            return port
+    raise AssertionError(f"no free port in {LOWEST_FREE_PORT}-{high - 1}")
 
 
 class _BoundController(Controller):
