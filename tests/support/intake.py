@@ -3,8 +3,10 @@
 `IntakeThread` runs the real `intake.main.run` (the code behind the console script) in a
 thread on a free port; `IntakeProcess` runs the `relay-intake` console script as a child
 process (the fault hooks of spool.testhooks are read from its environment), its JSON log
-in a file beside the spool; `RawClient` speaks SMTP byte by byte. Each writes only what
-intake writes, in the spool directory it is given (and IntakeProcess its log file).
+in a file beside the spool. Both start again on another free port when someone else bound
+theirs first (`support.sink.free_port`: a port is only found free, then told to intake).
+`RawClient` speaks SMTP byte by byte. Each writes only what intake writes, in the spool
+directory it is given (and IntakeProcess its log file).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from intake.policy import is_loopback
 from support.programs import INTAKE, program_env
 from support.sink import free_port
 
+EX_BIND = 2  # relay-intake could not bind its port
+BIND_ATTEMPTS = 3  # a free port someone else bound first: start again on another one
 MESSAGE = (
     b"From: a@example.org\r\nTo: b@example.com\r\nSubject: test\r\n\r\n"
     b"Hello,\r\n..a line that starts with a dot\r\n\tand one with a tab\r\n"
@@ -36,9 +40,14 @@ class IntakeThread:
 
     def __init__(self, spool_dir: Path, *args: str) -> None:
         self.spool_dir = spool_dir
+        self.args = args
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """A free port, intake's configuration for it, the thread that will serve it."""
         self.port = free_port()
-        argv = ["--spool-dir", str(spool_dir), "--port", str(self.port),
-                "--domain", "intake.test", *args]
+        argv = ["--spool-dir", str(self.spool_dir), "--port", str(self.port),
+                "--domain", "intake.test", *self.args]
         self.config, self.spool, self.log = prepare(argv)
         self.server: IntakeServer | None = None
         self._stop: Callable[[], None] | None = None
@@ -58,9 +67,17 @@ class IntakeThread:
             self._ready.set()
 
     def __enter__(self) -> IntakeThread:
-        self._thread.start()
-        assert self._ready.wait(10) and self.server is not None, "intake did not start"
-        return self
+        for attempt in range(BIND_ATTEMPTS):
+            self._thread.start()
+            assert self._ready.wait(10), "intake did not start"
+            if self.server is not None:
+                return self
+            self._thread.join(10)
+            # The free port was bound by someone else before intake bound it: another one.
+            assert self.exit_code == EX_BIND and attempt + 1 < BIND_ATTEMPTS, \
+                "intake did not start"
+            self._prepare()
+        raise AssertionError("not reached")
 
     def __exit__(self, *exc: object) -> None:
         if self._stop is not None:
@@ -85,22 +102,30 @@ class IntakeProcess:
     def __init__(self, spool_dir: Path, *args: str, env: dict[str, str] | None = None,
                  interface: str = "127.0.0.1", cwd: Path | None = None) -> None:
         self.spool_dir = spool_dir  # as given: relative to *cwd* when that is given
-        self.port = free_port()
         self.host = interface
         where = (cwd or Path.cwd()) / spool_dir
-        self.log_path = where.resolve().parent / f"intake-{time.monotonic_ns()}.log"
-        self._log_file = open(self.log_path, "wb")  # closed in stop(), finish(), close()
-        self.process = subprocess.Popen(
-            [INTAKE, "--spool-dir", str(spool_dir), "--port", str(self.port), "--interface",
-             interface, "--domain", "intake.test", "--log-format", "json", *args],
-            stdout=subprocess.DEVNULL, stderr=self._log_file, env=program_env(**(env or {})),
-            cwd=cwd,
-        )
-        try:
-            self.wait_for_log("intake_started")
-        except AssertionError:
-            self.close()
-            raise
+        for attempt in range(BIND_ATTEMPTS):
+            self.port = free_port()
+            self.log_path = where.resolve().parent / f"intake-{time.monotonic_ns()}.log"
+            self._log_file = open(self.log_path, "wb")  # closed in stop(), finish(), close()
+            self.process = subprocess.Popen(
+                [INTAKE, "--spool-dir", str(spool_dir), "--port", str(self.port),
+                 "--interface", interface, "--domain", "intake.test", "--log-format", "json",
+                 *args],
+                stdout=subprocess.DEVNULL, stderr=self._log_file,
+                env=program_env(**(env or {})), cwd=cwd,
+            )
+            try:
+                self.wait_for_log("intake_started")
+                return
+            except AssertionError:
+                self.close()
+                if attempt + 1 == BIND_ATTEMPTS or not self._port_was_taken():
+                    raise
+
+    def _port_was_taken(self) -> bool:
+        """It ended because its free port was bound by someone else meanwhile."""
+        return self.process.returncode == EX_BIND and "Address already in use" in self.log()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
