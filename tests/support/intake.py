@@ -12,6 +12,7 @@ directory it is given (and IntakeProcess its log file).
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import smtplib
 import socket
@@ -94,9 +95,10 @@ class IntakeProcess:
     """relay-intake as a child process on *interface*:<free port> (started in *cwd* if
     given), its JSON log in a file beside the spool directory.
 
-    Ready once it logged intake_started. `stop()` sends SIGTERM and returns the exit status;
-    `finish(sig)` sends *sig* (if given) and returns the log; `close()` (or leaving the
-    `with` block) kills what is still running.
+    Ready once it logged intake_started (every worker process of --processes, when it has
+    several). `stop()` sends SIGTERM and returns the exit status; `finish(sig)` sends *sig*
+    (if given) and returns the log; `close()` (or leaving the `with` block) kills what is
+    still running.
     """
 
     def __init__(self, spool_dir: Path, *args: str, env: dict[str, str] | None = None,
@@ -116,7 +118,7 @@ class IntakeProcess:
                 env=program_env(**(env or {})), cwd=cwd,
             )
             try:
-                self.wait_for_log("intake_started")
+                self._wait_until_ready()
                 return
             except AssertionError:
                 self.close()
@@ -126,6 +128,31 @@ class IntakeProcess:
     def _port_was_taken(self) -> bool:
         """It ended because its free port was bound by someone else meanwhile."""
         return self.process.returncode == EX_BIND and "Address already in use" in self.log()
+
+    def _wait_until_ready(self) -> None:
+        """intake_started; with worker processes, that of every one of them (a test that
+        went on after the first one's raced the others' start: a crash or a stop in the
+        first then waited for them to finish starting)."""
+        started = self._wait_for_lines("intake_started", 1)
+        if not re.search(r'"process": |\bprocess=', started[0]):
+            return  # one process: no workers
+        (line,) = self._wait_for_lines("workers_started", 1)[:1]
+        workers = re.search(r'"processes": (\d+)|\bprocesses=(\d+)', line)
+        assert workers is not None, line
+        self._wait_for_lines("intake_started", int(workers[1] or workers[2]))
+
+    def _wait_for_lines(self, event: str, count: int, timeout: float = 20.0) -> list[str]:
+        """*count* complete log lines of *event* (JSON or logfmt, as --log-format says)."""
+        deadline = time.monotonic() + timeout
+        pattern = re.compile(rf'"event": "{event}"|\bevent={event}\b')
+        while True:
+            found = [line for line in self.log().splitlines(keepends=True)
+                     if line.endswith("\n") and pattern.search(line)]
+            if len(found) >= count:
+                return found
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"not {count} {event!r} in the intake log:\n{self.log()}")
+            time.sleep(0.02)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
