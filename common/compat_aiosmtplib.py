@@ -32,11 +32,17 @@ be one behind from there on).
 
 `send_pipelined` writes MAIL FROM and every RCPT TO at once (RFC 2920 PIPELINING, as
 E-MailRelay's `+pipelining`) and reads their replies in order. aiosmtplib's protocol
-parses one reply per read: the replies that came in the same read stay in
-`SMTPProtocol._buffer`, and `SMTPProtocol._read_response_from_buffer()` takes them out
-one by one (a reply still incomplete there is finished by the next read). The commands are
-the bytes `SMTP.mail()` and `SMTP.rcpt()` write, checked against
-`aiosmtplib.protocol.COMMAND_INJECTION_REGEX` as `SMTPProtocol.execute_command` checks them.
+parses one reply per read into `SMTPProtocol._response_waiter` and drops whatever it
+reads while that waiter holds a reply nobody has taken yet, so a reply that comes in a
+read of its own before the waiting task runs again would be lost (a busy client, a
+server that writes each reply separately). While the replies are due, the waiter is
+one of send_pipelined's own (`_Replies`) that keeps each reply and stays pending until it
+has them all: every read is parsed, and the replies that came in the same read are taken
+out of `SMTPProtocol._buffer` with `SMTPProtocol._read_response_from_buffer()` (a reply
+still incomplete there is finished by the next read). Afterwards the protocol gets a
+fresh waiter, as `read_response` leaves it. The commands are the bytes `SMTP.mail()` and
+`SMTP.rcpt()` write, checked against `aiosmtplib.protocol.COMMAND_INJECTION_REGEX` as
+`SMTPProtocol.execute_command` checks them.
 
 `send_bdat` sends the content of a BINARYMIME message in one `BDAT <size> LAST` chunk (RFC
 3030), the bytes as they are stored, with the same internals as `send_data`.
@@ -56,7 +62,7 @@ by their text. Reads and writes only the connection it is given.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -67,7 +73,8 @@ from aiosmtplib.response import SMTPResponse
 
 # The internals named above, by the object they belong to (the test checks each one).
 PROTOCOL_INTERNALS = ("_command_lock", "_response_pending", "_paused", "_drain_helper",
-                      "write", "read_response", "_buffer", "_read_response_from_buffer")
+                      "write", "read_response", "_buffer", "_read_response_from_buffer",
+                      "_response_waiter", "transport")
 # The internals GreetingSMTP uses, on aiosmtplib.SMTP (the test checks each one).
 SMTP_INTERNALS = ("_create_connection", "_on_connection_lost", "_get_tls_context")
 READY = 220
@@ -129,23 +136,57 @@ def _command(*args: bytes) -> bytes:
     return b" ".join(args) + b"\r\n"
 
 
+class _Replies(asyncio.Future[SMTPResponse]):
+    """The protocol's response waiter while *count* pipelined replies are due: each reply
+    the protocol parses is kept in `replies`, with those that came in the same read, and
+    the future stays pending (so that the protocol parses the next read too) until all
+    are there. *on_reply* is called for each one."""
+
+    def __init__(self, protocol: Any, count: int, on_reply: Callable[[], None]) -> None:
+        super().__init__()
+        self.protocol, self.count, self.on_reply = protocol, count, on_reply
+        self.replies: list[SMTPResponse] = []
+
+    def set_result(self, result: SMTPResponse) -> None:
+        """From the protocol's data_received: a reply; and the others already read."""
+        self.replies.append(result)
+        try:
+            while len(self.replies) < self.count:
+                more = self.protocol._read_response_from_buffer()
+                if more is None:
+                    break
+                self.replies.append(more)
+        except Exception as error:  # a malformed reply: as data_received reports one
+            self.set_exception(error)
+            return
+        self.on_reply()
+        if len(self.replies) >= self.count:
+            super().set_result(result)
+
+
 async def send_pipelined(smtp: aiosmtplib.SMTP, commands: list[bytes], *,
                          timeout: float) -> list[SMTPResponse]:
     """Write *commands* (whole lines, from `mail_command` / `rcpt_command`) at once; their
     replies, in order. *timeout* bounds each wait; a lost connection or a timeout closes
     it (`SMTPServerDisconnected`, `SMTPTimeoutError`), as `send_data` does."""
-    replies: list[SMTPResponse] = []
     async with _exclusive(smtp, aiosmtplib.SMTPResponseException) as protocol:
-        protocol._response_pending = True
-        protocol.write(b"".join(commands))
-        while len(replies) < len(commands):
-            replies.append(await protocol.read_response(timeout=timeout))
-            while len(replies) < len(commands):
-                more = protocol._read_response_from_buffer()  # came in the same read
-                if more is None:
-                    break
-                replies.append(more)
-    return replies
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout) as limit:
+                replies = _Replies(protocol, len(commands),
+                                   lambda: limit.reschedule(loop.time() + timeout))
+                protocol._response_waiter = replies
+                protocol._response_pending = True
+                protocol.write(b"".join(commands))
+                await replies
+        except TimeoutError as error:
+            raise aiosmtplib.SMTPReadTimeoutError(
+                "Timed out waiting for server response") from error
+        finally:  # as read_response leaves the protocol
+            protocol._response_pending = False
+            protocol._response_waiter = (None if protocol.transport is None
+                                         else loop.create_future())
+    return replies.replies
 
 
 class GreetingSMTP(aiosmtplib.SMTP):

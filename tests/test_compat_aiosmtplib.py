@@ -7,8 +7,9 @@ reading; and that aiosmtplib refuses an address it cannot send (`<>` as a recipi
 ValueError before writing anything, which deliver counts as a permanent refusal; the
 connection internals `GreetingSMTP` replaces (`SMTP._create_connection`), and that it goes on
 without a greeting; that `send_pipelined` gets each reply of commands written at once, the
-ones that came in one read included; that `mail_command` and `rcpt_command` are the lines
-`SMTP.mail()` and `SMTP.rcpt()` write; and `send_bdat`. Against a real aiosmtpd sink, a
+ones that came in one read included, and those read while an earlier one still waited to
+be taken; that `mail_command` and `rcpt_command` are the lines `SMTP.mail()` and
+`SMTP.rcpt()` write; and `send_bdat`. Against a real aiosmtpd sink, a
 raw-socket smarthost and a real listening socket on 127.0.0.1.
 """
 
@@ -18,6 +19,7 @@ import asyncio
 import inspect
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import aiosmtplib
@@ -364,6 +366,63 @@ def test_send_pipelined_takes_replies_that_came_in_one_read() -> None:
     try:
         assert asyncio.run(send()) == [(250, "2.1.0 sender"), (550, "5.1.1 first"),
                                        (251, "2.1.5 second")]
+    finally:
+        thread.join(10)
+        listener.close()
+
+
+class _BusyAfterEachRead(SMTPProtocol):
+    """A client whose event loop is busy for a moment after each read (a loaded machine):
+    what the server sends meanwhile is read before the task waiting for replies runs."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        time.sleep(0.2)
+
+
+def test_send_pipelined_keeps_a_reply_read_before_the_waiting_task_ran() -> None:
+    """A server that writes each reply on its own, to a client busy after each read: the
+    replies that came in later reads while the first still waited to be taken are all
+    there, in order (aiosmtplib's protocol alone drops them: the client timed out)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"220 slow.test\r\n")
+            data = b""
+            while data.count(b"\r\n") < 1:
+                data += conn.recv(4096)
+            conn.sendall(b"250 slow.test\r\n")
+            data = b""
+            while data.count(b"\r\n") < 3:
+                data += conn.recv(4096)
+            for reply in (b"250 2.1.0 sender\r\n", b"550 5.1.1 first\r\n",
+                          b"250 2.1.5 second\r\n"):
+                conn.sendall(reply)
+                time.sleep(0.05)  # each in a packet of its own
+            conn.recv(4096)  # QUIT, or the close
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def send() -> list[tuple[int, str]]:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5, start_tls=False,
+                               local_hostname="client.test")
+        await smtp.connect()
+        await smtp.ehlo()
+        assert smtp.protocol is not None
+        smtp.protocol.__class__ = _BusyAfterEachRead
+        replies = await send_pipelined(smtp, [
+            mail_command("a@x.test", [], "ascii"), rcpt_command("b@y.test", "ascii"),
+            rcpt_command("c@y.test", "ascii")], timeout=2)
+        smtp.close()
+        return [(reply.code, reply.message) for reply in replies]
+
+    try:
+        assert asyncio.run(send()) == [(250, "2.1.0 sender"), (550, "5.1.1 first"),
+                                       (250, "2.1.5 second")]
     finally:
         thread.join(10)
         listener.close()
