@@ -32,5 +32,9 @@ def children(pid: int) -> list[int]:
 
 
 def command_line(pid: int) -> str:
-    """*pid*'s arguments, joined by spaces."""
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    """*pid*'s arguments, joined by spaces; "" for a pid that is gone (a child listed by
+    `children` can end before its command line is read: no program's, then)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
