@@ -15,18 +15,26 @@ from spool import Envelope, Spool, State, entries, parse_envelope
 
 
 def accepted(spool_dir: Path) -> list[tuple[Envelope, bytes]]:
-    """Every accepted message (envelope parsed, content bytes), oldest first."""
+    """Every accepted message (envelope parsed, content bytes), oldest first.
+
+    One whose envelope a running deliver claims or removes between the listing and the
+    reading is no longer waiting: left out, not an error (a wait_until asks again); an
+    envelope still there without its content is one."""
     found = []
-    def order(path: Path) -> tuple[int, int]:
+    for path in spool_dir.glob("*.envelope"):
         # mtimes tick coarsely (a few ms): two quick messages can share one, so the
         # sequence number at the end of intake's ids breaks the tie.
         sequence = path.name.removesuffix(".envelope").rsplit(".", 1)[-1]
-        return path.stat().st_mtime_ns, int(sequence) if sequence.isdigit() else 0
-
-    for path in sorted(spool_dir.glob("*.envelope"), key=order):
         content = spool_dir / (path.name.removesuffix(".envelope") + ".content")
-        found.append((parse_envelope(path.read_bytes(), path=str(path)), content.read_bytes()))
-    return found
+        try:
+            order = path.stat().st_mtime_ns, int(sequence) if sequence.isdigit() else 0
+            message = parse_envelope(path.read_bytes(), path=str(path)), content.read_bytes()
+        except FileNotFoundError:
+            if os.path.lexists(path):
+                raise  # its content is missing: that is no race
+            continue
+        found.append((order, message))
+    return [message for _order, message in sorted(found, key=lambda item: item[0])]
 
 
 def by_state(spool: Spool) -> dict[State, list[str]]:
