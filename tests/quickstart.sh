@@ -15,9 +15,14 @@ stop() {
     wait "$leader" 2>/dev/null || true
 }
 trap stop EXIT
-for _ in $(seq 1 120); do
-    if (exec 3<>/dev/tcp/127.0.0.1/10025) 2>/dev/null; then break; fi
-    sleep 1
+# intake on 10025, and the local sink on 10026 (a message deliver forwards before the sink
+# listens waits for its retry, a minute later): by the time a person has typed swaks in
+# another terminal, both listen.
+for port in 10025 10026; do
+    for _ in $(seq 1 120); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+        sleep 1
+    done
 done
 swaks --server 127.0.0.1:10025 --to someone@example.com --h-Subject "quick start" >/dev/null
 for _ in $(seq 1 30); do
