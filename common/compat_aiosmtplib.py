@@ -173,8 +173,12 @@ async def send_pipelined(smtp: aiosmtplib.SMTP, commands: list[bytes], *,
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout) as limit:
-                replies = _Replies(protocol, len(commands),
-                                   lambda: limit.reschedule(loop.time() + timeout))
+
+                def extend() -> None:  # each reply gives the next one *timeout* seconds
+                    if not limit.expired():  # one read in the same round as the timeout
+                        limit.reschedule(loop.time() + timeout)
+
+                replies = _Replies(protocol, len(commands), extend)
                 protocol._response_waiter = replies
                 protocol._response_pending = True
                 protocol.write(b"".join(commands))

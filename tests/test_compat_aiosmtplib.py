@@ -8,14 +8,15 @@ ValueError before writing anything, which deliver counts as a permanent refusal;
 connection internals `GreetingSMTP` replaces (`SMTP._create_connection`), and that it goes on
 without a greeting; that `send_pipelined` gets each reply of commands written at once, the
 ones that came in one read included, and those read while an earlier one still waited to
-be taken; that `mail_command` and `rcpt_command` are the lines `SMTP.mail()` and
-`SMTP.rcpt()` write; and `send_bdat`. Against a real aiosmtpd sink, a
-raw-socket smarthost and a real listening socket on 127.0.0.1.
+be taken, each within a timeout of its own; that `mail_command` and `rcpt_command` are the
+lines `SMTP.mail()` and `SMTP.rcpt()` write; and `send_bdat`. Against a real aiosmtpd sink,
+a raw-socket smarthost and a real listening socket on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import socket
 import threading
@@ -426,3 +427,60 @@ def test_send_pipelined_keeps_a_reply_read_before_the_waiting_task_ran() -> None
     finally:
         thread.join(10)
         listener.close()
+
+
+def _spaced_replies(replies: list[bytes], gap: float) -> tuple[int, threading.Thread]:
+    """A server on a port of its own that answers EHLO, then, to MAIL and two RCPTs written
+    at once, *replies*, *gap* seconds apart (and nothing more)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"220 spaced.test\r\n")
+            data = b""
+            while data.count(b"\r\n") < 1:
+                data += conn.recv(4096)
+            conn.sendall(b"250 spaced.test\r\n")
+            data = b""
+            while data.count(b"\r\n") < 3:
+                data += conn.recv(4096)
+            for reply in replies:
+                time.sleep(gap)
+                conn.sendall(reply)
+            conn.settimeout(10)
+            with contextlib.suppress(OSError):
+                conn.recv(4096)  # the close
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+def test_send_pipelined_gives_each_reply_the_timeout() -> None:
+    """Replies 0.4 s apart with a timeout of 1 s: all three arrive (the timeout bounds each
+    wait, not the whole exchange); a reply that never comes is a timeout that closes the
+    connection."""
+
+    async def send(port: int) -> tuple[list[int], bool]:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5, start_tls=False,
+                               local_hostname="client.test")
+        await smtp.connect()
+        await smtp.ehlo()
+        try:
+            replies = await send_pipelined(smtp, [
+                mail_command("a@x.test", [], "ascii"), rcpt_command("b@y.test", "ascii"),
+                rcpt_command("c@y.test", "ascii")], timeout=1)
+        except aiosmtplib.SMTPTimeoutError:
+            return [], smtp.is_connected
+        smtp.close()
+        return [reply.code for reply in replies], True
+
+    three = [b"250 sender\r\n", b"250 first\r\n", b"250 second\r\n"]
+    port, thread = _spaced_replies(three, 0.4)
+    assert asyncio.run(send(port)) == ([250, 250, 250], True)
+    thread.join(10)
+    port, thread = _spaced_replies(three[:2], 0.1)
+    assert asyncio.run(send(port)) == ([], False)
+    thread.join(10)
