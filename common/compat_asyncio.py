@@ -17,13 +17,19 @@ event loop's ready queue, where an asyncio Task costs all three before it even s
 futures talk to whoever awaits them: `Future.__await__` sets `_asyncio_future_blocking`
 and yields the future itself; `asyncio.sleep(0)` yields None. tests/test_compat_asyncio.py
 checks both, and that a driven coroutine sees results, exceptions and cancellation as it
-would in a Task. Inside a driven coroutine there is no current task: code that needs one
-(`asyncio.timeout`, Python 3.12's `wait_for`) must run in a Task of its own.
+would in a Task. While its coroutine runs, a Driven is asyncio's current task (registered
+with asyncio's private `_enter_task`/`_leave_task`, as a Task's step registers itself),
+with the part of a Task's interface that `asyncio.timeout` uses: `cancel`, `cancelling`
+and `uncancel`. So `asyncio.timeout` and Python 3.12's `wait_for` (built on it) work in a
+driven coroutine as in a Task; on Python 3.12 and later they refused to run there
+("Timeout should be used inside a task"). Started from inside a Task, a Driven leaves that
+Task current.
 """
 
 from __future__ import annotations
 
 import asyncio
+from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -42,7 +48,8 @@ class Driven:
     waits on resumes it, *done* gets None or the exception it ended with (a CancelledError
     after `cancel()`). Not thread-safe; the loop's thread only."""
 
-    __slots__ = ("_cancel_requested", "_coroutine", "_done", "_loop", "_waiting", "finished")
+    __slots__ = ("_cancel_requested", "_cancels", "_coroutine", "_done", "_loop", "_waiting",
+                 "finished")
 
     def __init__(self, coroutine: Coroutine[Any, Any, Any],
                  done: Callable[[BaseException | None], None],
@@ -52,29 +59,61 @@ class Driven:
         self._loop = loop
         self._waiting: asyncio.Future[Any] | None = None
         self._cancel_requested = False
+        self._cancels = 0  # cancel() calls not taken back by uncancel(), as a Task counts
         self.finished = False
 
     def start(self) -> None:
         """Run the coroutine now, up to its first wait (or to its end)."""
         self._step(None)
 
-    def cancel(self) -> None:
+    def cancel(self, msg: Any = None) -> bool:
         """Raise CancelledError in the coroutine where it waits (at once if it waits on a
-        future that can still be cancelled, else when it next runs or waits)."""
+        future that can still be cancelled, else when it next runs or waits); False when
+        it has ended."""
         if self.finished:
-            return
+            return False
+        self._cancels += 1
         waiting = self._waiting
         if waiting is not None and waiting.cancel():
-            return
+            return True
         self._cancel_requested = True
+        return True
+
+    def cancelling(self) -> int:
+        """Task.cancelling(): the cancel requests still standing."""
+        return self._cancels
+
+    def uncancel(self) -> int:
+        """Task.uncancel(): take one cancel request back (asyncio.timeout does, when the
+        CancelledError was its own and it raised TimeoutError instead)."""
+        if self._cancels > 0:
+            self._cancels -= 1
+        return self._cancels
+
+    def done(self) -> bool:
+        return self.finished
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     def _step(self, error: BaseException | None) -> None:
         if self._cancel_requested:
             self._cancel_requested = False
             error = asyncio.CancelledError()
+        loop = self._loop
         try:
-            yielded = (self._coroutine.send(None) if error is None
-                       else self._coroutine.throw(error))
+            _enter_task(loop, self)  # type: ignore[arg-type]
+        except RuntimeError:  # started inside a Task: that Task stays the current one
+            entered = False
+        else:
+            entered = True
+        try:
+            try:
+                yielded = (self._coroutine.send(None) if error is None
+                           else self._coroutine.throw(error))
+            finally:
+                if entered:
+                    _leave_task(loop, self)  # type: ignore[arg-type]
         except StopIteration:
             self._finish(None)
             return

@@ -1,5 +1,6 @@
 """common/compat_asyncio.py: Driven runs a coroutine as a Task would (results, exceptions,
-sleeps, cancellation) on the internals of asyncio's futures it relies on; the early-talker
+sleeps, cancellation, asyncio.timeout and wait_for: it is the current task while it runs)
+on the internals of asyncio it relies on; the early-talker
 check works with no greeting delay; and the socket transport still reads at most its
 `max_size`, which relay-deliver sets.
 """
@@ -135,6 +136,82 @@ def test_cancel_reaches_the_coroutine_where_it_waits() -> None:
         assert ended3 == [None]
         holder[1].cancel()  # after the end: nothing
         assert ended3 == [None]
+
+    asyncio.run(check())
+
+
+def drive_outside_a_task(coroutine: Any, loop: asyncio.AbstractEventLoop,
+                         ) -> tuple[list[compat_asyncio.Driven], asyncio.Future[Any]]:
+    """Start *coroutine* from a plain callback, as intake's protocol callbacks do (no Task
+    is current there); the future gets what done was called with."""
+    ended: asyncio.Future[Any] = loop.create_future()
+    holder: list[compat_asyncio.Driven] = []
+
+    def begin() -> None:
+        holder.append(compat_asyncio.Driven(coroutine, ended.set_result, loop))
+        holder[0].start()
+        assert asyncio.current_task(loop) is None  # registered only while it runs
+
+    loop.call_soon(begin)
+    return holder, ended
+
+
+def test_a_driven_coroutine_is_the_current_task_so_timeouts_work() -> None:
+    """asyncio.timeout and wait_for in a driven coroutine, as intake's PROXY header, greeting
+    delay, filters and verifiers use them: on Python 3.12 and later both need the current
+    task, and failed with "Timeout should be used inside a task" before Driven was one."""
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        seen: dict[str, Any] = {}
+
+        async def quick() -> int:
+            await asyncio.sleep(0)
+            return 42
+
+        async def command() -> None:
+            seen["current"] = asyncio.current_task()
+            try:
+                async with asyncio.timeout(0.05):
+                    await loop.create_future()
+            except TimeoutError:
+                seen["timeout"] = "expired"
+            seen["wait_for"] = await asyncio.wait_for(quick(), 5)
+            try:
+                await asyncio.wait_for(loop.create_future(), 0.05)
+            except TimeoutError:
+                seen["wait_for expired"] = True
+            seen["cancelling"] = seen["current"].cancelling()
+
+        holder, ended = drive_outside_a_task(command(), loop)
+        assert await asyncio.wait_for(ended, 10) is None
+        assert seen == {"current": holder[0], "timeout": "expired", "wait_for": 42,
+                        "wait_for expired": True, "cancelling": 0}
+
+    asyncio.run(check())
+
+
+def test_a_cancel_during_a_timeout_is_a_cancellation_not_a_timeout() -> None:
+    """The session's own cancel (a QUIT, a lost connection) inside asyncio.timeout ends the
+    coroutine with CancelledError, as it would in a Task."""
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        cleaned: list[str] = []
+
+        async def command() -> None:
+            try:
+                async with asyncio.timeout(30):
+                    await loop.create_future()
+            finally:
+                cleaned.append("done")
+
+        holder, ended = drive_outside_a_task(command(), loop)
+        await asyncio.sleep(0.05)
+        assert holder[0].cancel() and holder[0].cancelling() == 1
+        error = await asyncio.wait_for(ended, 10)
+        assert isinstance(error, asyncio.CancelledError) and cleaned == ["done"]
+        assert not holder[0].cancel()  # it has ended
 
     asyncio.run(check())
 
