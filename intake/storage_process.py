@@ -8,26 +8,17 @@ messages are written, then made durable together (`syncfs`, the default: one syn
 the spool's file system for the whole batch; `fsync`: an fsync of every file, several at
 once), renamed into place, and the directory fsynced once.
 
-A batch spends most of its time waiting for the disk's two flushes. While it waits, the
-main thread goes on reading requests and writing their files, and hands them on as the
-next batch to another thread: up to `CONCURRENT_BATCHES` batches are made durable at once
-(the file system folds flushes that wait together into shared journal commits). A message
-is answered when its own batch is durable, whichever batch ends first.
-
 Reads requests on stdin, answers on stdout; writes message files only through `spool`.
-Ignores SIGINT and SIGTERM: it ends when intake closes the pipe (after its last batches),
+Ignores SIGINT and SIGTERM: it ends when intake closes the pipe (after its last batch),
 so a Ctrl-C to the process group cannot cut a batch short.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
 import sys
-import threading
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -47,8 +38,6 @@ READ_SIZE = 1 << 20
 # fsyncs of one batch run side by side: the file system folds them into shared journal
 # commits. The threads are this process's own, so they never slow intake's event loop.
 SYNC_THREADS = 8
-# Batches being made durable at the same time (each in a thread of its own).
-CONCURRENT_BATCHES = 4
 
 
 @dataclass
@@ -64,8 +53,7 @@ class Request:
 class StorageWorker:
     """Reads frames from a descriptor, handles them in batches, answers on another."""
 
-    def __init__(self, spool: Spool, read_fd: int, write_fd: int, sync: str = "syncfs",
-                 concurrent: int = CONCURRENT_BATCHES) -> None:
+    def __init__(self, spool: Spool, read_fd: int, write_fd: int, sync: str = "syncfs") -> None:
         self.spool = spool
         self.sync = sync
         self.read_fd = read_fd
@@ -73,16 +61,9 @@ class StorageWorker:
         self.buffer = bytearray()
         self.eof = False
         self.batches = 0
-        # Only the fsync mode syncs file by file; syncfs needs no threads for that.
+        # Only the fsync mode syncs file by file; syncfs needs no threads.
         self.executor = (ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="relay-fsync")
                          if sync == "fsync" else None)
-        self._batch_threads = ThreadPoolExecutor(concurrent, thread_name_prefix="relay-batch")
-        self._free = concurrent  # batch threads not busy
-        self._free_lock = threading.Lock()
-        self._answer_lock = threading.Lock()  # one batch's answer is written whole
-        # A batch thread that ends writes a byte here: the main thread waits on it (and on
-        # the request pipe) when every batch thread is busy.
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def _fill(self, block: bool) -> bool:
         """Read what is there (waiting for it if *block*); False at end of input."""
@@ -145,77 +126,25 @@ class StorageWorker:
             raise
 
     def run(self) -> None:
-        """Serve until intake closes the pipe, then let the batches in flight end."""
-        batch: list[Request] = []
-        try:
-            while not self.eof or batch:
-                if not self.eof:
-                    self._gather(batch)
-                elif not self._slot_free():
-                    self._wait_for_slot()
-                if batch and self._take_slot():
-                    self.batches += 1
-                    self._batch_threads.submit(self._run_batch, batch, self.batches)
-                    batch = []
-        finally:
-            self._batch_threads.shutdown(wait=True)
-
-    def _gather(self, batch: list[Request]) -> None:
-        """Add requests to *batch*: wait for one if it is empty, or (when every batch
-        thread is busy) for a request or a thread, whichever comes first; then take every
-        request already here."""
-        if not batch:
+        """Serve until intake closes the pipe."""
+        while not self.eof:
             first = self._next_request(block=True)
             if first is None:
-                return
-            batch.append(first)
-        elif not self._slot_free():
-            full = len(batch) >= MAX_BATCH
-            if full or len(self.buffer) < REQUEST.size:
-                waiting = [self._wake_read] if full else [self._wake_read, self.read_fd]
-                if self._wake_read in select.select(waiting, [], [])[0]:
-                    self._drain_wake()
-        while len(batch) < MAX_BATCH and (len(self.buffer) >= REQUEST.size or (
-            not self.eof and select.select([self.read_fd], [], [], 0)[0]
-        )):
-            more = self._next_request(block=False)
-            if more is None:
-                break
-            batch.append(more)
+                continue
+            batch = [first]
+            while len(self.buffer) >= REQUEST.size or (
+                not self.eof and select.select([self.read_fd], [], [], 0)[0]
+            ):
+                more = self._next_request(block=False)
+                if more is None:
+                    break
+                batch.append(more)
+                if len(batch) >= MAX_BATCH:
+                    break
+            self._handle(batch)
 
-    def _slot_free(self) -> bool:
-        with self._free_lock:
-            return self._free > 0
-
-    def _take_slot(self) -> bool:
-        with self._free_lock:
-            if self._free == 0:
-                return False
-            self._free -= 1
-            return True
-
-    def _wait_for_slot(self) -> None:
-        select.select([self._wake_read], [], [])
-        self._drain_wake()
-
-    def _drain_wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_read, 4096)
-
-    def _run_batch(self, batch: list[Request], number: int) -> None:
-        """A batch thread: make *batch* durable and answer it; then free the thread."""
-        try:
-            self._handle(batch, number)
-        except (BrokenPipeError, EOFError):
-            os._exit(0)  # intake is gone: nobody is left to answer
-        except BaseException:  # a fault of ours: end as an uncaught error in the main thread would
-            traceback.print_exc()
-            os._exit(70)
-        with self._free_lock:
-            self._free += 1
-        os.write(self._wake_write, b"x")
-
-    def _handle(self, batch: list[Request], number: int) -> None:
+    def _handle(self, batch: list[Request]) -> None:
+        self.batches += 1
         commits = [r for r in batch if r.op in (OP_STORE, OP_COMMIT) and r.error is None]
         pendings = [r.pending for r in commits if r.pending is not None]
         if pendings:
@@ -237,14 +166,14 @@ class StorageWorker:
         for request in batch:
             if request.error is not None:
                 code = request.error.errno or 0
-                answer += reply_frame(request.request_id, code, number, str(request.error))
+                answer += reply_frame(request.request_id, code, self.batches,
+                                      str(request.error))
             else:
                 message_id = request.pending.message_id if request.pending else ""
-                answer += reply_frame(request.request_id, 0, number, message_id)
+                answer += reply_frame(request.request_id, 0, self.batches, message_id)
         view = memoryview(answer)
-        with self._answer_lock:
-            while view:
-                view = view[os.write(self.write_fd, view) :]
+        while view:
+            view = view[os.write(self.write_fd, view) :]
 
 
 def main(argv: list[str] | None = None) -> int:
