@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench soak clean install uninstall
+.PHONY: run test lint typecheck unit newer-python bench soak clean install uninstall
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not soak"
+
+## make newer-python PYTHON=python3.13 VENV=.venv-3.13: the tests of what leans on
+## asyncio's internals (intake's engine, the timeouts inside its commands: PROXY header,
+## greeting delay, filters, verifiers) on another Python than the one `make test` used.
+NEWER_PYTHON_TESTS := tests/test_compat_asyncio.py tests/test_intake_engine.py \
+	tests/test_intake_proxy.py tests/test_intake_programs.py tests/test_intake_server.py \
+	tests/test_builtin_filters.py tests/test_compat_aiosmtpd.py
+newer-python: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -p no:cacheprovider $(NEWER_PYTHON_TESTS)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench
