@@ -36,7 +36,7 @@ unit: $(STAMP)
 ## greeting delay, filters, verifiers) on another Python than the one `make test` used.
 NEWER_PYTHON_TESTS := tests/test_compat_asyncio.py tests/test_intake_engine.py \
 	tests/test_intake_proxy.py tests/test_intake_programs.py tests/test_intake_server.py \
-	tests/test_builtin_filters.py tests/test_compat_aiosmtpd.py
+	tests/test_builtin_filters.py tests/test_compat_aiosmtpd.py tests/test_intake_paths.py
 newer-python: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -p no:cacheprovider $(NEWER_PYTHON_TESTS)
 

@@ -75,8 +75,10 @@ def path_problem(address: str, *, null_allowed: bool) -> str | None:
     white space, `<`, `>` or `"` outside a quoted local part, and rewrites others (`a,b@c`
     becomes `<a>`, `a"b@c` `<a>`, `a(b)@c` `<a@c>`). A path accepted here and refused or
     changed there would be retried for ever or sent to someone else, so intake asks the
-    same function now. *null_allowed*: `<>` is a reverse-path (MAIL FROM), never a
-    forward-path (RCPT TO).
+    same function now. A comma outside a quoted local part (a list) is refused too, on
+    every Python: Python 3.13's stricter `parseaddr` leaves `a,b@c` as it is, so aiosmtplib
+    would send it, and a smarthost refuse it after the client was told 250.
+    *null_allowed*: `<>` is a reverse-path (MAIL FROM), never a forward-path (RCPT TO).
     """
     if address in ("", "<>"):
         if null_allowed:
@@ -86,9 +88,24 @@ def path_problem(address: str, *, null_allowed: bool) -> str | None:
         unchanged = wire_address(address, "utf-8") == f"<{address}>".encode()
     except ValueError:  # refused by the client (UnicodeEncodeError for lone surrogates)
         unchanged = False
-    if not unchanged:
+    if not unchanged or "," in _outside_quotes(address):
         return "553 5.1.3 Address cannot be forwarded as given (route, list, comment or quoting)"
     return None
+
+
+def _outside_quotes(address: str) -> str:
+    """*address* without its quoted local part, if it starts with one (RFC 5321 4.1.2)."""
+    if not address.startswith('"'):
+        return address
+    position = 1
+    while position < len(address):
+        if address[position] == "\\":
+            position += 2
+        elif address[position] == '"':
+            return address[position + 1 :]
+        else:
+            position += 1
+    return address  # never closed: the quoting check has refused it already
 
 
 def helo_problem(name: str) -> str | None:

@@ -5,6 +5,7 @@ Real sockets to a real intake; the rule is aiosmtplib's own quoting (compat_aios
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from aiosmtplib.email import quote_address
@@ -96,11 +97,16 @@ def _forwarded_unchanged(address: str) -> bool:
 @given(st.text(alphabet=st.sampled_from('ab@.,:;()<>[]" \\\t\u00e9'), max_size=12))
 def test_path_rule_is_exactly_what_aiosmtplib_sends_unchanged(address: str) -> None:
     """intake's rule is aiosmtplib's quoting itself: a path is accepted exactly when
-    aiosmtplib would send `<address>` as stored (the empty one never, as a forward-path)."""
+    aiosmtplib would send `<address>` as stored (the empty one never, as a forward-path),
+    and it is not a list (a comma outside a quoted local part: Python 3.13's parseaddr lets
+    it through where 3.11's and 3.12's rewrote it)."""
     if address in ("", "<>"):
         assert path_problem(address, null_allowed=False) is not None
         return
-    assert (path_problem(address, null_allowed=False) is None) == _forwarded_unchanged(address)
+    quoted = re.match(r'"(?:[^"\\]|\\.)*"(.*)', address, re.DOTALL)
+    listed = "," in (quoted.group(1) if quoted else address)
+    expected = _forwarded_unchanged(address) and not listed  # a list: refused on every Python
+    assert (path_problem(address, null_allowed=False) is None) == expected
 
 
 def test_the_paths_aiosmtplib_refuses_or_rewrites_today() -> None:
@@ -109,5 +115,6 @@ def test_the_paths_aiosmtplib_refuses_or_rewrites_today() -> None:
     a bare postmaster pass."""
     for refused in ("a b@c", 'a"b@c', "a,b@c", "a(b)@c", "a@b.c (x)", "<a@b>"):
         assert path_problem(refused, null_allowed=False) is not None, refused
-    for fine in ('"a b"@c', '"a\\"b"@c', "x@[192.0.2.1]", "postmaster", "\u00e4@x.example"):
+    for fine in ('"a b"@c', '"a\\"b"@c', "x@[192.0.2.1]", "postmaster", "\u00e4@x.example",
+                 '"a,b"@c'):
         assert path_problem(fine, null_allowed=False) is None, fine
