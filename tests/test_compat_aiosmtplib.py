@@ -330,105 +330,6 @@ def test_send_bdat_sends_the_bytes_as_they_are() -> None:
         assert smarthost.data == ([body] if expected == 250 else [])
 
 
-def test_send_pipelined_takes_replies_that_came_in_one_read() -> None:
-    """A server that answers MAIL and two RCPTs in one packet: all three replies, in order
-    (the second and third from SMTPProtocol._buffer), none lost."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.sendall(b"220 batch.test\r\n")
-            data = b""
-            while data.count(b"\r\n") < 1:
-                data += conn.recv(4096)
-            conn.sendall(b"250 batch.test\r\n")
-            data = b""
-            while data.count(b"\r\n") < 3:
-                data += conn.recv(4096)
-            conn.sendall(b"250 2.1.0 sender\r\n550 5.1.1 first\r\n251 2.1.5 second\r\n")
-            conn.recv(4096)  # QUIT, or the close
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-
-    async def send() -> list[tuple[int, str]]:
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5, start_tls=False,
-                               local_hostname="client.test")
-        await smtp.connect()
-        await smtp.ehlo()
-        replies = await send_pipelined(smtp, [
-            mail_command("a@x.test", [], "ascii"), rcpt_command("b@y.test", "ascii"),
-            rcpt_command("c@y.test", "ascii")], timeout=5)
-        smtp.close()
-        return [(reply.code, reply.message) for reply in replies]
-
-    try:
-        assert asyncio.run(send()) == [(250, "2.1.0 sender"), (550, "5.1.1 first"),
-                                       (251, "2.1.5 second")]
-    finally:
-        thread.join(10)
-        listener.close()
-
-
-class _BusyAfterEachRead(SMTPProtocol):
-    """A client whose event loop is busy for a moment after each read (a loaded machine):
-    what the server sends meanwhile is read before the task waiting for replies runs."""
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        time.sleep(0.2)
-
-
-def test_send_pipelined_keeps_a_reply_read_before_the_waiting_task_ran() -> None:
-    """A server that writes each reply on its own, to a client busy after each read: the
-    replies that came in later reads while the first still waited to be taken are all
-    there, in order (aiosmtplib's protocol alone drops them: the client timed out)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.sendall(b"220 slow.test\r\n")
-            data = b""
-            while data.count(b"\r\n") < 1:
-                data += conn.recv(4096)
-            conn.sendall(b"250 slow.test\r\n")
-            data = b""
-            while data.count(b"\r\n") < 3:
-                data += conn.recv(4096)
-            for reply in (b"250 2.1.0 sender\r\n", b"550 5.1.1 first\r\n",
-                          b"250 2.1.5 second\r\n"):
-                conn.sendall(reply)
-                time.sleep(0.05)  # each in a packet of its own
-            conn.recv(4096)  # QUIT, or the close
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-
-    async def send() -> list[tuple[int, str]]:
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5, start_tls=False,
-                               local_hostname="client.test")
-        await smtp.connect()
-        await smtp.ehlo()
-        assert smtp.protocol is not None
-        smtp.protocol.__class__ = _BusyAfterEachRead
-        replies = await send_pipelined(smtp, [
-            mail_command("a@x.test", [], "ascii"), rcpt_command("b@y.test", "ascii"),
-            rcpt_command("c@y.test", "ascii")], timeout=2)
-        smtp.close()
-        return [(reply.code, reply.message) for reply in replies]
-
-    try:
-        assert asyncio.run(send()) == [(250, "2.1.0 sender"), (550, "5.1.1 first"),
-                                       (250, "2.1.5 second")]
-    finally:
-        thread.join(10)
-        listener.close()
-
-
 def _spaced_replies(replies: list[bytes], gap: float) -> tuple[int, threading.Thread]:
     """A server on a port of its own that answers EHLO, then, to MAIL and two RCPTs written
     at once, *replies*, *gap* seconds apart (and nothing more)."""
@@ -456,6 +357,53 @@ def _spaced_replies(replies: list[bytes], gap: float) -> tuple[int, threading.Th
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     return listener.getsockname()[1], thread
+
+
+async def _pipelined(port: int, busy: bool = False) -> list[tuple[int, str]]:
+    """MAIL and two RCPTs pipelined to *port* (with *busy*, by a client busy after each
+    read): their replies, as code and text."""
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5, start_tls=False,
+                           local_hostname="client.test")
+    await smtp.connect()
+    await smtp.ehlo()
+    if busy:
+        assert smtp.protocol is not None
+        smtp.protocol.__class__ = _BusyAfterEachRead
+    replies = await send_pipelined(smtp, [
+        mail_command("a@x.test", [], "ascii"), rcpt_command("b@y.test", "ascii"),
+        rcpt_command("c@y.test", "ascii")], timeout=2)
+    smtp.close()
+    return [(reply.code, reply.message) for reply in replies]
+
+
+def test_send_pipelined_takes_replies_that_came_in_one_read() -> None:
+    """A server that answers MAIL and two RCPTs in one packet: all three replies, in order
+    (the second and third from SMTPProtocol._buffer), none lost."""
+    port, thread = _spaced_replies(
+        [b"250 2.1.0 sender\r\n550 5.1.1 first\r\n251 2.1.5 second\r\n"], 0)
+    assert asyncio.run(_pipelined(port)) == [(250, "2.1.0 sender"), (550, "5.1.1 first"),
+                                             (251, "2.1.5 second")]
+    thread.join(10)
+
+
+class _BusyAfterEachRead(SMTPProtocol):
+    """A client whose event loop is busy for a moment after each read (a loaded machine):
+    what the server sends meanwhile is read before the task waiting for replies runs."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        time.sleep(0.2)
+
+
+def test_send_pipelined_keeps_a_reply_read_before_the_waiting_task_ran() -> None:
+    """A server that writes each reply on its own, to a client busy after each read: the
+    replies that came in later reads while the first still waited to be taken are all
+    there, in order (aiosmtplib's protocol alone drops them: the client timed out)."""
+    port, thread = _spaced_replies(
+        [b"250 2.1.0 sender\r\n", b"550 5.1.1 first\r\n", b"250 2.1.5 second\r\n"], 0.05)
+    assert asyncio.run(_pipelined(port, busy=True)) == [
+        (250, "2.1.0 sender"), (550, "5.1.1 first"), (250, "2.1.5 second")]
+    thread.join(10)
 
 
 def test_send_pipelined_gives_each_reply_the_timeout() -> None:
