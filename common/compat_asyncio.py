@@ -90,12 +90,6 @@ class Driven:
             self._cancels -= 1
         return self._cancels
 
-    def done(self) -> bool:
-        return self.finished
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
     def _step(self, error: BaseException | None) -> None:
         if self._cancel_requested:
             self._cancel_requested = False

@@ -22,6 +22,7 @@ from spool import Spool
 # C0 controls, DEL, and lone surrogates (bytes that were not UTF-8: aiosmtpd decodes
 # arguments with surrogateescape).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_QUOTED_LOCAL_PART = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _HELO = re.compile(r"^[\x21-\x7e\u0080-\U0010ffff]{1,255}$")
 MAX_AUTH_FAILURES = 3  # on one connection; across connections: intake.limits.AuthFailures
 SHUTTING_DOWN = "421 4.3.2 Service shutting down"
@@ -95,17 +96,8 @@ def path_problem(address: str, *, null_allowed: bool) -> str | None:
 
 def _outside_quotes(address: str) -> str:
     """*address* without its quoted local part, if it starts with one (RFC 5321 4.1.2)."""
-    if not address.startswith('"'):
-        return address
-    position = 1
-    while position < len(address):
-        if address[position] == "\\":
-            position += 2
-        elif address[position] == '"':
-            return address[position + 1 :]
-        else:
-            position += 1
-    return address  # never closed: the quoting check has refused it already
+    quoted = _QUOTED_LOCAL_PART.match(address)
+    return address[quoted.end():] if quoted else address
 
 
 def helo_problem(name: str) -> str | None:
