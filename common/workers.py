@@ -101,13 +101,14 @@ def _exit_code(status: int) -> int:
 
 def run_workers(count: int, work: Callable[[int], int], log: Logger, *,
                 finish: bool = False, stop_timeout: float = 60.0,
-                usr1: bool = True) -> int:
+                usr1: bool = True, started: Callable[[], None] | None = None) -> int:
     """Run work(0) .. work(count - 1) in *count* child processes; the program's exit code.
 
     With *finish* (a `--once` run) the children are expected to end by themselves; without,
     a child ending before the parent was told to stop brings the others down. After a stop
     request the children get *stop_timeout* seconds before SIGKILL; SIGUSR1 is passed on
-    only with *usr1*. The parent sleeps in
+    only with *usr1*. *started* is called in the parent once every child has been forked
+    (to close what only the children need). The parent sleeps in
     waitpid(2) meanwhile (signals interrupt it): it costs no CPU while the workers run.
     """
     parent = os.getpid()
@@ -144,6 +145,8 @@ def run_workers(count: int, work: Callable[[int], int], log: Logger, *,
     try:
         for index in range(count):
             children[_start(index, work, parent)] = index
+        if started is not None:
+            started()
         log.info("workers_started", processes=count, pids=sorted(children))
         while children:
             try:

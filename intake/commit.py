@@ -20,6 +20,7 @@ import contextlib
 import errno
 import itertools
 import os
+import socket
 import stat
 import sys
 import time
@@ -50,7 +51,11 @@ class GroupCommitter:
     def __init__(self, spool: Spool, sync: str = "syncfs") -> None:
         self.spool = spool
         self.sync = sync
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: asyncio.subprocess.Process | None = None  # its own storage process
+        # --processes: a socket to the storage process all workers share (until it ends)
+        self.shared: socket.socket | None = None
+        self._stdin: asyncio.StreamWriter | None = None
+        self._stdout: asyncio.StreamReader | None = None
         self._reader: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[str]] = {}
         self._ids = itertools.count(1)
@@ -68,10 +73,18 @@ class GroupCommitter:
     @property
     def running(self) -> bool:
         """The storage process is there and has not ended."""
-        return self._process is not None and self._process.returncode is None
+        if self._stdin is None or self._stdin.is_closing():
+            return False
+        return self._process is None or self._process.returncode is None
 
     async def start(self) -> None:
-        """Start the storage process (call from the running event loop)."""
+        """Start the storage process, or connect to the shared one (from the event loop)."""
+        self._last_batch = 0  # a new process numbers its batches from 1 again
+        if self.shared is not None:
+            self._stdout, self._stdin = await asyncio.open_unix_connection(sock=self.shared)
+            self.shared = None  # once: if that process ends, this worker starts its own
+            self._reader = asyncio.create_task(self._read_replies(None))
+            return
         environment = dict(os.environ)
         environment["RELAY_TEST_CRASH_PARENT"] = "1"  # a test crash there is intake's crash
         if self.user:
@@ -83,26 +96,33 @@ class GroupCommitter:
             self.sync,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=environment,
         )
-        self._last_batch = 0  # a new process numbers its batches from 1 again
+        self._stdin, self._stdout = self._process.stdin, self._process.stdout
         self._reader = asyncio.create_task(self._read_replies(self._process))
 
     async def stop(self) -> None:
         """Let the storage process finish what it has, then end it."""
         self._stopping = True
-        process = self._process
-        if process is None:
+        if self._stdin is None:
             return
-        assert process.stdin is not None
         with contextlib.suppress(OSError):
-            process.stdin.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(process.wait(), 30)
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+            if self._process is None and self._stdin.can_write_eof():
+                self._stdin.write_eof()  # shared: read the replies to what was sent
+            else:
+                self._stdin.close()
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(process.wait(), 30)
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
         if self._reader is not None:
-            await self._reader
+            with contextlib.suppress(asyncio.TimeoutError):  # the shared one: its last batch
+                await asyncio.wait_for(asyncio.shield(self._reader), 30)
+            self._reader.cancel()
+        self._stdin.close()
         self._process = None
+        self._stdin = self._stdout = None
 
     async def store(self, content: tuple[bytes, ...], envelope: Envelope) -> PendingMessage:
         """Write and commit one message; returns when it is durable. Raises OSError."""
@@ -120,8 +140,8 @@ class GroupCommitter:
         return PendingMessage(self.spool, message_id)
 
     async def _request(self, op: bytes, meta: bytes, content: tuple[bytes, ...]) -> str:
-        process = self._process
-        if process is None or process.stdin is None or process.returncode is not None:
+        stdin = self._stdin
+        if stdin is None or not self.running:
             raise OSError(errno.EIO, "the storage process is not running")
         request_id = next(self._ids)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -133,29 +153,31 @@ class GroupCommitter:
             async with self._lock:  # one request's frames are never interleaved with another's
                 frame = request_frame(op, request_id, meta, size)
                 if size <= DRAIN_ABOVE:  # one pipe write (one system call) for the request
-                    process.stdin.write(b"".join((frame, *content)))
+                    stdin.write(b"".join((frame, *content)))
                 else:  # a big message: in slices, so the pipe's buffer never holds a copy
-                    process.stdin.write(frame)
+                    stdin.write(frame)
                     for chunk in content:
                         view = memoryview(chunk)
                         for start in range(0, len(view), DRAIN_ABOVE):
-                            process.stdin.write(view[start : start + DRAIN_ABOVE])
-                            await process.stdin.drain()
+                            stdin.write(view[start : start + DRAIN_ABOVE])
+                            await stdin.drain()
         except (ConnectionError, RuntimeError) as error:
             self._waiting.pop(request_id, None)
             raise OSError(errno.EIO, f"the storage process is gone: {error}") from None
         return await future
 
-    async def _read_replies(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
+    async def _read_replies(self, process: asyncio.subprocess.Process | None) -> None:
+        """Answer the waiting requests; *process* is this worker's own, None when shared."""
+        stdout = self._stdout
+        assert stdout is not None
         try:
             while True:
-                header = await process.stdout.readexactly(REPLY.size)
+                header = await stdout.readexactly(REPLY.size)
                 request_id, code, batch, size = REPLY.unpack(header)
                 if batch != self._last_batch:
                     self._last_batch = batch
                     self.batches += 1
-                text = (await process.stdout.readexactly(size)).decode("utf-8", "replace")
+                text = (await stdout.readexactly(size)).decode("utf-8", "replace")
                 future = self._waiting.pop(request_id, None)
                 if future is None or future.done():
                     continue
@@ -167,7 +189,7 @@ class GroupCommitter:
                     self.messages += 1
                     if sent is not None:
                         self._count_commit(batch, sent)
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
         failure = OSError(errno.EIO, "the storage process ended; message not stored")
         for future in self._waiting.values():
@@ -175,9 +197,15 @@ class GroupCommitter:
                 future.set_exception(failure)
         self._waiting.clear()
         if not self._stopping:
-            await process.wait()
-            log.error("storage_process_died", outcome="restarting",
-                      reason=f"exit status {process.returncode}")
+            if process is None:
+                assert self._stdin is not None
+                self._stdin.close()
+                log.error("storage_process_died", outcome="starting one of its own",
+                          reason="the storage process shared by the workers ended")
+            else:
+                await process.wait()
+                log.error("storage_process_died", outcome="restarting",
+                          reason=f"exit status {process.returncode}")
             await self.start()
 
 

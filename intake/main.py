@@ -29,9 +29,10 @@ from common.logs import Logger, close_stderr, setup_logging_from, unit_key
 from common.metrics import IntakeMetrics, MetricsServer
 from common.pidfile import remove_pid_file, write_pid_file
 from common.process import drop_privileges, notify_ready, settle_heap
-from common.workers import run_workers, signals_ready
+from common.workers import EX_SOFTWARE, run_workers, signals_ready
 from intake.listener import IntakeServer
 from intake.settings import DESCRIPTION, OPTIONS, PROGRAM, IntakeConfig, build_config
+from intake.shared_storage import SharedStorage
 from intake.sockets import bind_listeners
 from spool import Spool, SpoolError
 
@@ -76,17 +77,20 @@ async def run(
     on_ready: Callable[[IntakeServer, Callable[[], None]], None] | None = None,
     sockets: list[socket.socket] | None = None,
     worker: int | None = None,
+    shared: socket.socket | None = None,
 ) -> int:
     """Serve until asked to stop; returns the exit code.
 
     *on_ready* receives the running server and a thread-safe function that stops it (for
     tests that run intake in a thread). *sockets*: already listening (a worker process of
-    --processes, *worker* its index); without them intake binds its own.
+    --processes, *worker* its index); without them intake binds its own. *shared*: the
+    worker's socket to the storage process all workers share (`intake.shared_storage`).
     """
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     server = IntakeServer(config, spool, log)
     server.committer.user = config.user  # the storage process switches before reading
+    server.committer.shared = shared
     metrics_server = None
     if config.metrics is not None:
         server.metrics = server.committer.metrics = IntakeMetrics()
@@ -200,10 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("steering_unavailable", reason="the kernel refused the BPF program that "
                     "keeps a client network on one worker: per-client limits and AUTH "
                     "failure counts are per worker process")
+    try:
+        storage = SharedStorage(spool, config.sync, config.processes, config.user)
+    except OSError as error:
+        log.error("intake_not_started", reason=f"cannot start the storage process: {error}")
+        return EX_SOFTWARE
     if config.pid_file:
         write_pid_file(config.pid_file)
-    # With --user, each worker switches once its storage process runs (see run()); this
-    # parent, which holds the sockets and only watches the workers, reads no message.
+    # With --user, each worker switches once its storage process runs (see run()), and so
+    # does the shared storage process; this parent, which holds the sockets and only
+    # watches the workers, reads no message.
 
     def work(index: int) -> int:
         for number, sockets in enumerate(groups):
@@ -211,12 +221,16 @@ def main(argv: list[str] | None = None) -> int:
                 for sock in sockets:
                     sock.close()
         return eventloop.run(run(per_worker(config, index), spool, log.bind(process=index),
-                                 sockets=groups[index], worker=index), config.event_loop)
+                                 sockets=groups[index], worker=index,
+                                 shared=storage.for_worker(index)), config.event_loop)
 
     try:
         code = run_workers(config.processes, work, log, usr1=False,
-                           stop_timeout=config.stop_timeout + 10)
+                           stop_timeout=config.stop_timeout + 10,
+                           started=storage.close_worker_ends)
     finally:
+        storage.close_worker_ends()
+        storage.wait()
         if config.pid_file:
             remove_pid_file(config.pid_file)
     return code

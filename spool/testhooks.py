@@ -7,8 +7,10 @@ nothing unless the environment asks, read once at import:
 - `RELAY_TEST_FAIL_AT=fsync_envelope:EIO` raises OSError(EIO) at that point.
 
 A helper process that does part of a program's work (intake's storage process) is started
-with `RELAY_TEST_CRASH_PARENT=1`: a crash there kills its parent first, so that the test
-sees the program die at that step, as a kill -9 of the whole program would.
+with `RELAY_TEST_CRASH_PARENT=1`: a crash there kills its parent's other children (the
+workers of `--processes`, when the storage process is theirs to share) and then its parent
+first, so that the test sees the program die at that step, as a kill -9 of the whole
+program would.
 
 Touches no files.
 """
@@ -34,8 +36,20 @@ def checkpoint(name: str) -> None:
         return
     if name in _CRASH_AT:
         if _CRASH_PARENT:
-            os.kill(os.getppid(), signal.SIGKILL)
+            parent = os.getppid()
+            for sibling in _children(parent):
+                if sibling != os.getpid():
+                    os.kill(sibling, signal.SIGKILL)
+            os.kill(parent, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
     if name in _FAIL_AT:
         code = _FAIL_AT[name]
         raise OSError(code, f"{os.strerror(code)} (injected at {name})")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return [int(child) for child in listing.read().split()]
+    except OSError:
+        return []

@@ -11,6 +11,7 @@ fooled into importing that folder as the spool package.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import smtplib
 import subprocess
@@ -88,3 +89,59 @@ def test_a_spool_folder_in_the_working_directory_is_not_imported(tmp_path: Path)
         log = intake.finish(signal.SIGTERM)
     names = sorted(path.suffix for path in spool_dir.iterdir())
     assert names == [".content", ".envelope"], log
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _storage_processes(pids: list[int]) -> list[int]:
+    found = []
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"intake.storage_process" in command:
+            found.append(pid)
+    return found
+
+
+def test_workers_share_one_storage_process_and_survive_its_death(spool_dir: Path) -> None:
+    """--processes 2: one storage process, the parent's child, serves both workers (none of
+    its own); after a kill -9 of it, each worker starts one of its own and mail is stored
+    again; every message answered 250 is in the spool."""
+    with IntakeProcess(spool_dir, "--processes", "2") as intake:
+        deadline = time.monotonic() + 20
+        while len(log_events(intake.log(), "intake_started")) < 2:
+            assert time.monotonic() < deadline, intake.log()
+            time.sleep(0.02)
+        parent = intake.process.pid
+        workers = [pid for pid in _children(parent) if pid not in
+                   _storage_processes(_children(parent))]
+        (shared,) = _storage_processes(_children(parent))
+        assert len(workers) == 2
+        assert all(_storage_processes(_children(worker)) == [] for worker in workers)
+        answered = 0
+        for number in range(10):
+            with intake.smtp() as client:
+                client.sendmail("a@example.org", ["b@example.com"],
+                                f"Subject: {number}\r\n\r\nx\r\n")
+                answered += 1
+        os.kill(shared, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while len(log_events(intake.log(), "storage_process_died")) < 2:
+            assert time.monotonic() < deadline, intake.log()
+            time.sleep(0.02)
+        for number in range(10, 30):
+            with intake.smtp() as client:
+                client.sendmail("a@example.org", ["b@example.com"],
+                                f"Subject: {number}\r\n\r\nx\r\n")
+                answered += 1
+        assert all(len(_storage_processes(_children(worker))) == 1 for worker in workers)
+        assert intake.stop() == 0
+    assert answered == 30 and len(accepted(spool_dir)) == 30

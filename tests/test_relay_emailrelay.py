@@ -261,7 +261,7 @@ def test_log_file_with_a_date(workdir: Path, sink: Sink, daemons: list[Daemon]) 
 def test_user_nobody_runs_every_program_and_filter_as_nobody(workdir: Path, sink: Sink,
                                                              daemons: list[Daemon]) -> None:
     """Started as root with --user nobody: intake's workers (after binding), their storage
-    processes, deliver and the filter all run as nobody (seen in /proc: real, effective,
+    process, deliver and the filter all run as nobody (seen in /proc: real, effective,
     saved and file-system uid); spool files are 0660."""
     nobody = pwd.getpwnam("nobody")
     queue = workdir / "queue"
@@ -273,9 +273,10 @@ def test_user_nobody_runs_every_program_and_filter_as_nobody(workdir: Path, sink
                     "--filter", str(filter_script))
     daemons.append(daemon)
     intake = daemon.program("intake.main")
-    # intake's workers (with --processes 1, intake itself) and each one's storage process
+    # intake's workers (with --processes 1, intake itself) and the storage process (the
+    # parent's child, shared by the workers; with --processes 1, intake's own)
     workers = [p for p in children(intake) if "-m intake.main" in command_line(p)] or [intake]
-    storage = [p for worker in workers for p in children(worker)
+    storage = [p for owner in sorted({intake, *workers}) for p in children(owner)
                if "storage_process" in command_line(p)]
     assert storage
 
