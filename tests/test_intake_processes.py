@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from support.intake import MESSAGE, IntakeProcess, RawClient
+from support.processes import children, command_line
 from support.spool import accepted
 
 
@@ -91,24 +92,8 @@ def test_a_spool_folder_in_the_working_directory_is_not_imported(tmp_path: Path)
     assert names == [".content", ".envelope"], log
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(child) for child in text.split()]
-
-
 def _storage_processes(pids: list[int]) -> list[int]:
-    found = []
-    for pid in pids:
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except FileNotFoundError:
-            continue
-        if b"intake.storage_process" in command:
-            found.append(pid)
-    return found
+    return [pid for pid in pids if "intake.storage_process" in command_line(pid).split()]
 
 
 def test_workers_share_one_storage_process_and_survive_its_death(spool_dir: Path) -> None:
@@ -121,11 +106,11 @@ def test_workers_share_one_storage_process_and_survive_its_death(spool_dir: Path
             assert time.monotonic() < deadline, intake.log()
             time.sleep(0.02)
         parent = intake.process.pid
-        workers = [pid for pid in _children(parent) if pid not in
-                   _storage_processes(_children(parent))]
-        (shared,) = _storage_processes(_children(parent))
+        workers = [pid for pid in children(parent) if pid not in
+                   _storage_processes(children(parent))]
+        (shared,) = _storage_processes(children(parent))
         assert len(workers) == 2
-        assert all(_storage_processes(_children(worker)) == [] for worker in workers)
+        assert all(_storage_processes(children(worker)) == [] for worker in workers)
         answered = 0
         for number in range(10):
             with intake.smtp() as client:
@@ -142,6 +127,6 @@ def test_workers_share_one_storage_process_and_survive_its_death(spool_dir: Path
                 client.sendmail("a@example.org", ["b@example.com"],
                                 f"Subject: {number}\r\n\r\nx\r\n")
                 answered += 1
-        assert all(len(_storage_processes(_children(worker))) == 1 for worker in workers)
+        assert all(len(_storage_processes(children(worker))) == 1 for worker in workers)
         assert intake.stop() == 0
     assert answered == 30 and len(accepted(spool_dir)) == 30

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from support.intake import IntakeProcess, IntakeThread
+from support.processes import children
 from support.programs import deliver_once
 from support.sink import Sink
 from support.spool import accepted, fill, spool_files, strip_received
@@ -204,21 +205,12 @@ def test_full_disk_refuses_at_mail_and_after_the_dot_then_recovers(small_disk: P
     assert spool_files(spool_dir) == []
 
 
-def helper_processes(pid: int) -> list[int]:
-    """The child processes of *pid* (intake's storage process)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as children:
-            return [int(word) for word in children.read().split()]
-    except OSError:
-        return []
-
-
 def keep_killing(pid: int, stop: threading.Event, delay: float) -> None:
     """SIGKILL *pid*'s children after *delay*, then again every 10 ms until *stop*."""
     if stop.wait(delay):
         return
     while not stop.is_set():
-        for helper in helper_processes(pid):
+        for helper in children(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(helper, signal.SIGKILL)
         stop.wait(0.01)
@@ -231,7 +223,7 @@ def test_storage_process_killed_alone_costs_no_acknowledged_message(spool_dir: P
     replies: dict[str, int | None] = {}
     # One worker, so that the storage processes are the program's children.
     with IntakeProcess(spool_dir, "--processes", "1") as intake:
-        helpers = helper_processes(intake.process.pid)
+        helpers = children(intake.process.pid)
         if not helpers:
             pytest.skip("relay-intake has no storage process to kill")
         os.kill(helpers[0], signal.SIGKILL)  # idle
