@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from types import FrameType
 
-from common.logs import Logger, on_hangup
+from common.logs import Logger, on_hangup, unit_key
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 HELD = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # until the worker's handlers are in
@@ -147,7 +147,7 @@ def run_workers(count: int, work: Callable[[int], int], log: Logger, *,
             children[_start(index, work, parent)] = index
         if started is not None:
             started()
-        log.info("workers_started", processes=count, pids=sorted(children))
+        log.info("workers_started", processes=count, pids=sorted(children), **unit_key())
         while children:
             try:
                 pid, status = os.waitpid(-1, 0)

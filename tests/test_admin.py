@@ -22,8 +22,10 @@ from support.admin import (
     start,
     stop,
 )
+from support.foreground import foreground
 from support.programs import program_env
 from support.sink import Sink, free_port
+from support.system import wait_until
 from support.tools import CONTENT, emailrelay_envelope, failures_of
 
 from tools.admin import PROMPT, is_local
@@ -348,3 +350,27 @@ def test_only_loopback_is_local() -> None:
     assert is_local("127.0.0.1") and is_local("::1") and is_local("::ffff:127.0.0.1")
     assert not is_local("192.0.2.1") and not is_local("::ffff:192.0.2.1")
     assert not is_local("not an address")
+
+
+@pytest.mark.parametrize("prefix", ["", "in-"], ids=["unnamed", "named"])
+def test_the_admin_interface_logs_where_it_listens(tmp_path: Path, prefix: str) -> None:
+    """With --log, relay says where its admin interface listens (`admin_started`, with
+    `unit=in` for an instance named in), as emailrelay 2.6.1 says "admin server on" (with
+    `[in]`) for the same switches."""
+    smtp_port, admin_port = free_port(), free_port()
+    programs = [RELAY, *([str(EMAILRELAY)] if EMAILRELAY.exists() else [])]
+    for program in programs:
+        spool_dir = tmp_path / Path(program).name
+        spool_dir.mkdir(mode=0o700)
+        switches = [f"--{prefix}spool-dir", str(spool_dir), f"--{prefix}port", str(smtp_port),
+                    f"--{prefix}interface", "127.0.0.1", f"--{prefix}admin", str(admin_port),
+                    f"--{prefix}forward-to", "127.0.0.1:9"]
+        with foreground(program, "--log", "--no-syslog", *switches, cwd=tmp_path,
+                        ports=[smtp_port, admin_port]) as log:
+            if program == RELAY:
+                unit = "unit=in " if prefix else ""
+                line = f"{unit}event=admin_started listen=['127.0.0.1:{admin_port}']"
+            else:
+                unit = "[in] " if prefix else ""
+                line = f"info: {unit}admin server on 127.0.0.1:{admin_port}"
+            assert wait_until(lambda line=line: line in log(), 30), log()

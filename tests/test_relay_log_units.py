@@ -19,6 +19,7 @@ from support.sink import Sink, free_port
 from support.spool import spool_files
 from support.system import wait_until
 
+from common.workers import default_processes
 from tools.relay import parse, plan
 
 RELAY = str(BIN / "relay")
@@ -180,14 +181,19 @@ def test_two_instances_name_their_lines_in_one_log(tmp_path: Path, sink: Sink) -
 
 def test_an_unprefixed_log_format_unit_is_the_first_instances(tmp_path: Path) -> None:
     """--log-format=unit belongs to the first instance: in's message lines name it, out's
-    do not; the start lines name their instance in any case (E-MailRelay's "[out] smtp
-    server on" above unmarked session lines)."""
+    do not; the start lines (intake's, and its parent's workers_started) name their
+    instance in any case (E-MailRelay's "[out] smtp server on" above unmarked session
+    lines)."""
     args, ports = _instances(tmp_path, None)
     with _running(RELAY, [*args, "--log-format=unit"], tmp_path, ports) as log:
         for name, port in ports.items():
             _send(port, name)
         assert wait_until(lambda: "to=out@example.com" in log(), 30)
         assert _relay_units(log(), ports) == {"in": ("in", "in"), "out": ("out", None)}
+        # relay-intake's parent line, one per instance when it runs workers (several CPUs)
+        started = _relay_lines(log()).get("workers_started", [])
+        assert sorted(map(str, started)) == (["in", "out"] if default_processes() > 1
+                                             else []), started
 
 
 def _emailrelay_units(text: str, ports: dict[str, int],

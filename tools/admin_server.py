@@ -251,6 +251,7 @@ class AdminServer:
         OSError when it cannot listen."""
         self.hub = hub
         self._listeners: list[_Listener] = []
+        self.addresses: list[str] = []  # where it listens, as `status` lists them
         for host in interfaces:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
@@ -264,7 +265,8 @@ class AdminServer:
                                            f" {error.strerror}") from None
             self._listeners.append(listener)
             port = port or int(listener.server_address[1])  # port 0: the same one for all
-            listening.append(address_text(host, int(listener.server_address[1])))
+            self.addresses.append(address_text(host, int(listener.server_address[1])))
+        listening.extend(self.addresses)
         self.port = port
         listening.extend(listed_after)
         for listener in self._listeners:

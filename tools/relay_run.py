@@ -173,6 +173,10 @@ def run(the_plan: Plan) -> int:
             else EX_FAILURE
         daemon.tell_parent(str(code))
         return code
+    for unit, admin in zip([the_plan, *the_plan.more], admins, strict=True):
+        if admin is not None and supervisor.log is not None:  # E-MailRelay: "admin server on"
+            supervisor.log.info("admin_started", listen=admin.addresses,
+                                **({"unit": unit.name} if unit.name else {}))
     if admins[0] is not None:  # every instance's events, for the first one's `notify`,
         supervisor.on_event = admins[0].publish  # as E-MailRelay's
     daemon.tell_parent("ready")
