@@ -342,7 +342,7 @@ def setup_logging(
                 foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
                 processors=[
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.LogfmtRenderer(drop_missing=True),
+                    LogfmtRenderer(),  # always logfmt, in the same key order as the file's
                 ],
             )
         )

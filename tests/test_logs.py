@@ -58,6 +58,30 @@ def test_json_lines_and_verbose(syslog: bool) -> None:
     assert "ValueError: boom" in records[-1]["exception"]
 
 
+_SYSLOG_PROGRAM = """
+import logging, logging.handlers
+from common.logs import setup_logging
+log = setup_logging("relay-test", log_format="json", syslog=True)
+(handler,) = [h for h in logging.getLogger().handlers
+              if isinstance(h, logging.handlers.SysLogHandler)]
+handler.emit = lambda record: print(handler.format(record))  # what it would send
+log.info("message_stored", msg_id="emailrelay.1.2.3", size=42)
+logging.getLogger("mail.log").warning("library line")
+"""
+
+
+def test_syslog_lines_are_logfmt_in_the_files_key_order() -> None:
+    """--syslog: what goes to syslog is logfmt whatever the --log-format, its keys in the
+    order of relay's logfmt lines (timestamp, level, event, msg_id, then the rest)."""
+    done = subprocess.run([sys.executable, "-c", _SYSLOG_PROGRAM], capture_output=True,
+                          text=True, timeout=60, check=True)
+    ours, library = done.stdout.splitlines()
+    assert ours.startswith("timestamp=")
+    expected = "level=info event=message_stored msg_id=emailrelay.1.2.3 size=42"
+    assert ours.split(" ", 1)[1] == expected
+    assert library.split(" ", 1)[1] == 'level=warning event="library line"'
+
+
 def test_console_format() -> None:
     """console: human-readable, the event and its keys on one line."""
     (first, *_) = _lines("console", False, verbose=False)
