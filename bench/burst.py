@@ -53,15 +53,15 @@ def burst(port: int, connections: int, timeout: float) -> dict[str, object]:
     deadline = started + timeout
     while len(greeted) + failed < connections and time.monotonic() < deadline:
         for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
-            sock, number = key.fileobj, key.data
-            assert isinstance(sock, socket.socket)
+            client, number = key.fileobj, key.data
+            assert isinstance(client, socket.socket)
             try:
-                data = sock.recv(4096)
+                data = client.recv(4096)
             except OSError:
                 data = b""
             if not data:
                 failed += 1
-                selector.unregister(sock)
+                selector.unregister(client)
                 continue
             buffers[number] += data
             if b"\n" in buffers[number]:
@@ -69,7 +69,7 @@ def burst(port: int, connections: int, timeout: float) -> dict[str, object]:
                     greeted[number] = time.monotonic() - started
                 else:
                     failed += 1
-                selector.unregister(sock)
+                selector.unregister(client)
     for sock in sockets:
         with contextlib.suppress(OSError):
             sock.setblocking(True)

@@ -13,6 +13,7 @@ scratch directories.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bench.common import Context, Process, Row, helper, median, parse_json_line, python_env
@@ -42,7 +43,8 @@ def burst(ctx: Context, system: System, connections: int) -> dict[str, Any]:
 
 def run(ctx: Context) -> list[Row]:
     connections = ctx.sizes.burst_connections
-    starters = {"relay": lambda: RelayIntake(ctx, *relay_limits(connections))}
+    starters: dict[str, Callable[[], System]] = {
+        "relay": lambda: RelayIntake(ctx, *relay_limits(connections))}
     program = emailrelay_program()
     if program is not None:
         starters["E-MailRelay"] = lambda: EmailRelay(ctx, program)

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench import smtp_source
 from bench.common import HOST, Context, Process, Sizes, free_port, median, wait_for_port
@@ -43,7 +44,7 @@ class LineProtocol(asyncio.Protocol):
         self.in_data = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream server's: a Transport
         self.transport.write(b"220 floor ESMTP\r\n")
 
     def data_received(self, data: bytes) -> None:
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     starters: dict[str, Callable[[], Any]] = {
         "relay-intake": lambda: RelayIntake(ctx, "--processes", "1")}
     for mode in MODES:
-        starters[mode] = lambda mode=mode: FloorServer(ctx, mode)
+        starters[mode] = functools.partial(FloorServer, ctx, mode)
     names = list(starters)
     found: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     try:
