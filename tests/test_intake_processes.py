@@ -106,9 +106,9 @@ def test_workers_share_one_storage_process_and_survive_its_death(spool_dir: Path
             assert time.monotonic() < deadline, intake.log()
             time.sleep(0.02)
         parent = intake.process.pid
-        workers = [pid for pid in children(parent) if pid not in
-                   _storage_processes(children(parent))]
-        (shared,) = _storage_processes(children(parent))
+        under_parent = children(parent)
+        (shared,) = _storage_processes(under_parent)
+        workers = [pid for pid in under_parent if pid != shared]
         assert len(workers) == 2
         assert all(_storage_processes(children(worker)) == [] for worker in workers)
         answered = 0
